@@ -56,8 +56,9 @@ def input_projection(x_t: np.ndarray, p: CellParams) -> np.ndarray:
     return xw
 
 
-def input_projection_backward(dxw: np.ndarray, x: np.ndarray, p: CellParams
-                              ) -> tuple[np.ndarray, Grads]:
+def input_projection_backward(
+    dxw: np.ndarray, x: np.ndarray, p: CellParams
+) -> tuple[np.ndarray, Grads]:
     """Gradients of :func:`input_projection` for a step ``(N, .)`` or a sequence ``(T, N, .)``."""
     dxw2 = dxw.reshape(-1, dxw.shape[-1])  # (T*N, G*H)
     grads = {"w_ih": dxw2.T @ x.reshape(-1, x.shape[-1])}  # dW_ax = dz x^T summed over t and N
@@ -66,8 +67,7 @@ def input_projection_backward(dxw: np.ndarray, x: np.ndarray, p: CellParams
     return dxw @ p.w_ih, grads  # dx<t> = W_ax^T dz
 
 
-def _hidden_projection(a_prev: np.ndarray, w_hh: np.ndarray, b_hh: np.ndarray | None
-                       ) -> np.ndarray:
+def _hidden_projection(a_prev: np.ndarray, w_hh: np.ndarray, b_hh: np.ndarray | None) -> np.ndarray:
     hw = a_prev @ w_hh.T
     if b_hh is not None:
         hw += b_hh
@@ -84,16 +84,18 @@ def _hidden_grads(dhw: np.ndarray, a_prev: np.ndarray, p: CellParams) -> Grads:
 # ---------------------------------------------------------------- vanilla RNN
 
 
-def rnn_step_forward(xw_t: np.ndarray, a_prev: np.ndarray, p: CellParams,
-                     nonlinearity: str = "tanh") -> tuple[np.ndarray, tuple]:
+def rnn_step_forward(
+    xw_t: np.ndarray, a_prev: np.ndarray, p: CellParams, nonlinearity: str = "tanh"
+) -> tuple[np.ndarray, tuple]:
     """a<t> = g(W_aa a<t-1> + W_ax x<t> + b_a), with g = tanh or relu."""
     z = xw_t + _hidden_projection(a_prev, p.w_hh, p.b_hh)  # (N, H)
     a_t = np.tanh(z) if nonlinearity == "tanh" else np.maximum(z, 0)
     return a_t, (a_prev, a_t)
 
 
-def rnn_step_backward(da_t: np.ndarray, cache: tuple, p: CellParams,
-                      nonlinearity: str = "tanh") -> tuple[np.ndarray, np.ndarray, Grads]:
+def rnn_step_backward(
+    da_t: np.ndarray, cache: tuple, p: CellParams, nonlinearity: str = "tanh"
+) -> tuple[np.ndarray, np.ndarray, Grads]:
     """Returns ``(dxw_t, da_prev, grads)`` for :func:`rnn_step_forward`."""
     a_prev, a_t = cache
     if nonlinearity == "tanh":
@@ -107,8 +109,9 @@ def rnn_step_backward(da_t: np.ndarray, cache: tuple, p: CellParams,
 # ---------------------------------------------------------------- LSTM
 
 
-def lstm_step_forward(xw_t: np.ndarray, a_prev: np.ndarray, c_prev: np.ndarray, p: CellParams
-                      ) -> tuple[np.ndarray, np.ndarray, tuple]:
+def lstm_step_forward(
+    xw_t: np.ndarray, a_prev: np.ndarray, c_prev: np.ndarray, p: CellParams
+) -> tuple[np.ndarray, np.ndarray, tuple]:
     """One LSTM step; with ``p.w_peep`` the gates also see c<t-1> (peephole connections)."""
     s = gate_slices(LSTM_GATES, a_prev.shape[1])
     z = xw_t + _hidden_projection(a_prev, p.w_hh, p.b_hh)  # (N, 4H), gates i, f, g, o
@@ -126,8 +129,9 @@ def lstm_step_forward(xw_t: np.ndarray, a_prev: np.ndarray, c_prev: np.ndarray, 
     return a_t, c_t, (a_prev, c_prev, gamma_u, gamma_f, c_tilde, gamma_o, tanh_c)
 
 
-def lstm_step_backward(da_t: np.ndarray, dc_t: np.ndarray, cache: tuple, p: CellParams
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Grads]:
+def lstm_step_backward(
+    da_t: np.ndarray, dc_t: np.ndarray, cache: tuple, p: CellParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Grads]:
     """Returns ``(dxw_t, da_prev, dc_prev, grads)`` for :func:`lstm_step_forward`."""
     a_prev, c_prev, gamma_u, gamma_f, c_tilde, gamma_o, tanh_c = cache
     s = gate_slices(LSTM_GATES, a_prev.shape[1])
@@ -143,16 +147,18 @@ def lstm_step_backward(da_t: np.ndarray, dc_t: np.ndarray, cache: tuple, p: Cell
     if p.w_peep is not None:
         dz_i, dz_f, dz_o = dz[:, s["i"]], dz[:, s["f"]], dz[:, s["o"]]
         dc_prev += dz_i * p.w_peep[0] + dz_f * p.w_peep[1] + dz_o * p.w_peep[2]
-        grads["w_peep"] = np.stack([(dz_i * c_prev).sum(0), (dz_f * c_prev).sum(0),
-                                    (dz_o * c_prev).sum(0)])
+        grads["w_peep"] = np.stack(
+            [(dz_i * c_prev).sum(0), (dz_f * c_prev).sum(0), (dz_o * c_prev).sum(0)]
+        )
     return dz, da_prev, dc_prev, grads
 
 
 # ---------------------------------------------------------------- GRU
 
 
-def gru_step_forward(xw_t: np.ndarray, a_prev: np.ndarray, p: CellParams,
-                     reset_after: bool = True) -> tuple[np.ndarray, tuple]:
+def gru_step_forward(
+    xw_t: np.ndarray, a_prev: np.ndarray, p: CellParams, reset_after: bool = True
+) -> tuple[np.ndarray, tuple]:
     """One full GRU step. We compute the course's Γu = 1 - z directly, so the last line reads
     as in the notes; the stored weights are PyTorch's (gate z), see :mod:`rnnkit.gates`.
 
@@ -173,15 +179,17 @@ def gru_step_forward(xw_t: np.ndarray, a_prev: np.ndarray, p: CellParams,
         c_tilde = np.tanh(xw_t[:, s["n"]] + gamma_r * reset_in)
     else:
         reset_in = gamma_r * a_prev  # Γr*a<t-1>, reset before the product
-        hn = _hidden_projection(reset_in, p.w_hh[s["n"]],
-                                None if p.b_hh is None else p.b_hh[s["n"]])
+        hn = _hidden_projection(
+            reset_in, p.w_hh[s["n"]], None if p.b_hh is None else p.b_hh[s["n"]]
+        )
         c_tilde = np.tanh(xw_t[:, s["n"]] + hn)  # c̃ = tanh(W_c [Γr*a<t-1>, x<t>] + b_c)
     a_t = gamma_u * c_tilde + (1 - gamma_u) * a_prev  # a<t> = Γu*c̃<t> + (1-Γu)*a<t-1>
     return a_t, (a_prev, gamma_r, gamma_u, c_tilde, reset_in, reset_after)
 
 
-def gru_step_backward(da_t: np.ndarray, cache: tuple, p: CellParams
-                      ) -> tuple[np.ndarray, np.ndarray, Grads]:
+def gru_step_backward(
+    da_t: np.ndarray, cache: tuple, p: CellParams
+) -> tuple[np.ndarray, np.ndarray, Grads]:
     """Returns ``(dxw_t, da_prev, grads)`` for :func:`gru_step_forward`."""
     a_prev, gamma_r, gamma_u, c_tilde, reset_in, reset_after = cache
     H = a_prev.shape[1]
@@ -208,8 +216,9 @@ def gru_step_backward(da_t: np.ndarray, cache: tuple, p: CellParams
     return dxw, da_prev, grads
 
 
-def simple_gru_step_forward(xw_t: np.ndarray, a_prev: np.ndarray, p: CellParams
-                            ) -> tuple[np.ndarray, tuple]:
+def simple_gru_step_forward(
+    xw_t: np.ndarray, a_prev: np.ndarray, p: CellParams
+) -> tuple[np.ndarray, tuple]:
     """The course's simplified GRU: an update gate and no reset gate (gates z, n).
 
     c̃<t> = tanh(W_c [c<t-1>, x<t>] + b_c), Γu = σ(W_u [c<t-1>, x<t>] + b_u),
@@ -223,8 +232,9 @@ def simple_gru_step_forward(xw_t: np.ndarray, a_prev: np.ndarray, p: CellParams
     return a_t, (a_prev, gamma_u, c_tilde)
 
 
-def simple_gru_step_backward(da_t: np.ndarray, cache: tuple, p: CellParams
-                             ) -> tuple[np.ndarray, np.ndarray, Grads]:
+def simple_gru_step_backward(
+    da_t: np.ndarray, cache: tuple, p: CellParams
+) -> tuple[np.ndarray, np.ndarray, Grads]:
     """Returns ``(dxw_t, da_prev, grads)`` for :func:`simple_gru_step_forward`."""
     a_prev, gamma_u, c_tilde = cache
     s = gate_slices(SIMPLE_GRU_GATES, a_prev.shape[1])
@@ -242,15 +252,17 @@ def _merge(a: Grads, b: Grads) -> Grads:
     return {**a, **b}
 
 
-def rnn_cell_forward(x_t: np.ndarray, a_prev: np.ndarray, p: CellParams,
-                     nonlinearity: str = "tanh") -> tuple[np.ndarray, tuple]:
+def rnn_cell_forward(
+    x_t: np.ndarray, a_prev: np.ndarray, p: CellParams, nonlinearity: str = "tanh"
+) -> tuple[np.ndarray, tuple]:
     """Vanilla RNN cell: returns ``(a_t, cache)``, ``a_t`` is ``(N, H)``."""
     a_t, cache = rnn_step_forward(input_projection(x_t, p), a_prev, p, nonlinearity)
     return a_t, (x_t, cache)
 
 
-def rnn_cell_backward(da_t: np.ndarray, cache: tuple, p: CellParams,
-                      nonlinearity: str = "tanh") -> tuple[np.ndarray, np.ndarray, Grads]:
+def rnn_cell_backward(
+    da_t: np.ndarray, cache: tuple, p: CellParams, nonlinearity: str = "tanh"
+) -> tuple[np.ndarray, np.ndarray, Grads]:
     """Returns ``(dx_t, da_prev, grads)``; grads keyed ``w_ih, w_hh, b_ih, b_hh``."""
     x_t, step_cache = cache
     dxw, da_prev, grads = rnn_step_backward(da_t, step_cache, p, nonlinearity)
@@ -258,15 +270,17 @@ def rnn_cell_backward(da_t: np.ndarray, cache: tuple, p: CellParams,
     return dx_t, da_prev, _merge(grads, in_grads)
 
 
-def lstm_cell_forward(x_t: np.ndarray, a_prev: np.ndarray, c_prev: np.ndarray, p: CellParams
-                      ) -> tuple[np.ndarray, np.ndarray, tuple]:
+def lstm_cell_forward(
+    x_t: np.ndarray, a_prev: np.ndarray, c_prev: np.ndarray, p: CellParams
+) -> tuple[np.ndarray, np.ndarray, tuple]:
     """LSTM cell: returns ``(a_t, c_t, cache)``."""
     a_t, c_t, cache = lstm_step_forward(input_projection(x_t, p), a_prev, c_prev, p)
     return a_t, c_t, (x_t, cache)
 
 
-def lstm_cell_backward(da_t: np.ndarray, dc_t: np.ndarray, cache: tuple, p: CellParams
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Grads]:
+def lstm_cell_backward(
+    da_t: np.ndarray, dc_t: np.ndarray, cache: tuple, p: CellParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Grads]:
     """Returns ``(dx_t, da_prev, dc_prev, grads)``; grads also hold ``w_peep`` with peepholes."""
     x_t, step_cache = cache
     dxw, da_prev, dc_prev, grads = lstm_step_backward(da_t, dc_t, step_cache, p)
@@ -274,15 +288,17 @@ def lstm_cell_backward(da_t: np.ndarray, dc_t: np.ndarray, cache: tuple, p: Cell
     return dx_t, da_prev, dc_prev, _merge(grads, in_grads)
 
 
-def gru_cell_forward(x_t: np.ndarray, a_prev: np.ndarray, p: CellParams,
-                     reset_after: bool = True) -> tuple[np.ndarray, tuple]:
+def gru_cell_forward(
+    x_t: np.ndarray, a_prev: np.ndarray, p: CellParams, reset_after: bool = True
+) -> tuple[np.ndarray, tuple]:
     """Full GRU cell: returns ``(a_t, cache)``."""
     a_t, cache = gru_step_forward(input_projection(x_t, p), a_prev, p, reset_after)
     return a_t, (x_t, cache)
 
 
-def gru_cell_backward(da_t: np.ndarray, cache: tuple, p: CellParams
-                      ) -> tuple[np.ndarray, np.ndarray, Grads]:
+def gru_cell_backward(
+    da_t: np.ndarray, cache: tuple, p: CellParams
+) -> tuple[np.ndarray, np.ndarray, Grads]:
     """Returns ``(dx_t, da_prev, grads)``."""
     x_t, step_cache = cache
     dxw, da_prev, grads = gru_step_backward(da_t, step_cache, p)
@@ -290,15 +306,17 @@ def gru_cell_backward(da_t: np.ndarray, cache: tuple, p: CellParams
     return dx_t, da_prev, _merge(grads, in_grads)
 
 
-def simple_gru_cell_forward(x_t: np.ndarray, a_prev: np.ndarray, p: CellParams
-                            ) -> tuple[np.ndarray, tuple]:
+def simple_gru_cell_forward(
+    x_t: np.ndarray, a_prev: np.ndarray, p: CellParams
+) -> tuple[np.ndarray, tuple]:
     """Simplified GRU cell: returns ``(a_t, cache)``."""
     a_t, cache = simple_gru_step_forward(input_projection(x_t, p), a_prev, p)
     return a_t, (x_t, cache)
 
 
-def simple_gru_cell_backward(da_t: np.ndarray, cache: tuple, p: CellParams
-                             ) -> tuple[np.ndarray, np.ndarray, Grads]:
+def simple_gru_cell_backward(
+    da_t: np.ndarray, cache: tuple, p: CellParams
+) -> tuple[np.ndarray, np.ndarray, Grads]:
     """Returns ``(dx_t, da_prev, grads)``."""
     x_t, step_cache = cache
     dxw, da_prev, grads = simple_gru_step_backward(da_t, step_cache, p)
@@ -349,16 +367,32 @@ def _lstm_backward(dstate, cache, p):
 
 
 CELL_KINDS: dict[str, CellKind] = {
-    "rnn_tanh": CellKind("rnn_tanh", RNN_GATES, 1,
-                         *_one_state(rnn_step_forward, rnn_step_backward, nonlinearity="tanh")),
-    "rnn_relu": CellKind("rnn_relu", RNN_GATES, 1,
-                         *_one_state(rnn_step_forward, rnn_step_backward, nonlinearity="relu")),
+    "rnn_tanh": CellKind(
+        "rnn_tanh",
+        RNN_GATES,
+        1,
+        *_one_state(rnn_step_forward, rnn_step_backward, nonlinearity="tanh"),
+    ),
+    "rnn_relu": CellKind(
+        "rnn_relu",
+        RNN_GATES,
+        1,
+        *_one_state(rnn_step_forward, rnn_step_backward, nonlinearity="relu"),
+    ),
     "lstm": CellKind("lstm", LSTM_GATES, 2, _lstm_forward, _lstm_backward),
-    "gru": CellKind("gru", GRU_GATES, 1,
-                    *_one_state(gru_step_forward, gru_step_backward, reset_after=True)),
-    "gru_reset_before": CellKind("gru_reset_before", GRU_GATES, 1,
-                                 *_one_state(gru_step_forward, gru_step_backward,
-                                             reset_after=False)),
-    "gru_simple": CellKind("gru_simple", SIMPLE_GRU_GATES, 1,
-                           *_one_state(simple_gru_step_forward, simple_gru_step_backward)),
+    "gru": CellKind(
+        "gru", GRU_GATES, 1, *_one_state(gru_step_forward, gru_step_backward, reset_after=True)
+    ),
+    "gru_reset_before": CellKind(
+        "gru_reset_before",
+        GRU_GATES,
+        1,
+        *_one_state(gru_step_forward, gru_step_backward, reset_after=False),
+    ),
+    "gru_simple": CellKind(
+        "gru_simple",
+        SIMPLE_GRU_GATES,
+        1,
+        *_one_state(simple_gru_step_forward, simple_gru_step_backward),
+    ),
 }

@@ -51,8 +51,11 @@ def course_to_pytorch(params: dict[str, np.ndarray], cell: str) -> dict[str, np.
         if cell == "lstm":
             blocks = [(params[w], params["b" + w[1]]) for w in COURSE_LSTM]
         elif cell == "gru":
-            blocks = [(params["Wr"], params["br"]), (-params["Wu"], -params["bu"]),
-                      (params["Wc"], params["bc"])]
+            blocks = [
+                (params["Wr"], params["br"]),
+                (-params["Wu"], -params["bu"]),
+                (params["Wc"], params["bc"]),
+            ]
         elif cell == "gru_simple":
             blocks = [(-params["Wu"], -params["bu"]), (params["Wc"], params["bc"])]
         else:
@@ -95,8 +98,12 @@ def pytorch_to_course(state: dict[str, np.ndarray], cell: str, suffix: str = "_l
         for g, name in zip(LSTM_GATES, COURSE_LSTM):
             out[name], out["b" + name[1]] = blocks[g][0].copy(), blocks[g][1].copy()
         return out
-    out = {"Wu": -blocks["z"][0], "bu": -blocks["z"][1],
-           "Wc": blocks["n"][0].copy(), "bc": blocks["n"][1].copy()}
+    out = {
+        "Wu": -blocks["z"][0],
+        "bu": -blocks["z"][1],
+        "Wc": blocks["n"][0].copy(),
+        "bc": blocks["n"][1].copy(),
+    }
     if cell == "gru":
         out["Wr"], out["br"] = blocks["r"][0].copy(), blocks["r"][1].copy()
     return out

@@ -73,13 +73,16 @@ class Module:
         missing = sorted(set(own) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(own))
         if missing or unexpected:
-            raise ValueError(f"state dict does not match {type(self).__name__}: "
-                             f"missing keys {missing}, unexpected keys {unexpected}")
+            raise ValueError(
+                f"state dict does not match {type(self).__name__}: "
+                f"missing keys {missing}, unexpected keys {unexpected}"
+            )
         arrays = {name: _to_numpy(value) for name, value in state_dict.items()}
         for name, array in arrays.items():
             if array.shape != own[name].shape:
-                raise ValueError(f"state dict entry {name!r} has shape {array.shape}, "
-                                 f"expected {own[name].shape}")
+                raise ValueError(
+                    f"state dict entry {name!r} has shape {array.shape}, expected {own[name].shape}"
+                )
             if not np.all(np.isfinite(array)):
                 raise ValueError(f"state dict entry {name!r} holds non-finite values")
         for name, array in arrays.items():

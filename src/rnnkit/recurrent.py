@@ -21,8 +21,13 @@ from .module import Module
 State = np.ndarray | tuple[np.ndarray, np.ndarray]
 
 # Cell gradient key -> stored parameter name (PyTorch's).
-_PARAM_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
-                "w_peep": "weight_peephole"}
+_PARAM_NAMES = {
+    "w_ih": "weight_ih",
+    "w_hh": "weight_hh",
+    "b_ih": "bias_ih",
+    "b_hh": "bias_hh",
+    "w_peep": "weight_peephole",
+}
 
 
 @dataclass
@@ -58,10 +63,21 @@ def _as_float_array(name: str, value: object, dtype: np.dtype) -> np.ndarray:
 class RNNBase(Module):
     """The generic recurrent layer; use :class:`RNN`, :class:`GRU` or :class:`LSTM`."""
 
-    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, *, peephole: bool = False,
-                 rng: np.random.Generator | int | None = None, dtype: object = np.float32):
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        peephole: bool = False,
+        rng: np.random.Generator | int | None = None,
+        dtype: object = np.float32,
+    ):
         super().__init__()
         self.input_size = _check_int("input_size", input_size, 1)
         self.hidden_size = _check_int("hidden_size", hidden_size, 1)
@@ -87,14 +103,17 @@ class RNNBase(Module):
             in_size = self.input_size if layer == 0 else self.hidden_size * self.num_directions
             for sfx in self._suffixes(layer):
                 self.add_param("weight_ih" + sfx, uniform(self.rng, (gh, in_size), bound, dtype))
-                self.add_param("weight_hh" + sfx,
-                               uniform(self.rng, (gh, self.hidden_size), bound, dtype))
+                self.add_param(
+                    "weight_hh" + sfx, uniform(self.rng, (gh, self.hidden_size), bound, dtype)
+                )
                 if self.bias:
                     self.add_param("bias_ih" + sfx, uniform(self.rng, (gh,), bound, dtype))
                     self.add_param("bias_hh" + sfx, uniform(self.rng, (gh,), bound, dtype))
                 if self.peephole:
-                    self.add_param("weight_peephole" + sfx,
-                                   uniform(self.rng, (3, self.hidden_size), bound, dtype))
+                    self.add_param(
+                        "weight_peephole" + sfx,
+                        uniform(self.rng, (3, self.hidden_size), bound, dtype),
+                    )
 
     @property
     def num_directions(self) -> int:
@@ -108,18 +127,29 @@ class RNNBase(Module):
         """The parameters of one layer and direction as the cells take them (views, not copies)."""
         sfx = self._suffixes(layer)[direction]
         get = self.params.get
-        return CellParams(get("weight_ih" + sfx), get("weight_hh" + sfx), get("bias_ih" + sfx),
-                          get("bias_hh" + sfx), get("weight_peephole" + sfx))
+        return CellParams(
+            get("weight_ih" + sfx),
+            get("weight_hh" + sfx),
+            get("bias_ih" + sfx),
+            get("bias_hh" + sfx),
+            get("weight_peephole" + sfx),
+        )
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self._extra_repr().items())
-        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
-                f"num_layers={self.num_layers}{extra})")
+        return (
+            f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+            f"num_layers={self.num_layers}{extra})"
+        )
 
     def _extra_repr(self) -> dict:
         out = {}
-        for key, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
-                             ("bidirectional", False)):
+        for key, default in (
+            ("bias", True),
+            ("batch_first", False),
+            ("dropout", 0.0),
+            ("bidirectional", False),
+        ):
             if getattr(self, key) != default:
                 out[key] = getattr(self, key)
         return out
@@ -130,16 +160,22 @@ class RNNBase(Module):
         x = _as_float_array("input", x, self.dtype)
         order = "(N, T, D)" if self.batch_first else "(T, N, D)"
         if x.ndim != 3:
-            raise ValueError(f"input must be 3-D {order}, got shape {x.shape}; "
-                             f"a single sequence needs a batch axis of size 1")
+            raise ValueError(
+                f"input must be 3-D {order}, got shape {x.shape}; "
+                f"a single sequence needs a batch axis of size 1"
+            )
         if self.batch_first:
             x = x.transpose(1, 0, 2)
         if x.shape[2] != self.input_size:
-            raise ValueError(f"input has feature size {x.shape[2]}, expected "
-                             f"input_size={self.input_size} (shape {order})")
+            raise ValueError(
+                f"input has feature size {x.shape[2]}, expected "
+                f"input_size={self.input_size} (shape {order})"
+            )
         if x.shape[0] == 0 or x.shape[1] == 0:
-            raise ValueError(f"input must have at least one time step and one sequence, "
-                             f"got shape {x.shape if not self.batch_first else x.shape[::-1]}")
+            raise ValueError(
+                f"input must have at least one time step and one sequence, "
+                f"got shape {x.shape if not self.batch_first else x.shape[::-1]}"
+            )
         return x
 
     def _check_state(self, name: str, state: object, N: int) -> tuple[np.ndarray, ...]:
@@ -149,28 +185,32 @@ class RNNBase(Module):
             return tuple(np.zeros(shape, dtype=self.dtype) for _ in range(n))
         if n == 2:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise TypeError(f"{name} of an LSTM must be a tuple (h, c), "
-                                f"got {type(state).__name__}")
+                raise TypeError(
+                    f"{name} of an LSTM must be a tuple (h, c), got {type(state).__name__}"
+                )
             parts = [(f"{name}[0] (h)", state[0]), (f"{name}[1] (c)", state[1])]
         else:
             if isinstance(state, (tuple, list)):
-                raise TypeError(f"{name} of {type(self).__name__} must be one array h, "
-                                f"got a {type(state).__name__}")
+                raise TypeError(
+                    f"{name} of {type(self).__name__} must be one array h, "
+                    f"got a {type(state).__name__}"
+                )
             parts = [(name, state)]
         out = []
         for part_name, part in parts:
             array = _as_float_array(part_name, part, self.dtype)
             if array.shape != shape:
-                raise ValueError(f"{part_name} must have shape (num_layers * num_directions, N, "
-                                 f"hidden_size) = {shape}, got {array.shape}")
+                raise ValueError(
+                    f"{part_name} must have shape (num_layers * num_directions, N, "
+                    f"hidden_size) = {shape}, got {array.shape}"
+                )
             out.append(array)
         return tuple(out)
 
     def _check_lengths(self, lengths: object, T: int, N: int) -> np.ndarray | None:
         if lengths is None:
             return None
-        raw = np.asarray(lengths.detach().cpu().numpy() if hasattr(lengths, "detach")
-                         else lengths)
+        raw = np.asarray(lengths.detach().cpu().numpy() if hasattr(lengths, "detach") else lengths)
         if raw.dtype == bool or not np.issubdtype(raw.dtype, np.number):
             raise TypeError(f"lengths must hold integers, got dtype {raw.dtype}")
         if raw.shape != (N,):
@@ -179,14 +219,16 @@ class RNNBase(Module):
             raise ValueError(f"lengths must be whole numbers, got {raw.tolist()}")
         out = raw.astype(np.int64)
         if out.min() < 1 or out.max() > T:
-            raise ValueError(f"lengths must lie in [1, T={T}], got min {out.min()} "
-                             f"and max {out.max()}")
+            raise ValueError(
+                f"lengths must lie in [1, T={T}], got min {out.min()} and max {out.max()}"
+            )
         return out
 
     # ------------------------------------------------------------ forward
 
-    def forward(self, x: object, state: State | None = None, lengths: object = None
-                ) -> tuple[np.ndarray, State, RecurrentCache]:
+    def forward(
+        self, x: object, state: State | None = None, lengths: object = None
+    ) -> tuple[np.ndarray, State, RecurrentCache]:
         """Run the layer over a batch of sequences.
 
         Args:
@@ -224,8 +266,9 @@ class RNNBase(Module):
             for direction in range(self.num_directions):
                 k = layer * self.num_directions + direction
                 seq = layer_input if direction == 0 else self._flip(layer_input, flip)
-                out, final, step_caches = self._run(seq, tuple(s[k] for s in state0),
-                                                    self.cell_params(layer, direction), mask)
+                out, final, step_caches = self._run(
+                    seq, tuple(s[k] for s in state0), self.cell_params(layer, direction), mask
+                )
                 outputs.append(out if direction == 0 else self._flip(out, flip))
                 inputs.append(seq)
                 steps.append(step_caches)
@@ -245,8 +288,9 @@ class RNNBase(Module):
             return seq[::-1]
         return seq[flip, np.arange(seq.shape[1])]
 
-    def _run(self, x: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
-             ) -> tuple[np.ndarray, tuple, list]:
+    def _run(
+        self, x: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, tuple, list]:
         """One direction of one layer, forward in time. x is (T, N, D)."""
         T, N, _ = x.shape
         xw = input_projection(x, p)  # (T, N, G*H): every step's input projection in one product
@@ -266,8 +310,9 @@ class RNNBase(Module):
 
     # ------------------------------------------------------------ backward
 
-    def backward(self, doutput: object, cache: RecurrentCache, dstate: State | None = None
-                 ) -> tuple[np.ndarray, State]:
+    def backward(
+        self, doutput: object, cache: RecurrentCache, dstate: State | None = None
+    ) -> tuple[np.ndarray, State]:
         """Backpropagation through time.
 
         Args:
@@ -294,11 +339,12 @@ class RNNBase(Module):
             dinput = None
             for direction in range(dirs):
                 k = layer * dirs + direction
-                d = dout[:, :, direction * H:(direction + 1) * H]
+                d = dout[:, :, direction * H : (direction + 1) * H]
                 if direction == 1:
                     d = self._flip(d, cache.flip)
-                dx, ds0 = self._run_backward(d, tuple(s[k] for s in dfinal), cache, layer,
-                                             direction)
+                dx, ds0 = self._run_backward(
+                    d, tuple(s[k] for s in dfinal), cache, layer, direction
+                )
                 if direction == 1:
                     dx = self._flip(dx, cache.flip)
                 dinput = dx if dinput is None else dinput + dx
@@ -310,8 +356,9 @@ class RNNBase(Module):
         dx = dout.transpose(1, 0, 2) if self.batch_first else dout
         return dx, (tuple(dstate0) if len(dstate0) == 2 else dstate0[0])
 
-    def _run_backward(self, dout: np.ndarray, dstate: tuple, cache: RecurrentCache, layer: int,
-                      direction: int) -> tuple[np.ndarray, tuple]:
+    def _run_backward(
+        self, dout: np.ndarray, dstate: tuple, cache: RecurrentCache, layer: int, direction: int
+    ) -> tuple[np.ndarray, tuple]:
         """Backward through one direction of one layer; dout is (T, N, H) in its own time order."""
         p = self.cell_params(layer, direction)
         x, steps, mask = cache.inputs[layer][direction], cache.steps[layer][direction], cache.mask
@@ -362,15 +409,35 @@ class RNN(RNNBase):
     ``_reverse`` suffix for the backward direction; ``torch.nn.RNN`` loads the state dict as is.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, *,
-                 rng: np.random.Generator | int | None = None, dtype: object = np.float32):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        rng: np.random.Generator | int | None = None,
+        dtype: object = np.float32,
+    ):
         if nonlinearity not in _NONLINEARITIES:
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
-        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias,
-                         batch_first, dropout, bidirectional, rng=rng, dtype=dtype)
+        super().__init__(
+            f"rnn_{nonlinearity}",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            rng=rng,
+            dtype=dtype,
+        )
 
 
 class GRU(RNNBase):
@@ -389,15 +456,36 @@ class GRU(RNNBase):
     The other arguments are those of :class:`RNN`.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 *, reset_after: bool = True, simplified: bool = False,
-                 rng: np.random.Generator | int | None = None, dtype: object = np.float32):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        reset_after: bool = True,
+        simplified: bool = False,
+        rng: np.random.Generator | int | None = None,
+        dtype: object = np.float32,
+    ):
         self.reset_after = bool(reset_after)
         self.simplified = bool(simplified)
         mode = "gru_simple" if simplified else "gru" if reset_after else "gru_reset_before"
-        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, rng=rng, dtype=dtype)
+        super().__init__(
+            mode,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            rng=rng,
+            dtype=dtype,
+        )
 
     def _extra_repr(self) -> dict:
         out = super()._extra_repr()
@@ -421,12 +509,33 @@ class LSTM(RNNBase):
     (course: Γu, Γf, c̃, Γo). The other arguments are those of :class:`RNN`.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 *, peephole: bool = False, rng: np.random.Generator | int | None = None,
-                 dtype: object = np.float32):
-        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, peephole=peephole, rng=rng, dtype=dtype)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        peephole: bool = False,
+        rng: np.random.Generator | int | None = None,
+        dtype: object = np.float32,
+    ):
+        super().__init__(
+            "lstm",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            peephole=peephole,
+            rng=rng,
+            dtype=dtype,
+        )
 
     def _extra_repr(self) -> dict:
         out = super()._extra_repr()
