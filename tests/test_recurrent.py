@@ -1,0 +1,342 @@
+"""The sequence layers against their own definition: a loop over the cell."""
+
+import numpy as np
+import pytest
+
+import rnnkit
+from rnnkit import cells
+
+T, N, D, H = 6, 3, 4, 5
+
+VARIANTS = {
+    "rnn_tanh": lambda **kw: rnnkit.RNN(D, H, **kw),
+    "rnn_relu": lambda **kw: rnnkit.RNN(D, H, nonlinearity="relu", **kw),
+    "gru": lambda **kw: rnnkit.GRU(D, H, **kw),
+    "gru_reset_before": lambda **kw: rnnkit.GRU(D, H, reset_after=False, **kw),
+    "gru_simple": lambda **kw: rnnkit.GRU(D, H, simplified=True, **kw),
+    "lstm": lambda **kw: rnnkit.LSTM(D, H, **kw),
+    "lstm_peephole": lambda **kw: rnnkit.LSTM(D, H, peephole=True, **kw),
+}
+
+
+def cell_loop(layer, x, state):
+    """The layer written out by hand: one cell call per step, nothing batched."""
+    p = layer.cell_params(0, 0)
+    a = state[0][0] if isinstance(state, tuple) else state[0]
+    c = state[1][0] if isinstance(state, tuple) else None
+    outs = []
+    for t in range(x.shape[0]):
+        if layer.mode == "lstm":
+            a, c, _ = cells.lstm_cell_forward(x[t], a, c, p)
+        elif layer.mode.startswith("rnn"):
+            a, _ = cells.rnn_cell_forward(x[t], a, p, layer.nonlinearity)
+        elif layer.mode == "gru_simple":
+            a, _ = cells.simple_gru_cell_forward(x[t], a, p)
+        else:
+            a, _ = cells.gru_cell_forward(x[t], a, p, layer.reset_after)
+        outs.append(a)
+    return np.stack(outs), a, c
+
+
+def random_state(layer, rng, n=N):
+    shape = (layer.num_layers * layer.num_directions, n, H)
+    if layer.mode == "lstm":
+        return rng.normal(size=shape), rng.normal(size=shape)
+    return rng.normal(size=shape)
+
+
+def run_loss(layer, x, state, lengths, rng):
+    """Forward, then backward with random upstream gradients; returns all results."""
+    out, final, cache = layer.forward(x, state, lengths)
+    dout = rng.normal(size=out.shape)
+    layer.zero_grad()
+    dx, dstate = layer.backward(dout, cache)
+    return out, final, dx, dstate, {k: v.copy() for k, v in layer.grads.items()}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_layer_equals_loop_over_cell(variant):
+    rng = np.random.default_rng(0)
+    layer = VARIANTS[variant](rng=1, dtype=np.float64)
+    x = rng.normal(size=(T, N, D))
+    state = random_state(layer, rng)
+    out, final, _ = layer.forward(x, state)
+    ref_out, ref_a, ref_c = cell_loop(layer, x, state)
+    np.testing.assert_allclose(out, ref_out, rtol=0, atol=1e-13)
+    if layer.mode == "lstm":
+        np.testing.assert_allclose(final[0][0], ref_a, atol=1e-13)
+        np.testing.assert_allclose(final[1][0], ref_c, atol=1e-13)
+    else:
+        np.testing.assert_allclose(final[0], ref_a, atol=1e-13)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_layer_backward_equals_loop_over_cell_backward(variant):
+    """BPTT by hand with the whole-cell backward functions gives the layer's gradients."""
+    rng = np.random.default_rng(1)
+    layer = VARIANTS[variant](rng=2, dtype=np.float64)
+    p = layer.cell_params(0, 0)
+    x = rng.normal(size=(T, N, D))
+    state = random_state(layer, rng)
+    out, final, cache = layer.forward(x, state)
+    dout = rng.normal(size=out.shape)
+    layer.zero_grad()
+    dx, _ = layer.backward(dout, cache)
+
+    a = state[0][0] if layer.mode == "lstm" else state[0]
+    c = state[1][0] if layer.mode == "lstm" else None
+    step_caches = []
+    for t in range(T):
+        if layer.mode == "lstm":
+            a, c, sc = cells.lstm_cell_forward(x[t], a, c, p)
+        elif layer.mode.startswith("rnn"):
+            a, sc = cells.rnn_cell_forward(x[t], a, p, layer.nonlinearity)
+        elif layer.mode == "gru_simple":
+            a, sc = cells.simple_gru_cell_forward(x[t], a, p)
+        else:
+            a, sc = cells.gru_cell_forward(x[t], a, p, layer.reset_after)
+        step_caches.append(sc)
+    da, dc = np.zeros((N, H)), np.zeros((N, H))
+    total: dict[str, np.ndarray] = {}
+    ref_dx = np.zeros_like(x)
+    for t in reversed(range(T)):
+        if layer.mode == "lstm":
+            ref_dx[t], da, dc, g = cells.lstm_cell_backward(da + dout[t], dc, step_caches[t], p)
+        elif layer.mode.startswith("rnn"):
+            ref_dx[t], da, g = cells.rnn_cell_backward(
+                da + dout[t], step_caches[t], p, layer.nonlinearity
+            )
+        elif layer.mode == "gru_simple":
+            ref_dx[t], da, g = cells.simple_gru_cell_backward(da + dout[t], step_caches[t], p)
+        else:
+            ref_dx[t], da, g = cells.gru_cell_backward(da + dout[t], step_caches[t], p)
+        for k, v in g.items():
+            total[k] = total.get(k, 0) + v
+    np.testing.assert_allclose(dx, ref_dx, atol=1e-12)
+    names = {"w_ih": "weight_ih_l0", "w_hh": "weight_hh_l0", "b_ih": "bias_ih_l0"}
+    names |= {"b_hh": "bias_hh_l0", "w_peep": "weight_peephole_l0"}
+    assert {names[k] for k in total} == set(layer.grads)
+    for k, v in total.items():
+        np.testing.assert_allclose(layer.grads[names[k]], v, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reverse_direction_is_forward_on_flipped_sequence(variant):
+    rng = np.random.default_rng(2)
+    bi = VARIANTS[variant](bidirectional=True, rng=3, dtype=np.float64)
+    fwd = VARIANTS[variant](rng=4, dtype=np.float64)
+    rev = VARIANTS[variant](rng=5, dtype=np.float64)
+    sd = bi.state_dict()
+    fwd.load_state_dict({k: v for k, v in sd.items() if not k.endswith("_reverse")})
+    rev.load_state_dict({k[: -len("_reverse")]: v for k, v in sd.items() if "_reverse" in k})
+    x = rng.normal(size=(T, N, D))
+    out, final, _ = bi.forward(x)
+    out_f, final_f, _ = fwd.forward(x)
+    out_r, final_r, _ = rev.forward(x[::-1])
+    np.testing.assert_allclose(out[..., :H], out_f, atol=1e-13)
+    np.testing.assert_allclose(out[..., H:], out_r[::-1], atol=1e-13)
+    h, h_f, h_r = (s[0] if isinstance(s, tuple) else s for s in (final, final_f, final_r))
+    np.testing.assert_allclose(h[1], h_r[0], atol=1e-13)
+    np.testing.assert_allclose(h[0], h_f[0], atol=1e-13)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
+def test_padded_batch_equals_each_sequence_alone(variant, num_layers, bidirectional):
+    rng = np.random.default_rng(3)
+    layer = VARIANTS[variant](
+        num_layers=num_layers, bidirectional=bidirectional, rng=6, dtype=np.float64
+    )
+    lengths = np.array([T, 2, 4])
+    x = rng.normal(size=(T, N, D))
+    state = random_state(layer, rng)
+    out, final, dx, dstate, grads = run_loss(layer, x, state, lengths, np.random.default_rng(9))
+    dout_all = np.random.default_rng(9).normal(size=out.shape)
+    assert np.all(out[lengths[1] :, 1] == 0)  # past the end: zeros
+    total_grads = {k: np.zeros_like(v) for k, v in grads.items()}
+    for n, length in enumerate(lengths):
+        one_state = tuple(s[:, n : n + 1] for s in state) if isinstance(state, tuple) else None
+        one_state = one_state if one_state is not None else state[:, n : n + 1]
+        o, f, c = layer.forward(x[:length, n : n + 1], one_state)
+        np.testing.assert_allclose(out[:length, n : n + 1], o, atol=1e-13)
+        f_all = final if isinstance(final, tuple) else (final,)
+        f_one = f if isinstance(f, tuple) else (f,)
+        for s_all, s_one in zip(f_all, f_one):
+            np.testing.assert_allclose(s_all[:, n : n + 1], s_one, atol=1e-13)
+        layer.zero_grad()
+        d, ds = layer.backward(dout_all[:length, n : n + 1], c)
+        np.testing.assert_allclose(dx[:length, n : n + 1], d, atol=1e-12)
+        assert np.all(dx[length:, n] == 0)
+        ds_all = dstate if isinstance(dstate, tuple) else (dstate,)
+        ds_one = ds if isinstance(ds, tuple) else (ds,)
+        for s_all, s_one in zip(ds_all, ds_one):
+            np.testing.assert_allclose(s_all[:, n : n + 1], s_one, atol=1e-12)
+        for k in total_grads:
+            total_grads[k] += layer.grads[k]
+    for k in grads:
+        np.testing.assert_allclose(grads[k], total_grads[k], atol=1e-11)
+
+
+def test_batch_first_is_a_transpose():
+    rng = np.random.default_rng(4)
+    a = rnnkit.LSTM(D, H, 2, bidirectional=True, rng=7, dtype=np.float64)
+    b = rnnkit.LSTM(D, H, 2, bidirectional=True, batch_first=True, rng=7, dtype=np.float64)
+    x = rng.normal(size=(T, N, D))
+    out_a, (h_a, c_a), _ = a.forward(x)
+    out_b, (h_b, c_b), _ = b.forward(x.transpose(1, 0, 2))
+    np.testing.assert_array_equal(out_a, out_b.transpose(1, 0, 2))
+    np.testing.assert_array_equal(h_a, h_b)  # states stay (L*dirs, N, H) as in PyTorch
+    np.testing.assert_array_equal(c_a, c_b)
+
+
+def test_float32_is_default_and_kept():
+    layer = rnnkit.GRU(D, H, rng=0)
+    assert all(v.dtype == np.float32 for v in layer.params.values())
+    out, h, cache = layer.forward(np.ones((T, N, D)))
+    dx, dh = layer.backward(np.ones_like(out), cache)
+    assert out.dtype == h.dtype == dx.dtype == dh.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in layer.grads.values())
+
+
+def test_same_seed_same_weights_and_dropout():
+    def run(seed):
+        layer = rnnkit.LSTM(D, H, 3, dropout=0.5, rng=seed)
+        out, _, _ = layer.forward(np.ones((T, N, D)))
+        return layer.state_dict(), out
+
+    (sd1, o1), (sd2, o2), (sd3, _) = run(11), run(11), run(12)
+    assert all(np.array_equal(sd1[k], sd2[k]) for k in sd1)
+    np.testing.assert_array_equal(o1, o2)
+    assert not np.array_equal(sd1["weight_ih_l0"], sd3["weight_ih_l0"])
+
+
+def test_dropout_only_between_layers_and_only_in_training():
+    layer = rnnkit.RNN(D, H, 2, dropout=0.5, rng=0, dtype=np.float64)
+    x = np.random.default_rng(0).normal(size=(T, N, D))
+    train_out, _, c = layer.forward(x)
+    assert c.dropout_masks[0] is None and c.dropout_masks[1] is not None
+    assert set(np.unique(c.dropout_masks[1])) <= {0.0, 2.0}
+    layer.eval()
+    eval1, _, c = layer.forward(x)
+    eval2, _, _ = layer.forward(x)
+    assert c.dropout_masks == [None, None]
+    np.testing.assert_array_equal(eval1, eval2)
+    assert not np.allclose(train_out, eval1)
+
+
+def test_state_dict_round_trip_and_checks():
+    a = rnnkit.GRU(D, H, 2, bidirectional=True, rng=0)
+    b = rnnkit.GRU(D, H, 2, bidirectional=True, rng=1)
+    b.load_state_dict(a.state_dict())
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert set(a.state_dict()) == set(a.grads)
+    assert "weight_hh_l1_reverse" in a.state_dict()
+    sd = a.state_dict()
+    sd["weight_ih_l0"] = sd["weight_ih_l0"][:, :2]
+    with pytest.raises(ValueError, match=r"weight_ih_l0.*shape \(15, 2\).*expected \(15, 4\)"):
+        b.load_state_dict(sd)
+    sd = a.state_dict()
+    del sd["bias_hh_l1"]
+    with pytest.raises(ValueError, match="missing keys.*bias_hh_l1"):
+        b.load_state_dict(sd)
+    sd = a.state_dict()
+    sd["extra"] = np.zeros(1)
+    with pytest.raises(ValueError, match="unexpected keys.*extra"):
+        b.load_state_dict(sd)
+    before = b.state_dict()
+    sd = a.state_dict()
+    sd["weight_hh_l0"] = sd["weight_hh_l0"] * np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        b.load_state_dict(sd)
+    assert all(np.array_equal(before[k], b.params[k]) for k in before)  # nothing half-loaded
+
+
+def test_parameter_shapes_follow_pytorch():
+    lstm = rnnkit.LSTM(D, H, 2, bidirectional=True, peephole=True, rng=0)
+    assert lstm.params["weight_ih_l0"].shape == (4 * H, D)
+    assert lstm.params["weight_ih_l1_reverse"].shape == (4 * H, 2 * H)
+    assert lstm.params["weight_peephole_l1"].shape == (3, H)
+    assert rnnkit.GRU(D, H, simplified=True).params["weight_hh_l0"].shape == (2 * H, H)
+    assert set(rnnkit.RNN(D, H, bias=False).params) == {"weight_ih_l0", "weight_hh_l0"}
+    assert lstm.num_parameters() == sum(v.size for v in lstm.params.values())
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(TypeError, match="hidden_size must be an int, got float"):
+        rnnkit.RNN(3, 2.5)
+    with pytest.raises(ValueError, match="input_size must be >= 1, got 0"):
+        rnnkit.GRU(0, 3)
+    with pytest.raises(ValueError, match="num_layers must be >= 1"):
+        rnnkit.LSTM(3, 3, num_layers=0)
+    with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\), got 1.5"):
+        rnnkit.LSTM(3, 3, dropout=1.5)
+    with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"):
+        rnnkit.RNN(3, 3, nonlinearity="sigmoid")
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got int32"):
+        rnnkit.RNN(3, 3, dtype=np.int32)
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
+        rnnkit.RNN(3, 3, rng="seed")
+
+
+@pytest.mark.parametrize(
+    "x,message",
+    [
+        (np.zeros((T, D)), r"input must be 3-D \(T, N, D\), got shape \(6, 4\)"),
+        (np.zeros((T, N, D + 1)), "input has feature size 5, expected input_size=4"),
+        (np.zeros((0, N, D)), "at least one time step"),
+        (np.full((T, N, D), np.nan), "input holds non-finite values"),
+    ],
+)
+def test_bad_input_arrays(x, message):
+    with pytest.raises(ValueError, match=message):
+        rnnkit.GRU(D, H).forward(x)
+
+
+def test_bad_input_types():
+    with pytest.raises(TypeError, match="input must hold real numbers, got dtype <U1"):
+        rnnkit.GRU(D, H).forward(np.full((T, N, D), "a"))
+    with pytest.raises(TypeError, match="input must hold real numbers, got dtype complex128"):
+        rnnkit.GRU(D, H).forward(np.zeros((T, N, D), dtype=complex))
+
+
+def test_bad_state():
+    x = np.zeros((T, N, D))
+    with pytest.raises(ValueError, match=r"state must have shape .* = \(2, 3, 5\), got \(1, 3"):
+        rnnkit.GRU(D, H, 2).forward(x, np.zeros((1, N, H)))
+    with pytest.raises(TypeError, match=r"state of an LSTM must be a tuple \(h, c\)"):
+        rnnkit.LSTM(D, H).forward(x, np.zeros((1, N, H)))
+    with pytest.raises(ValueError, match=r"state\[1\] \(c\) must have shape"):
+        rnnkit.LSTM(D, H).forward(x, (np.zeros((1, N, H)), np.zeros((1, N, H + 1))))
+    with pytest.raises(TypeError, match="state of GRU must be one array h, got a tuple"):
+        rnnkit.GRU(D, H).forward(x, (np.zeros((1, N, H)),))
+    with pytest.raises(ValueError, match="state holds non-finite"):
+        rnnkit.RNN(D, H).forward(x, np.full((1, N, H), np.inf))
+
+
+@pytest.mark.parametrize(
+    "lengths,error,message",
+    [
+        ([6, 0, 3], ValueError, r"lengths must lie in \[1, T=6\], got min 0 and max 6"),
+        ([7, 2, 3], ValueError, r"lengths must lie in \[1, T=6\], got min 2 and max 7"),
+        ([6, 2], ValueError, r"lengths must have shape \(N,\) = \(3,\), got \(2,\)"),
+        ([6, 2.5, 3], ValueError, "lengths must be whole numbers"),
+        ([True, True, True], TypeError, "lengths must hold integers, got dtype bool"),
+    ],
+)
+def test_bad_lengths(lengths, error, message):
+    with pytest.raises(error, match=message):
+        rnnkit.LSTM(D, H).forward(np.zeros((T, N, D)), lengths=lengths)
+
+
+def test_bad_backward_arguments():
+    layer = rnnkit.LSTM(D, H, bidirectional=True)
+    out, _, cache = layer.forward(np.zeros((T, N, D)))
+    with pytest.raises(ValueError, match=r"doutput must have the output's shape \(6, 3, 10\)"):
+        layer.backward(np.zeros((T, N, H)), cache)
+    with pytest.raises(ValueError, match=r"dstate\[0\] \(h\) must have shape"):
+        layer.backward(np.zeros_like(out), cache, (np.zeros((1, N, H)), np.zeros((2, N, H))))
+    with pytest.raises(ValueError, match="doutput holds non-finite"):
+        layer.backward(np.full_like(out, np.nan), cache)

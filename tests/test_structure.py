@@ -1,0 +1,53 @@
+"""The package's shape: imports point one way, down the layer list of DESIGN.md."""
+
+import ast
+from pathlib import Path
+
+import rnnkit
+
+SRC = Path(rnnkit.__file__).parent
+
+# Each module may import only modules listed before it.
+ORDER = ["functional", "init", "gates", "cells", "module", "recurrent", "course"]
+
+
+def local_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.add((node.module or "").split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rnnkit."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def test_imports_point_down():
+    for path in SRC.glob("*.py"):
+        name = path.stem
+        if name not in ORDER:
+            continue
+        below = set(ORDER[: ORDER.index(name)])
+        assert local_imports(path) <= below, f"{name} imports {local_imports(path) - below}"
+
+
+def test_no_global_random_state():
+    """Randomness goes through an explicit Generator: no np.random.<legacy> calls in the code."""
+    legacy = {"seed", "rand", "randn", "randint", "random", "uniform", "normal", "shuffle"}
+    for path in SRC.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in legacy:
+                value = node.value
+                if isinstance(value, ast.Attribute) and value.attr == "random":
+                    raise AssertionError(f"{path.name}:{node.lineno} uses np.random.{node.attr}")
+
+
+def test_no_pickle():
+    for path in SRC.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "import pickle" not in text and "allow_pickle=True" not in text, path.name
+
+
+def test_version_is_exposed():
+    assert isinstance(rnnkit.__version__, str) and rnnkit.__version__.count(".") == 2
