@@ -16,7 +16,10 @@ def local_imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found.add((node.module or "").split(".")[0])
+            if node.module:  # from .cells import x
+                found.add(node.module.split(".")[0])
+            else:  # from . import cells
+                found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rnnkit."):
             found.add(node.module.split(".")[1])
     return found

@@ -66,8 +66,8 @@ def course_to_pytorch(params: dict[str, np.ndarray], cell: str) -> dict[str, np.
         b = np.concatenate([wb[1] for wb in blocks], axis=0)
     b = b.reshape(-1)
     return {
-        "weight_ih_l0": np.ascontiguousarray(w_ih),
-        "weight_hh_l0": np.ascontiguousarray(w_hh),
+        "weight_ih_l0": np.array(w_ih, order="C"),  # copies, never the caller's arrays
+        "weight_hh_l0": np.array(w_hh, order="C"),
         "bias_ih_l0": b.copy(),
         "bias_hh_l0": np.zeros_like(b),
     }
@@ -79,6 +79,10 @@ def pytorch_to_course(state: dict[str, np.ndarray], cell: str, suffix: str = "_l
     The inverse of :func:`course_to_pytorch`: ``bias_ih + bias_hh`` becomes the course's single
     bias (a missing bias counts as zero), and the GRU's update gate is negated back.
     ``suffix`` picks the layer and direction, e.g. ``"_l1_reverse"``.
+
+    ``cell="gru"`` means the course's GRU, ``rnnkit.GRU(reset_after=False)``. The weights of a
+    reset-after GRU (``rnnkit.GRU()``'s default, ``torch.nn.GRU``) have no course form: their
+    ``bias_hh`` of gate n sits inside the reset product and cannot merge into one bias.
     """
     w_ih, w_hh = state["weight_ih" + suffix], state["weight_hh" + suffix]
     b = np.zeros(w_ih.shape[0], dtype=w_ih.dtype)

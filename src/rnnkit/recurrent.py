@@ -505,6 +505,8 @@ class LSTM(RNNBase):
 
     ``peephole=True`` lets the three gates also see c<t-1>, element-wise: an extra
     ``weight_peephole_l{k}`` ``(3, H)`` (rows for gates i, f, o) that ``torch.nn.LSTM`` lacks.
+    As in the notes, the output gate too sees c<t-1>; Gers and Schmidhuber (and ONNX) let it
+    see c<t> instead.
     State is ``(h, c)``. Parameters are PyTorch's, gates ``i, f, g, o``
     (course: Γu, Γf, c̃, Γo). The other arguments are those of :class:`RNN`.
     """
