@@ -1,0 +1,69 @@
+"""Losses returning ``(loss, dlogits)``: the value and its gradient in one pass."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .functional import log_softmax
+
+
+def cross_entropy(
+    logits: np.ndarray, targets: np.ndarray, ignore_index: int = -100, reduction: str = "mean"
+) -> tuple[float, np.ndarray]:
+    """Softmax cross-entropy, L = -sum_t log ŷ<t>[y<t>], over any leading axes.
+
+    Args:
+        logits: ``(..., V)`` unnormalised scores.
+        targets: ``(...)`` class ids; entries equal to ``ignore_index`` (padding) are skipped.
+        reduction: ``"mean"`` over the real targets (PyTorch's default) or ``"sum"`` (the
+            notes' loss summed over time steps).
+
+    Returns:
+        ``(loss, dlogits)`` with ``dlogits = (softmax(logits) - onehot(targets)) / count``.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    targets = np.asarray(targets)
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"logits {logits.shape} and targets {targets.shape} disagree: "
+            f"expected targets of shape {logits.shape[:-1]}"
+        )
+    V = logits.shape[-1]
+    flat_logits = logits.reshape(-1, V)
+    flat_targets = targets.reshape(-1)
+    real = flat_targets != ignore_index
+    count = int(real.sum())
+    if count == 0:
+        raise ValueError("no target to score: every target equals ignore_index")
+    bad = flat_targets[real]
+    if bad.min() < 0 or bad.max() >= V:
+        raise ValueError(
+            f"targets must lie in [0, {V}) or equal ignore_index={ignore_index}, "
+            f"got min {bad.min()} and max {bad.max()}"
+        )
+    logp = log_softmax(flat_logits)  # (M, V)
+    rows = np.flatnonzero(real)
+    loss = -logp[rows, flat_targets[rows]].sum()
+    dlogits = np.exp(logp)  # softmax
+    dlogits[rows, flat_targets[rows]] -= 1
+    dlogits[~real] = 0
+    scale = 1.0 / count if reduction == "mean" else 1.0
+    dlogits *= scale
+    return float(loss * scale), dlogits.reshape(logits.shape)
+
+
+def binary_cross_entropy_with_logits(
+    logits: np.ndarray, targets: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """Mean of -[y log σ(z) + (1-y) log(1-σ(z))], computed stably from the logits z.
+
+    Returns ``(loss, dlogits)`` with ``dlogits = (σ(z) - y) / count``.
+    """
+    targets = np.asarray(targets, dtype=logits.dtype)
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {logits.shape} and targets {targets.shape} must match")
+    # log(1 + e^z) - y z, written so that no exp overflows
+    loss = np.maximum(logits, 0) - logits * targets + np.log1p(np.exp(-np.abs(logits)))
+    sig = 0.5 * (1 + np.tanh(0.5 * logits))
+    return float(loss.mean()), (sig - targets) / logits.size

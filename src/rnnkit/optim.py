@@ -1,0 +1,313 @@
+"""Optimisers keyed by parameter name, gradient clipping, and learning-rate schedules.
+
+The update rules follow PyTorch's ``torch.optim`` line by line, so a model trained here and a
+PyTorch twin with the same weights and batches take the same steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .module import Module
+
+
+class NonFiniteGradientError(ValueError):
+    """A gradient held inf or nan; the step was refused and no weight changed."""
+
+
+def _grads_of(target: Module | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return dict(target.named_grads()) if isinstance(target, Module) else dict(target)
+
+
+def grad_norm(target: Module | dict[str, np.ndarray]) -> float:
+    """Global L2 norm of all gradients (inf or nan if any entry is)."""
+    total = 0.0
+    for g in _grads_of(target).values():
+        total += float(np.vdot(g, g))
+    return math.sqrt(total)
+
+
+def clip_grad_norm_(target: Module | dict[str, np.ndarray], max_norm: float) -> float:
+    """Scale every gradient by ``max_norm / norm`` when the global norm exceeds ``max_norm``.
+
+    Returns the norm before clipping. A non-finite norm is returned as is and the gradients
+    are left untouched: scaling by it would spread nan everywhere. :meth:`Optimizer.step`
+    then refuses the step, so the weights never see it.
+    """
+    norm = grad_norm(target)
+    if math.isfinite(norm) and norm > max_norm:
+        scale = max_norm / (norm + 1e-6)  # PyTorch's epsilon
+        for g in _grads_of(target).values():
+            g *= scale
+    return norm
+
+
+def clip_grad_value_(target: Module | dict[str, np.ndarray], clip_value: float) -> None:
+    """The course's clipping: every gradient entry into ``[-clip_value, clip_value]``."""
+    for g in _grads_of(target).values():
+        np.clip(g, -clip_value, clip_value, out=g)
+
+
+# ---------------------------------------------------------------- schedules (pure functions)
+
+
+def constant_lr(step: int, lr: float) -> float:
+    """The same rate at every step."""
+    return lr
+
+
+def step_lr(step: int, lr: float, step_size: int, gamma: float = 0.1) -> float:
+    """Multiply the rate by ``gamma`` every ``step_size`` steps."""
+    return lr * gamma ** (step // step_size)
+
+
+def warmup_cosine_lr(
+    step: int, lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0
+) -> float:
+    """Linear warm-up over ``warmup_steps``, then a cosine decay to ``min_lr`` at the end."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------- optimisers
+
+
+class Optimizer:
+    """Base: holds the model's parameters and gradients by name, and per-parameter buffers.
+
+    ``step()`` updates every parameter in place from its gradient; ``lr`` may be changed
+    between steps (for a schedule). ``state_dict()`` holds everything needed to resume.
+    """
+
+    buffer_names: tuple[str, ...] = ()
+
+    def __init__(self, module: Module, lr: float):
+        if not lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {lr!r}")
+        self.params = dict(module.named_parameters())
+        self.grads = dict(module.named_grads())
+        self.lr = float(lr)
+        self.step_count = 0
+        self.buffers: dict[str, dict[str, np.ndarray]] = {b: {} for b in self.buffer_names}
+
+    def step(self) -> None:
+        """One update. Raises :class:`NonFiniteGradientError`, changing nothing, if a
+        gradient holds inf or nan."""
+        bad = [name for name, g in self.grads.items() if not np.all(np.isfinite(g))]
+        if bad:
+            raise NonFiniteGradientError(
+                f"non-finite gradient in {', '.join(bad)}; step skipped, weights unchanged"
+            )
+        self.step_count += 1
+        for name, p in self.params.items():
+            self._update(name, p, self.grads[name])
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero."""
+        for g in self.grads.values():
+            g.fill(0)
+
+    def _buffer(self, kind: str, name: str, like: np.ndarray) -> np.ndarray:
+        buf = self.buffers[kind].get(name)
+        if buf is None:
+            buf = self.buffers[kind][name] = np.zeros_like(like)
+        return buf
+
+    def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict:
+        """The settings a checkpoint records (JSON-friendly)."""
+        return {"lr": self.lr}
+
+    def state_dict(self) -> dict:
+        """``{"type", "step", "hyper", "buffers": {"kind.param": array}}`` (copies)."""
+        flat = {
+            f"{kind}.{name}": buf.copy()
+            for kind, bufs in self.buffers.items()
+            for name, buf in bufs.items()
+        }
+        return {
+            "type": type(self).__name__,
+            "step": self.step_count,
+            "hyper": self.hyperparameters(),
+            "buffers": flat,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` gave; raises ValueError on a mismatch."""
+        if state.get("type") != type(self).__name__:
+            raise ValueError(
+                f"optimiser state is for {state.get('type')}, not {type(self).__name__}"
+            )
+        buffers: dict[str, dict[str, np.ndarray]] = {b: {} for b in self.buffer_names}
+        for key, value in state["buffers"].items():
+            kind, _, name = key.partition(".")
+            if kind not in buffers or name not in self.params:
+                raise ValueError(f"optimiser state has unknown entry {key!r}")
+            if value.shape != self.params[name].shape:
+                raise ValueError(
+                    f"optimiser state {key!r} has shape {value.shape}, "
+                    f"expected {self.params[name].shape}"
+                )
+            buffers[kind][name] = np.array(value, dtype=self.params[name].dtype)
+        self.buffers = buffers
+        self.step_count = int(state["step"])
+        self.lr = float(state["hyper"]["lr"])
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, with optional momentum (heavy-ball or Nesterov)."""
+
+    buffer_names = ("momentum",)
+
+    def __init__(
+        self,
+        module: Module,
+        lr: float = 0.1,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(module, lr)
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+
+    def hyperparameters(self) -> dict:
+        return {
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "nesterov": self.nesterov,
+            "weight_decay": self.weight_decay,
+        }
+
+    def _update(self, name, p, g):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            first = name not in self.buffers["momentum"]
+            buf = self._buffer("momentum", name, p)
+            if first:
+                buf[...] = g
+            else:
+                buf *= self.momentum
+                buf += g  # v = μ v + g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p -= self.lr * g
+
+
+class Adagrad(Optimizer):
+    """Adagrad: each entry's step is scaled by the root of its summed squared gradients."""
+
+    buffer_names = ("sum",)
+
+    def __init__(self, module: Module, lr: float = 0.01, eps: float = 1e-10):
+        super().__init__(module, lr)
+        self.eps = eps
+
+    def hyperparameters(self) -> dict:
+        return {"lr": self.lr, "eps": self.eps}
+
+    def _update(self, name, p, g):
+        acc = self._buffer("sum", name, p)
+        acc += g * g
+        p -= self.lr * g / (np.sqrt(acc) + self.eps)
+
+
+class RMSprop(Optimizer):
+    """RMSprop: steps scaled by a running root-mean-square of the gradients."""
+
+    buffer_names = ("square_avg", "momentum")
+
+    def __init__(
+        self,
+        module: Module,
+        lr: float = 0.01,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        momentum: float = 0.0,
+    ):
+        super().__init__(module, lr)
+        self.alpha, self.eps, self.momentum = alpha, eps, momentum
+
+    def hyperparameters(self) -> dict:
+        return {"lr": self.lr, "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum}
+
+    def _update(self, name, p, g):
+        sq = self._buffer("square_avg", name, p)
+        sq *= self.alpha
+        sq += (1 - self.alpha) * g * g
+        step = g / (np.sqrt(sq) + self.eps)
+        if self.momentum:
+            buf = self._buffer("momentum", name, p)
+            buf *= self.momentum
+            buf += step
+            step = buf
+        p -= self.lr * step
+
+
+class Adam(Optimizer):
+    """Adam with bias correction; ``weight_decay`` adds L2 to the gradient (PyTorch's Adam)."""
+
+    buffer_names = ("exp_avg", "exp_avg_sq")
+    decoupled = False
+
+    def __init__(
+        self,
+        module: Module,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(module, lr)
+        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+
+    def hyperparameters(self) -> dict:
+        return {
+            "lr": self.lr,
+            "betas": list(self.betas),
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        }
+
+    def _update(self, name, p, g):
+        beta1, beta2 = self.betas
+        if self.weight_decay and self.decoupled:
+            p *= 1 - self.lr * self.weight_decay
+        elif self.weight_decay:
+            g = g + self.weight_decay * p
+        m = self._buffer("exp_avg", name, p)
+        v = self._buffer("exp_avg_sq", name, p)
+        m *= beta1
+        m += (1 - beta1) * g  # m = β1 m + (1-β1) g
+        v *= beta2
+        v += (1 - beta2) * g * g  # v = β2 v + (1-β2) g²
+        bias1 = 1 - beta1**self.step_count
+        bias2 = 1 - beta2**self.step_count
+        denom = np.sqrt(v) / math.sqrt(bias2) + self.eps
+        p -= (self.lr / bias1) * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: ``p *= 1 - lr * weight_decay`` before the step."""
+
+    decoupled = True
+
+    def __init__(
+        self,
+        module: Module,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ):
+        super().__init__(module, lr, betas, eps, weight_decay)
+
+
+OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
