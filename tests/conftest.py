@@ -33,7 +33,9 @@ def is_lstm(layer: rnnkit.RNNBase) -> bool:
 def random_state(layer: rnnkit.RNNBase, N: int, rng: np.random.Generator, scale: float = 0.5):
     """A random non-zero state ``h`` or ``(h, c)`` of the layer's shape and dtype."""
     shape = (layer.num_layers * layer.num_directions, N, layer.hidden_size)
-    parts = [(scale * rng.standard_normal(shape)).astype(layer.dtype) for _ in range(1 + is_lstm(layer))]
+    parts = [
+        (scale * rng.standard_normal(shape)).astype(layer.dtype) for _ in range(1 + is_lstm(layer))
+    ]
     return tuple(parts) if is_lstm(layer) else parts[0]
 
 
