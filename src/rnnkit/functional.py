@@ -8,8 +8,10 @@ import numpy as np
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Logistic sigmoid, computed as 0.5 * (1 + tanh(x / 2)).
 
-    The tanh form never overflows (``exp(-x)`` does for large negative x) and is
-    as accurate as the textbook formula.
+    The tanh form never overflows (``exp(-x)`` does for large negative x) and is accurate
+    to rounding in absolute terms, which is what a gate needs; for x below about -20 it loses
+    relative precision (it returns 0 below about -37 in float64), so losses on very negative
+    logits use their own formula.
     """
     y = np.multiply(x, 0.5)
     np.tanh(y, out=y)

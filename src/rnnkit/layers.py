@@ -77,6 +77,13 @@ class Embedding(Module):
         super().__init__()
         rng = as_generator(rng)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(
+                    f"padding_idx must lie in [-{num_embeddings}, {num_embeddings}), "
+                    f"got {padding_idx}"
+                )
+            padding_idx %= num_embeddings  # as torch: -1 names the last row
         self.padding_idx = padding_idx
         weight = rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype)
         if padding_idx is not None:

@@ -64,6 +64,7 @@ def binary_cross_entropy_with_logits(
     if logits.shape != targets.shape:
         raise ValueError(f"logits {logits.shape} and targets {targets.shape} must match")
     # log(1 + e^z) - y z, written so that no exp overflows
-    loss = np.maximum(logits, 0) - logits * targets + np.log1p(np.exp(-np.abs(logits)))
-    sig = 0.5 * (1 + np.tanh(0.5 * logits))
+    e = np.exp(-np.abs(logits))  # in (0, 1]: never overflows
+    loss = np.maximum(logits, 0) - logits * targets + np.log1p(e)
+    sig = np.where(logits >= 0, 1 / (1 + e), e / (1 + e))  # full relative precision both sides
     return float(loss.mean()), (sig - targets) / logits.size

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cells import CELL_KINDS, CellParams, input_projection, input_projection_backward
+from .gates import LSTM_GATES, gate_slices
 from .init import as_generator, uniform
 from .module import Module
 
@@ -505,6 +506,9 @@ class LSTM(RNNBase):
 
     ``peephole=True`` lets the three gates also see c<t-1>, element-wise: an extra
     ``weight_peephole_l{k}`` ``(3, H)`` (rows for gates i, f, o) that ``torch.nn.LSTM`` lacks.
+    ``forget_bias`` is added to the initial forget-gate bias (Keras's ``unit_forget_bias``
+    adds 1): with Γf near 1 at the start, gradients survive long spans (Jozefowicz et al.
+    2015). The default 0 keeps PyTorch's initialisation.
     As in the notes, the output gate too sees c<t-1>; Gers and Schmidhuber (and ONNX) let it
     see c<t> instead.
     State is ``(h, c)``. Parameters are PyTorch's, gates ``i, f, g, o``
@@ -522,6 +526,7 @@ class LSTM(RNNBase):
         bidirectional: bool = False,
         *,
         peephole: bool = False,
+        forget_bias: float = 0.0,
         rng: np.random.Generator | int | None = None,
         dtype: object = np.float32,
     ):
@@ -538,6 +543,10 @@ class LSTM(RNNBase):
             rng=rng,
             dtype=dtype,
         )
+        if forget_bias and self.bias:  # start with Γf near 1 so gradients survive long spans
+            for name, value in self.params.items():
+                if name.startswith("bias_ih"):
+                    value[gate_slices(LSTM_GATES, self.hidden_size)["f"]] += forget_bias
 
     def _extra_repr(self) -> dict:
         out = super()._extra_repr()

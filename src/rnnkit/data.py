@@ -1,0 +1,142 @@
+"""Batches: padding with masks for sets of sequences, contiguous streams for truncated BPTT.
+
+Both batchers are deterministic given their ``rng`` and expose their position as a small dict
+(``state_dict`` / ``load_state_dict``) so a checkpoint can resume exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+IGNORE_INDEX = -100  # target value the losses skip (padding)
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stack sequences of ids time-major: returns ``(ids (T, N), lengths (N,))``, T the longest,
+    shorter sequences padded with ``pad_id``."""
+    if len(seqs) == 0:
+        raise ValueError("pad_sequences needs at least one sequence")
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    if lengths.min() == 0:
+        raise ValueError("cannot pad an empty sequence: every sequence needs one token or more")
+    ids = np.full((int(lengths.max()), len(seqs)), pad_id, dtype=np.int64)
+    for n, s in enumerate(seqs):
+        ids[: len(s), n] = s
+    return ids, lengths
+
+
+class SequenceBatches:
+    """Shuffled mini-batches of whole sequences (lines mode, classification, tagging, seq2seq).
+
+    Each epoch visits every example once, in an order drawn from ``rng``; a batch is a list of
+    example indices. The position (epoch, batch, order) is part of the state.
+    """
+
+    def __init__(
+        self, num_examples: int, batch_size: int, rng: np.random.Generator, shuffle: bool = True
+    ):
+        if num_examples < 1:
+            raise ValueError("no examples to batch")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.num_examples = num_examples
+        self.batch_size = min(batch_size, num_examples)
+        self.rng, self.shuffle = rng, shuffle
+        self.epoch, self.index = 0, 0
+        self.order = self._new_order()
+
+    def _new_order(self) -> np.ndarray:
+        if self.shuffle:
+            return self.rng.permutation(self.num_examples)
+        return np.arange(self.num_examples)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Full batches per epoch; a last partial batch is dropped so every step sees N examples."""
+        return self.num_examples // self.batch_size
+
+    def next(self) -> np.ndarray:
+        """Indices of the next batch; starts a new epoch (new order) when one ends."""
+        if self.index >= self.batches_per_epoch:
+            self.epoch += 1
+            self.index = 0
+            self.order = self._new_order()
+        start = self.index * self.batch_size
+        self.index += 1
+        return self.order[start : start + self.batch_size]
+
+    def state_dict(self) -> dict:
+        """The position, JSON-friendly."""
+        return {"epoch": self.epoch, "index": self.index, "order": self.order.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved position."""
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self.order = np.asarray(state["order"], dtype=np.int64)
+
+
+class StreamBatches:
+    """One long token stream cut into ``batch_size`` parallel streams, read in chunks of
+    ``seq_len`` (as min-char-rnn and char-rnn train): chunk k of every stream follows chunk
+    k - 1, so the final state of one chunk is the right initial state of the next.
+
+    ``next()`` returns ``(inputs (T, N), targets (T, N), new_epoch)``; targets are the inputs
+    shifted one token ahead. At an epoch's start the carried state should be reset.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(
+                f"batch_size and seq_len must be >= 1, got batch_size={batch_size}, "
+                f"seq_len={seq_len}"
+            )
+        ids = np.asarray(ids, dtype=np.int64)
+        per_stream = (len(ids) - 1) // batch_size
+        if per_stream < 1:
+            raise ValueError(
+                f"a stream of {len(ids)} tokens is too short for batch size "
+                f"{batch_size}: need at least {batch_size + 1} tokens"
+            )
+        self.inputs = ids[: batch_size * per_stream].reshape(batch_size, per_stream).T  # (L, N)
+        self.targets = ids[1 : batch_size * per_stream + 1].reshape(batch_size, per_stream).T
+        self.seq_len = min(seq_len, per_stream)
+        self.chunks_per_epoch = per_stream // self.seq_len
+        self.epoch, self.index = 0, 0
+
+    def next(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The next chunk ``(inputs, targets, new_epoch)``."""
+        new_epoch = self.index == 0
+        if self.index >= self.chunks_per_epoch:
+            self.epoch += 1
+            self.index = 0
+            new_epoch = True
+        t = slice(self.index * self.seq_len, (self.index + 1) * self.seq_len)
+        self.index += 1
+        return self.inputs[t], self.targets[t], new_epoch
+
+    def all_chunks(self):
+        """Every chunk of one pass in order (for evaluation), ``(inputs, targets)``."""
+        for k in range(self.chunks_per_epoch):
+            t = slice(k * self.seq_len, (k + 1) * self.seq_len)
+            yield self.inputs[t], self.targets[t]
+
+    def state_dict(self) -> dict:
+        """The position, JSON-friendly."""
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved position."""
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def lm_lines_batch(
+    lines: Sequence[Sequence[int]], eos_id: int, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Language-model batch of separate lines: each reads ``<eos> w1 .. wn`` and predicts
+    ``w1 .. wn <eos>``. Returns ``(inputs (T, N), targets (T, N), lengths (N,))`` with padded
+    targets set to :data:`IGNORE_INDEX`."""
+    inputs, lengths = pad_sequences([[eos_id, *line] for line in lines], pad_id)
+    targets, _ = pad_sequences([[*line, eos_id] for line in lines], IGNORE_INDEX)
+    return inputs, targets, lengths
