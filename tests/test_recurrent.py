@@ -340,3 +340,22 @@ def test_bad_backward_arguments():
         layer.backward(np.zeros_like(out), cache, (np.zeros((1, N, H)), np.zeros((2, N, H))))
     with pytest.raises(ValueError, match="doutput holds non-finite"):
         layer.backward(np.full_like(out, np.nan), cache)
+
+
+def test_gate_bias_options_shift_only_their_gate():
+    base = rnnkit.LSTM(D, H, 2, bidirectional=True, rng=0).state_dict()
+    shifted = rnnkit.LSTM(D, H, 2, bidirectional=True, forget_bias=1.5, rng=0).state_dict()
+    for name in base:
+        diff = shifted[name] - base[name]
+        if name.startswith("bias_ih"):
+            np.testing.assert_allclose(diff[H : 2 * H], 1.5)  # gate f only
+            assert not diff[:H].any() and not diff[2 * H :].any()
+        else:
+            assert not diff.any()
+    gru = rnnkit.GRU(D, H, carry_bias=2.0, rng=0).params["bias_ih_l0"]
+    np.testing.assert_allclose(
+        gru[H : 2 * H] - rnnkit.GRU(D, H, rng=0).params["bias_ih_l0"][H : 2 * H], 2.0
+    )
+    simple = rnnkit.GRU(D, H, simplified=True, carry_bias=2.0, rng=0).params["bias_ih_l0"]
+    plain = rnnkit.GRU(D, H, simplified=True, rng=0).params["bias_ih_l0"]
+    np.testing.assert_allclose(simple[:H] - plain[:H], 2.0)  # gates z, n: z first

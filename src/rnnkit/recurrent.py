@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cells import CELL_KINDS, CellParams, input_projection, input_projection_backward
-from .gates import LSTM_GATES, gate_slices
+from .gates import gate_slices
 from .init import as_generator, uniform
 from .module import Module
 
@@ -115,6 +115,14 @@ class RNNBase(Module):
                         "weight_peephole" + sfx,
                         uniform(self.rng, (3, self.hidden_size), bound, dtype),
                     )
+
+    def _add_to_initial_bias(self, gate: str, value: float) -> None:
+        """Shift one gate's initial bias (in ``bias_ih``) in every layer and direction."""
+        if value and self.bias:
+            cols = gate_slices(self.kind.gates, self.hidden_size)[gate]
+            for name, array in self.params.items():
+                if name.startswith("bias_ih"):
+                    array[cols] += value
 
     @property
     def num_directions(self) -> int:
@@ -454,6 +462,9 @@ class GRU(RNNBase):
     Parameters are stored as PyTorch's, gates ``r, z, n`` with ``z = 1 - Γu``, so with the
     default ``reset_after=True`` ``torch.nn.GRU`` loads the state dict as is.
     ``simplified=True`` is the course's simplified GRU: no reset gate, gates ``z, n``.
+    ``carry_bias`` is added to the initial bias of gate z, so that Γu = σ(-carry_bias) starts
+    small and the state is carried over long spans; the default 0 keeps PyTorch's
+    initialisation.
     The other arguments are those of :class:`RNN`.
     """
 
@@ -469,6 +480,7 @@ class GRU(RNNBase):
         *,
         reset_after: bool = True,
         simplified: bool = False,
+        carry_bias: float = 0.0,
         rng: np.random.Generator | int | None = None,
         dtype: object = np.float32,
     ):
@@ -487,6 +499,7 @@ class GRU(RNNBase):
             rng=rng,
             dtype=dtype,
         )
+        self._add_to_initial_bias("z", carry_bias)
 
     def _extra_repr(self) -> dict:
         out = super()._extra_repr()
@@ -543,10 +556,7 @@ class LSTM(RNNBase):
             rng=rng,
             dtype=dtype,
         )
-        if forget_bias and self.bias:  # start with Γf near 1 so gradients survive long spans
-            for name, value in self.params.items():
-                if name.startswith("bias_ih"):
-                    value[gate_slices(LSTM_GATES, self.hidden_size)["f"]] += forget_bias
+        self._add_to_initial_bias("f", forget_bias)
 
     def _extra_repr(self) -> dict:
         out = super()._extra_repr()
