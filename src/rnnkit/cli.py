@@ -1,0 +1,707 @@
+"""The ``rnnkit`` command: train a language model on any text, sample, evaluate, score.
+
+Every failure a user can cause ends in one line on stderr and a non-zero exit: 2 for bad
+input or flags, 1 when training cannot go on, 130 after Ctrl-C (once a checkpoint is saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .checkpoint import CheckpointError, load_checkpoint
+from .data import StreamBatches
+from .models import CELLS, LanguageModel
+from .optim import OPTIMIZERS
+from .sampling import check_sampling_options, generate
+from .text import TextError, Vocabulary, read_text, split_lines
+from .train import (
+    CHECKPOINT_NAME,
+    LinesLMTask,
+    StreamLMTask,
+    TrainConfig,
+    TrainingError,
+    lines_loss,
+    stream_loss,
+    train,
+)
+
+NAMES_FILE = "dinosaurs.txt"
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def bundled_names() -> Path:
+    """The dinosaur names shipped inside the package (see its NOTICE)."""
+    return Path(str(resources.files("rnnkit") / "resources" / NAMES_FILE))
+
+
+def say(text: str) -> None:
+    """What the command resolved or found, on stdout."""
+    print(text, flush=True)
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(
+            f"cannot write to output folder {folder}: {e.strerror or e}; choose another --out"
+        ) from None
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of a write that was killed half-way are useless: remove them."""
+    for tmp in folder.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def load_run(folder: str) -> tuple[LanguageModel, Vocabulary, dict, dict]:
+    """The model, vocabulary, metadata and arrays of the run saved in ``folder``."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a folder; give the --out folder of a training run")
+    ckpt = path / CHECKPOINT_NAME
+    if not ckpt.exists():
+        raise UsageError(
+            f"{path} holds no {CHECKPOINT_NAME}; train a model there first "
+            f"(rnnkit train FILE --out {path})"
+        )
+    try:
+        arrays, meta = load_checkpoint(ckpt)
+        vocab = Vocabulary.from_json(meta["vocabulary"])
+        model = build_model(meta["model"])
+        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {ckpt} does not hold an rnnkit language model ({type(e).__name__}: {e})"
+        ) from None
+    model.eval()
+    return model, vocab, meta, arrays
+
+
+def build_model(spec: dict) -> LanguageModel:
+    """A language model from the ``model`` entry of a checkpoint."""
+    return LanguageModel(
+        spec["vocab_size"],
+        spec["hidden_size"],
+        spec["num_layers"],
+        spec["cell"],
+        spec["embedding_dim"],
+        spec["dropout"],
+        rng=spec["seed"],
+        dtype=np.dtype(spec["dtype"]),
+    )
+
+
+# ---------------------------------------------------------------- train
+
+
+TRAIN_DEFAULTS = {
+    "level": "char",
+    "mode": "lines",
+    "cell": "lstm",
+    "hidden_size": 128,
+    "num_layers": 1,
+    "embedding_dim": None,
+    "dropout": 0.0,
+    "seq_len": 50,
+    "batch_size": 32,
+    "steps": 2000,
+    "epochs": None,
+    "optimizer": "adam",
+    "lr": 0.005,
+    "clip": 5.0,
+    "clip_mode": "norm",
+    "val_frac": 0.1,
+    "eval_every": 200,
+    "checkpoint_every": 100,
+    "seed": 0,
+    "min_count": 1,
+    "encoding": "utf-8",
+    "errors": "strict",
+    "progress": "auto",
+    "patience": 0,
+}
+# Flags that decide the model or the data a run sees: --resume refuses to change them.
+FIXED_FLAGS = (
+    "level",
+    "mode",
+    "cell",
+    "hidden_size",
+    "num_layers",
+    "embedding_dim",
+    "dropout",
+    "min_count",
+    "seed",
+    "val_frac",
+    "batch_size",
+    "seq_len",
+    "optimizer",
+)
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    """Flags given, defaults for the rest."""
+    return {
+        k: (getattr(args, k) if getattr(args, k) is not None else v)
+        for k, v in TRAIN_DEFAULTS.items()
+    }
+
+
+def validate_train(opts: dict) -> None:
+    """Numbers that cannot make a run."""
+    positive = ("hidden_size", "num_layers", "seq_len", "batch_size", "min_count")
+    for key in positive:
+        if opts[key] < 1:
+            raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {opts[key]}")
+    if opts["steps"] < 1:
+        raise UsageError(f"--steps must be >= 1, got {opts['steps']}")
+    if opts["epochs"] is not None and opts["epochs"] <= 0:
+        raise UsageError(f"--epochs must be > 0, got {opts['epochs']}")
+    if not 0 <= opts["dropout"] < 1:
+        raise UsageError(f"--dropout must be in [0, 1), got {opts['dropout']}")
+    if not 0 <= opts["val_frac"] < 1:
+        raise UsageError(f"--val-frac must be in [0, 1), got {opts['val_frac']}")
+    if not opts["lr"] > 0:
+        raise UsageError(f"--lr must be > 0, got {opts['lr']}")
+    if opts["clip"] < 0:
+        raise UsageError(f"--clip must be >= 0 (0 turns clipping off), got {opts['clip']}")
+
+
+def prepare_data(text: str, opts: dict, vocab: Vocabulary | None = None):
+    """Split into training and validation data, build (or check) the vocabulary.
+
+    Returns ``(vocab, train, val, sizes)`` where train/val are id streams (stream mode) or lists
+    of id lines (lines mode).
+    """
+    level, mode, frac = opts["level"], opts["mode"], opts["val_frac"]
+    if mode == "lines":
+        lines = split_lines(text)
+        if not lines:
+            raise UsageError("the text has no non-empty line to train on")
+        order = np.random.default_rng(opts["seed"]).permutation(len(lines))
+        n_val = int(round(len(lines) * frac))
+        if frac > 0 and len(lines) > 1:
+            n_val = max(1, n_val)
+        val_lines = [lines[i] for i in order[:n_val]]
+        train_lines = [lines[i] for i in order[n_val:]]
+        built = Vocabulary.build(lines, level, opts["min_count"])
+        vocab = vocab or built
+        train = [vocab.encode(line) for line in train_lines]
+        val = [vocab.encode(line) for line in val_lines]
+        sizes = {
+            "train_lines": len(train),
+            "val_lines": len(val),
+            "train_tokens": sum(len(x) + 1 for x in train),
+        }
+        if len(train) < opts["batch_size"]:
+            raise UsageError(
+                f"the text has {len(train)} training lines, fewer than one batch of "
+                f"--batch-size {opts['batch_size']}; use a smaller --batch-size or a longer text"
+            )
+    else:
+        built = Vocabulary.build([text], level, opts["min_count"])
+        vocab = vocab or built
+        ids = np.asarray(vocab.encode_stream(text), dtype=np.int64)
+        n_val = int(len(ids) * frac)
+        train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+        need = opts["batch_size"] * opts["seq_len"] + 1
+        if len(train) < need:
+            raise UsageError(
+                f"the text has {len(train)} training tokens, too few for one batch: "
+                f"--batch-size {opts['batch_size']} x --seq-len {opts['seq_len']} + 1 = {need}; "
+                f"use a smaller --batch-size or --seq-len, or a longer text"
+            )
+        sizes = {"train_tokens": len(train), "val_tokens": len(val)}
+    return vocab, built, train, val, sizes
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    opts = resolve(args)
+    validate_train(opts)
+    out = Path(args.out)
+    meta = None
+    if args.resume:
+        if not (out / CHECKPOINT_NAME).exists():
+            raise UsageError(
+                f"--resume: {out} holds no {CHECKPOINT_NAME} to continue; "
+                f"drop --resume to start a new run there"
+            )
+        _, meta = load_checkpoint(out / CHECKPOINT_NAME)
+        saved = meta["options"]
+        clash = [
+            f"--{k.replace('_', '-')} {getattr(args, k)} (saved: {saved[k]})"
+            for k in FIXED_FLAGS
+            if getattr(args, k) is not None and getattr(args, k) != saved[k]
+        ]
+        if clash:
+            raise UsageError(
+                f"--resume: the flags differ from the run saved in {out}: "
+                f"{', '.join(clash)}; drop them or train into a new --out"
+            )
+        given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+        opts = {**saved, **given}
+        validate_train(opts)
+    elif (out / CHECKPOINT_NAME).exists():
+        raise UsageError(
+            f"{out} already holds a training run; continue it with --resume or "
+            f"choose another --out (nothing was changed)"
+        )
+    check_writable(out)
+    remove_stale_temporaries(out)
+    if args.file:
+        source = Path(args.file)
+    else:
+        source = Path(meta["source"]) if meta else bundled_names()
+
+    text = read_text(source, opts["encoding"], opts["errors"])
+    if not text.strip():
+        raise UsageError(f"{source} is empty: there is nothing to train on")
+    saved_vocab = Vocabulary.from_json(meta["vocabulary"]) if meta else None
+    vocab, built, train_data, val_data, sizes = prepare_data(text, opts, saved_vocab)
+    if saved_vocab is not None and built != saved_vocab:
+        raise UsageError(
+            f"--resume: the vocabulary of {source} ({len(built)} tokens) differs "
+            f"from the run saved in {out} ({len(saved_vocab)} tokens); resume "
+            f"with the same text and --level/--min-count"
+        )
+
+    model_spec = {
+        "vocab_size": len(vocab),
+        "hidden_size": opts["hidden_size"],
+        "num_layers": opts["num_layers"],
+        "cell": opts["cell"],
+        "embedding_dim": opts["embedding_dim"],
+        "dropout": opts["dropout"],
+        "seed": opts["seed"],
+        "dtype": "float32",
+    }
+    model = build_model(model_spec)
+    task_rng = np.random.default_rng(opts["seed"] + 1)
+    if opts["mode"] == "stream":
+        task = StreamLMTask(train_data, val_data, opts["batch_size"], opts["seq_len"])
+        per_epoch = task.batches.chunks_per_epoch
+    else:
+        task = LinesLMTask(train_data, val_data, opts["batch_size"], vocab.eos_id, task_rng)
+        per_epoch = task.batches.batches_per_epoch
+    steps = opts["steps"]
+    if opts["epochs"] is not None:
+        steps = max(1, int(round(opts["epochs"] * per_epoch)))
+    config = TrainConfig(
+        steps=steps,
+        optimizer=opts["optimizer"],
+        lr=opts["lr"],
+        clip=opts["clip"] or None,
+        clip_mode=opts["clip_mode"],
+        eval_every=opts["eval_every"],
+        patience=opts["patience"],
+        checkpoint_every=opts["checkpoint_every"],
+        seed=opts["seed"],
+        progress=opts["progress"],
+    )
+
+    sizes_text = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sizes.items())
+    say(f"data: {source} ({opts['level']} level, {opts['mode']} mode): {sizes_text}")
+    say(f"vocabulary: {len(vocab)} tokens")
+    say(
+        f"model: {opts['cell']} x {opts['num_layers']}, hidden {opts['hidden_size']}, "
+        f"{model.num_parameters():,} parameters"
+    )
+    say(
+        f"training: {steps} steps ({steps / max(per_epoch, 1):.2f} epochs), "
+        f"{opts['optimizer']} lr {opts['lr']}, batch {opts['batch_size']}"
+        + (f", seq-len {opts['seq_len']}" if opts["mode"] == "stream" else "")
+        + (f", resuming at step {meta['step']}" if meta else "")
+    )
+    extra = {
+        "vocabulary": vocab.to_json(),
+        "model": model_spec,
+        "options": opts,
+        "source": str(source),
+    }
+    try:
+        history = train(model, task, config, out, resume=bool(meta), extra_metadata=extra)
+    except KeyboardInterrupt:
+        print(f"interrupted: checkpoint saved in {out}; continue with --resume", file=sys.stderr)
+        return 130
+    val = history.val_loss[-1][1] if history.val_loss else float("nan")
+    which = "held-out" if len(val_data) else "training"
+    say(
+        f"done: {config.steps} steps, {which} loss {val:.4f} nats "
+        f"per token (perplexity {math.exp(val):.2f}); saved in {out}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------- sample / eval / score
+
+
+def start_id(vocab: Vocabulary, mode: str) -> int:
+    """What the model reads before a new sequence: ``<eos>``, or a line break in a char stream."""
+    if mode == "stream" and vocab.level == "char" and "\n" in vocab.ids:
+        return vocab.ids["\n"]
+    return vocab.eos_id
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    if args.greedy:
+        sampling = {"greedy": True}
+    else:
+        try:
+            check_sampling_options(args.temperature, args.top_k, args.top_p)
+        except ValueError as e:
+            raise UsageError(
+                str(e)
+                .replace("top_k", "--top-k")
+                .replace("top_p", "--top-p")
+                .replace("temperature", "--temperature")
+            ) from None
+        sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    if args.num < 1 or args.length < 1:
+        raise UsageError("--num and --length must be >= 1")
+    model, vocab, meta, _ = load_run(args.dir)
+    mode = meta["options"]["mode"]
+    prime = []
+    if args.prime:
+        unknown = vocab.unknown(args.prime)
+        if unknown and (vocab.level == "char" or vocab.unk_id is None):
+            raise UsageError(
+                f"--prime has {vocab.level}s the model never saw: "
+                f"{', '.join(repr(u) for u in unknown)}"
+            )
+        if unknown:
+            say(f"note: words read as <unk>: {', '.join(unknown)}")
+        prime = vocab.encode(args.prime)
+    first = [start_id(vocab, mode)] + prime
+    rng = np.random.default_rng(args.seed)
+    stop = vocab.eos_id if mode == "lines" else None
+    samples = generate(model, args.length, rng, prime=first, num=args.num, stop_id=stop, **sampling)
+    sep = " " if vocab.level == "word" and prime else ""
+    for ids in samples:
+        say((args.prime or "") + sep + vocab.decode(ids))
+    return 0
+
+
+def evaluate_text(model, vocab: Vocabulary, mode: str, text: str) -> tuple[float, int, int]:
+    """``(total nats, tokens, characters)`` of ``text`` under the model."""
+    if mode == "lines":
+        lines = split_lines(text)
+        ids = [vocab.encode(line) for line in lines]
+        loss, tokens = lines_loss(model, ids, vocab.eos_id)
+        chars = sum(len(line) + 1 for line in lines)
+        return loss * tokens, tokens, chars
+    stream = [start_id(vocab, mode)] + vocab.encode_stream(text)
+    batches = StreamBatches(np.asarray(stream), 1, 256)
+    batches.seq_len, batches.chunks_per_epoch = len(stream) - 1, 1  # one pass over everything
+    loss, tokens = stream_loss(model, batches)
+    return loss * tokens, tokens, len(text)
+
+
+def check_known(vocab: Vocabulary, text: str, what: str) -> None:
+    """Characters (char level) the model never saw cannot be scored: list them."""
+    unknown = vocab.unknown(text)
+    if unknown and vocab.level == "char":
+        shown = ", ".join(repr(u) for u in unknown[:20])
+        raise UsageError(f"{what} has characters the model never saw: {shown}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    model, vocab, meta, _ = load_run(args.dir)
+    text = read_text(args.file, args.encoding, args.errors)
+    if not text.strip():
+        raise UsageError(f"{args.file} is empty: there is nothing to evaluate")
+    check_known(vocab, text, args.file)
+    nats, tokens, chars = evaluate_text(model, vocab, meta["options"]["mode"], text)
+    result = {
+        "loss": nats / tokens,
+        "perplexity": math.exp(nats / tokens),
+        "bits_per_char": nats / chars / math.log(2),
+        "tokens": tokens,
+    }
+    if args.json:
+        say(json.dumps(result))
+    else:
+        say(
+            f"{args.file}: {tokens:,} tokens, loss {result['loss']:.4f} nats/token, perplexity "
+            f"{result['perplexity']:.3f}, {result['bits_per_char']:.4f} bits/char"
+        )
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    model, vocab, meta, _ = load_run(args.dir)
+    if not args.text.strip():
+        raise UsageError("TEXT is empty: give the sentence or name to score")
+    check_known(vocab, args.text, "TEXT")
+    ids = vocab.encode(args.text) + ([vocab.eos_id] if meta["options"]["mode"] == "lines" else [])
+    logp = model.sequence_log_prob(np.asarray(ids), start_id(vocab, meta["options"]["mode"]))
+    result = {
+        "log_prob": float(logp.sum()),
+        "tokens": len(ids),
+        "log_prob_per_token": float(logp.mean()),
+        "per_token": [[vocab.tokens[i], float(p)] for i, p in zip(ids, logp)],
+    }
+    if args.json:
+        say(json.dumps(result))
+    else:
+        say(
+            f"log P = {result['log_prob']:.4f} nats over {len(ids)} tokens "
+            f"({result['log_prob_per_token']:.4f} per token)"
+        )
+        for tok, p in result["per_token"]:
+            say(f"  {tok!r:>12} {p:9.4f}")
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+
+# Chosen on the held-out names: past about 300 steps (8 epochs) the model memorises.
+DEMO = {"level": "char", "mode": "lines", "cell": "lstm", "hidden_size": 128, "dropout": 0.2,
+        "steps": 300, "batch_size": 32, "lr": 0.005, "seed": 0, "eval_every": 100,
+        "checkpoint_every": 100}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    folder = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rnnkit-demo-"))
+    argv = ["train", "--out", str(folder), "--progress", args.progress]
+    for key, value in DEMO.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    say(f"demo: a character-level LSTM learns {NAMES_FILE} (bundled) and invents new names")
+    code = main(argv)
+    if code != 0:
+        return code
+    say("ten novel names (rnnkit sample, temperature 0.8):")
+    return main(["sample", str(folder), "--num", "10", "--temperature", "0.8", "--seed", "1"])
+
+
+# ---------------------------------------------------------------- argument parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of every command."""
+    p = argparse.ArgumentParser(
+        prog="rnnkit",
+        description=(
+            "Recurrent language models from the equations: train on any text, sample novel "
+            "sequences, evaluate and score."
+        ),
+    )
+    p.add_argument("--version", action="version", version=f"rnnkit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train a language model on a text file",
+        description="Train a language model; the run is saved in --out and can "
+        "be continued with --resume.",
+    )
+    t.add_argument(
+        "file", nargs="?", help="UTF-8 text to learn (default: the bundled dinosaur names)"
+    )
+    t.add_argument("--out", required=True, help="folder for the checkpoint")
+    d = TRAIN_DEFAULTS
+    t.add_argument(
+        "--level",
+        choices=["char", "word"],
+        help=f"tokens are characters or words (default {d['level']})",
+    )
+    t.add_argument(
+        "--mode",
+        choices=["stream", "lines"],
+        help=(
+            "stream: one long text in windows with state carried between them; lines: each line "
+            f"is one sequence ending in <eos> (default {d['mode']})"
+        ),
+    )
+    t.add_argument("--cell", choices=list(CELLS), help=f"recurrent cell (default {d['cell']})")
+    t.add_argument("--hidden-size", type=int, help=f"hidden units H (default {d['hidden_size']})")
+    t.add_argument("--num-layers", type=int, help=f"stacked layers (default {d['num_layers']})")
+    t.add_argument("--embedding-dim", type=int, help="embedding size (default: hidden size)")
+    t.add_argument(
+        "--dropout",
+        type=float,
+        help=f"dropout between layers and before the output (default {d['dropout']})",
+    )
+    t.add_argument(
+        "--seq-len",
+        type=int,
+        help=(
+            f"time steps per window in stream mode, the span of truncated BPTT (default "
+            f"{d['seq_len']})"
+        ),
+    )
+    t.add_argument("--batch-size", type=int, help=f"sequences per step (default {d['batch_size']})")
+    t.add_argument("--steps", type=int, help=f"optimiser steps (default {d['steps']})")
+    t.add_argument("--epochs", type=float, help="train this many passes instead of --steps")
+    t.add_argument("--optimizer", choices=list(OPTIMIZERS), help=f"(default {d['optimizer']})")
+    t.add_argument("--lr", type=float, help=f"learning rate (default {d['lr']})")
+    t.add_argument(
+        "--clip",
+        type=float,
+        help=(f"gradient clipping bound; 0 turns it off (default {d['clip']})"),
+    )
+    t.add_argument(
+        "--clip-mode",
+        choices=["norm", "value"],
+        help=(
+            "norm: scale all gradients to global norm <= --clip; value: clip each entry to "
+            "[-clip, clip] as in the course (default norm)"
+        ),
+    )
+    t.add_argument(
+        "--val-frac",
+        type=float,
+        help=(f"fraction held out for validation (default {d['val_frac']})"),
+    )
+    t.add_argument(
+        "--eval-every",
+        type=int,
+        help=(f"validate every N steps, and at the end (default {d['eval_every']})"),
+    )
+    t.add_argument(
+        "--patience",
+        type=int,
+        help=(
+            "stop after N validations without improvement and keep the best weights (default: "
+            "never)"
+        ),
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help=(f"save every N steps, and at the end (default {d['checkpoint_every']})"),
+    )
+    t.add_argument(
+        "--seed", type=int, help=f"seed for weights, data order and dropout (default {d['seed']})"
+    )
+    t.add_argument(
+        "--min-count",
+        type=int,
+        help=("word level: words seen fewer times become <unk> (default 1)"),
+    )
+    t.add_argument("--encoding", help="text encoding of FILE (default utf-8)")
+    t.add_argument(
+        "--errors",
+        choices=["strict", "replace"],
+        help="undecodable bytes: stop with an error, or replace them (default strict)",
+    )
+    t.add_argument(
+        "--progress",
+        choices=["auto", "bar", "line", "none"],
+        help="progress display (default auto: a bar on a terminal)",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "continue the run saved in --out up to its configured length, restoring optimiser, "
+            "step, data position and random state"
+        ),
+    )
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="sample novel sequences from a trained model")
+    s.add_argument("dir", help="the --out folder of a training run")
+    s.add_argument("--num", type=int, default=5, help="how many samples (default 5)")
+    s.add_argument(
+        "--length",
+        type=int,
+        default=200,
+        help=("most tokens per sample; lines mode also stops at <eos> (default 200)"),
+    )
+    s.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help=("divide the logits by this: < 1 is more conservative, > 1 more random (default 1)"),
+    )
+    s.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")
+    s.add_argument(
+        "--top-p",
+        type=float,
+        help=("sample among the most likely tokens whose probability adds up to p (nucleus)"),
+    )
+    s.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    s.add_argument("--prime", help="text the samples start from")
+    s.add_argument(
+        "--seed", type=int, default=0, help="seed; the same seed gives the same samples (default 0)"
+    )
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="loss, perplexity and bits per character on a text")
+    e.add_argument("dir", help="the --out folder of a training run")
+    e.add_argument("file", help="text to evaluate, read like the training text")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--encoding", default="utf-8", help="text encoding of FILE (default utf-8)")
+    e.add_argument(
+        "--errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="undecodable bytes: error (default) or replace",
+    )
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("score", help="log P(TEXT) under the model, in total and per token")
+    c.add_argument("dir", help="the --out folder of a training run")
+    c.add_argument("text", help="the sentence or name to score")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=cmd_score)
+
+    m = sub.add_parser("demo", help="train on the bundled dinosaur names and print new ones")
+    m.add_argument("--out", help="keep the run in this folder (default: a temporary folder)")
+    m.add_argument(
+        "--progress",
+        choices=["auto", "bar", "line", "none"],
+        default="auto",
+        help="progress display (default auto)",
+    )
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, TextError) as e:
+        print(f"rnnkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:
+        print(f"rnnkit {args.command}: error: {e}; the file was left as it is", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"rnnkit {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"rnnkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
