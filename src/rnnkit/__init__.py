@@ -6,7 +6,6 @@ notation of the Sequence Models course. See :mod:`rnnkit.course` for the course'
 
 from .module import Module
 from .recurrent import GRU, LSTM, RNN, RNNBase
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["GRU", "LSTM", "RNN", "Module", "RNNBase", "__version__"]

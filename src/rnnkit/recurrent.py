@@ -17,6 +17,7 @@ import numpy as np
 from .cells import CELL_KINDS, CellParams, input_projection, input_projection_backward
 from .gates import gate_slices
 from .init import as_generator, uniform
+from .loops import FAST_LOOPS, reference_backward, reference_forward
 from .module import Module
 
 State = np.ndarray | tuple[np.ndarray, np.ndarray]
@@ -41,6 +42,7 @@ class RecurrentCache:
     flip: np.ndarray | None  # (T, N) time index of the reversed sequences, None without lengths
     dropout_masks: list  # [layer] scaled keep mask applied to that layer's input, or None
     shape: tuple[int, int]  # (T, N)
+    used: bool = False  # the fast loops reuse the forward buffers in the backward pass
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -62,7 +64,13 @@ def _as_float_array(name: str, value: object, dtype: np.dtype) -> np.ndarray:
 
 
 class RNNBase(Module):
-    """The generic recurrent layer; use :class:`RNN`, :class:`GRU` or :class:`LSTM`."""
+    """The generic recurrent layer; use :class:`RNN`, :class:`GRU` or :class:`LSTM`.
+
+    ``layer.backend`` picks the time loop: ``"fast"`` (default, :mod:`rnnkit.loops`) or
+    ``"reference"``, the readable loop over the cells of :mod:`rnnkit.cells`. Both give the
+    same numbers. The fast loop's backward pass reuses the forward buffers, so a cache serves
+    one backward pass (as in PyTorch, where a graph is freed by ``backward``).
+    """
 
     def __init__(
         self,
@@ -97,6 +105,7 @@ class RNNBase(Module):
         self.peephole = bool(peephole)
         self.dtype = dtype
         self.rng = as_generator(rng)
+        self.backend = "fast"  # or "reference": the readable loop over rnnkit.cells
 
         gh = len(self.kind.gates) * self.hidden_size
         bound = 1.0 / math.sqrt(self.hidden_size)  # PyTorch's default initialisation
@@ -297,25 +306,20 @@ class RNNBase(Module):
             return seq[::-1]
         return seq[flip, np.arange(seq.shape[1])]
 
+    def _loop(self):
+        if self.backend not in ("fast", "reference"):
+            raise ValueError(f"backend must be 'fast' or 'reference', got {self.backend!r}")
+        return FAST_LOOPS[self.mode] if self.backend == "fast" else None
+
     def _run(
         self, x: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
-    ) -> tuple[np.ndarray, tuple, list]:
+    ) -> tuple[np.ndarray, tuple, object]:
         """One direction of one layer, forward in time. x is (T, N, D)."""
-        T, N, _ = x.shape
         xw = input_projection(x, p)  # (T, N, G*H): every step's input projection in one product
-        out = np.empty((T, N, self.hidden_size), dtype=self.dtype)
-        caches = []
-        for t in range(T):
-            new, step_cache = self.kind.forward(xw[t], state, p)
-            caches.append(step_cache)
-            if mask is None:
-                state = new
-                out[t] = new[0]
-            else:  # finished sequences keep their state and output zeros
-                m = mask[t]
-                state = tuple(np.where(m > 0, s_new, s_old) for s_new, s_old in zip(new, state))
-                out[t] = new[0] * m
-        return out, state, caches
+        loop = self._loop()
+        if loop is None:
+            return reference_forward(self.kind, xw, state, p, mask)
+        return loop.forward(xw, state, p, mask)
 
     # ------------------------------------------------------------ backward
 
@@ -334,6 +338,11 @@ class RNNBase(Module):
             ``(dx, dstate_0)``: the gradients of the input and of the initial state. Every
             parameter gradient is added into ``self.grads``.
         """
+        if cache.used:
+            raise ValueError(
+                "this cache was already used by a backward pass, which reuses its "
+                "buffers; run forward again before another backward"
+            )
         T, N = cache.shape
         H, dirs = self.hidden_size, self.num_directions
         dout = _as_float_array("doutput", doutput, self.dtype)
@@ -362,6 +371,7 @@ class RNNBase(Module):
             if cache.dropout_masks[layer] is not None:
                 dinput = dinput * cache.dropout_masks[layer]
             dout = dinput
+        cache.used = self._loop() is not None
         dx = dout.transpose(1, 0, 2) if self.batch_first else dout
         return dx, (tuple(dstate0) if len(dstate0) == 2 else dstate0[0])
 
@@ -370,24 +380,14 @@ class RNNBase(Module):
     ) -> tuple[np.ndarray, tuple]:
         """Backward through one direction of one layer; dout is (T, N, H) in its own time order."""
         p = self.cell_params(layer, direction)
-        x, steps, mask = cache.inputs[layer][direction], cache.steps[layer][direction], cache.mask
-        T, N, _ = x.shape
-        dxw = np.empty((T, N, len(self.kind.gates) * self.hidden_size), dtype=self.dtype)
-        hidden_grads: dict[str, np.ndarray] = {}
-        for t in reversed(range(T)):
-            if mask is None:
-                dnew = (dstate[0] + dout[t],) + dstate[1:]
-                dxw[t], dstate, g = self.kind.backward(dnew, steps[t], p)
-            else:  # a finished sequence passes its state (and gradient) straight through
-                m = mask[t]
-                dnew = ((dstate[0] + dout[t]) * m,) + tuple(d * m for d in dstate[1:])
-                dxw[t], dprev, g = self.kind.backward(dnew, steps[t], p)
-                dstate = tuple(dp + d * (1 - m) for dp, d in zip(dprev, dstate))
-            for key, value in g.items():
-                if key in hidden_grads:
-                    hidden_grads[key] += value
-                else:
-                    hidden_grads[key] = value
+        x, steps = cache.inputs[layer][direction], cache.steps[layer][direction]
+        loop = self._loop()
+        if loop is None:
+            dxw, dstate, hidden_grads = reference_backward(
+                self.kind, dout, dstate, steps, p, cache.mask
+            )
+        else:
+            dxw, dstate, hidden_grads = loop.backward(dout, dstate, steps, p, cache.mask)
         dx, input_grads = input_projection_backward(dxw, x, p)  # all steps in one product
         sfx = self._suffixes(layer)[direction]
         for key, value in {**hidden_grads, **input_grads}.items():

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import IGNORE_INDEX, SequenceBatches, StreamBatches, lm_lines_batch
 from .losses import cross_entropy
@@ -35,6 +34,7 @@ from .optim import (
     grad_norm,
     warmup_cosine_lr,
 )
+from .version import __version__
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 

@@ -1,0 +1,484 @@
+"""The time loop of one layer and direction: the readable reference, and a fast loop per cell.
+
+Both take the input projection of every step, ``xw = x @ w_ih.T + b_ih`` of shape
+``(T, N, G*H)``, already computed in one product, and return the same things:
+
+- ``forward(xw, state0, p, mask) -> (out (T, N, H), final state, cache)``
+- ``backward(dout, dfinal, cache, p, mask) -> (dxw (T, N, G*H), dstate0, grads)``; ``grads``
+  holds ``w_hh``, ``b_hh`` (and ``w_peep``), the input-side gradients being left to one product
+  over all steps in the layer.
+
+The reference loop calls the step functions of :mod:`rnnkit.cells` once per step. The fast
+loops compute the same equations with what the notes leave out: every buffer allocated once,
+``out=`` everywhere, one ``tanh`` over a whole block of gates (σ(x) = (1 + tanh(x/2)) / 2, with
+the sigmoid gates' weights halved once per call, an exact scaling), the pre-activation
+gradients of all steps kept so that the recurrent weight gradient is one product after the
+loop, and the forward buffers reused for the backward pass. They are tested equal to the
+reference for every variant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .cells import CellKind, CellParams
+from .gates import GRU_GATES, LSTM_GATES, SIMPLE_GRU_GATES, gate_slices
+
+# ---------------------------------------------------------------- the reference loop
+
+
+def reference_forward(
+    kind: CellKind, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
+) -> tuple[np.ndarray, tuple, list]:
+    """A loop over the cell: one ``kind.forward`` per step."""
+    T, N, _ = xw.shape
+    out = np.empty((T, N, state[0].shape[1]), dtype=xw.dtype)
+    caches = []
+    for t in range(T):
+        new, step_cache = kind.forward(xw[t], state, p)
+        caches.append(step_cache)
+        if mask is None:
+            state = new
+            out[t] = new[0]
+        else:  # finished sequences keep their state and output zeros
+            m = mask[t]
+            state = tuple(np.where(m > 0, s_new, s_old) for s_new, s_old in zip(new, state))
+            out[t] = new[0] * m
+    return out, state, caches
+
+
+def reference_backward(
+    kind: CellKind,
+    dout: np.ndarray,
+    dstate: tuple,
+    caches: list,
+    p: CellParams,
+    mask: np.ndarray | None,
+) -> tuple[np.ndarray, tuple, dict]:
+    """Backpropagation through time with one ``kind.backward`` per step."""
+    T, N, H = dout.shape
+    dxw = np.empty((T, N, len(kind.gates) * H), dtype=dout.dtype)
+    grads: dict[str, np.ndarray] = {}
+    for t in reversed(range(T)):
+        if mask is None:
+            dnew = (dstate[0] + dout[t],) + dstate[1:]
+            dxw[t], dstate, g = kind.backward(dnew, caches[t], p)
+        else:  # a finished sequence passes its state (and gradient) straight through
+            m = mask[t]
+            dnew = ((dstate[0] + dout[t]) * m,) + tuple(d * m for d in dstate[1:])
+            dxw[t], dprev, g = kind.backward(dnew, caches[t], p)
+            dstate = tuple(dp + d * (1 - m) for dp, d in zip(dprev, dstate))
+        for key, value in g.items():
+            if key in grads:
+                grads[key] += value
+            else:
+                grads[key] = value
+    return dxw, dstate, grads
+
+
+# ---------------------------------------------------------------- helpers of the fast loops
+
+
+class Used:
+    """Marks a fast cache whose buffers the backward pass has overwritten."""
+
+
+def _halved(w: np.ndarray | None, cols: list[slice]) -> np.ndarray | None:
+    """A copy of ``w`` with the given gate blocks of its last axis multiplied by 0.5 (exact in
+    binary floating point)."""
+    if w is None:
+        return None
+    w = w.copy()
+    for c in cols:
+        w[..., c] *= 0.5
+    return w
+
+
+def _sigmoid_from_halved(block: np.ndarray) -> None:
+    """In place: ``block`` holds tanh(x/2); make it σ(x) = (1 + tanh(x/2)) / 2."""
+    block *= 0.5
+    block += 0.5
+
+
+def _carry(new: np.ndarray, old: np.ndarray, keep_new: np.ndarray) -> np.ndarray:
+    """``where(keep_new, new, old)``, exact (no arithmetic on the states)."""
+    out = old.copy()
+    np.copyto(out, new, where=keep_new)
+    return out
+
+
+def _hidden_grads(dhw: np.ndarray, h_in: np.ndarray, has_bias: bool) -> dict:
+    """dW_hh and db_hh over all steps in one product each."""
+    G = dhw.shape[-1]
+    dhw2 = dhw.reshape(-1, G)
+    grads = {"w_hh": dhw2.T @ h_in.reshape(-1, h_in.shape[-1])}
+    if has_bias:
+        grads["b_hh"] = dhw2.sum(axis=0)
+    return grads
+
+
+# ---------------------------------------------------------------- vanilla RNN
+
+
+class RNNLoop:
+    """a<t> = g(W_aa a<t-1> + xw<t> + b_hh), g = tanh or relu."""
+
+    def __init__(self, nonlinearity: str):
+        self.relu = nonlinearity == "relu"
+
+    def forward(self, xw, state, p, mask):
+        T, N, H = xw.shape
+        h_all = np.empty((T + 1, N, H), dtype=xw.dtype)  # h_all[t] is a<t-1>, the step's input
+        h_all[0] = state[0]
+        z = xw.copy()  # (T, N, H) pre-activations, then activations
+        if p.b_hh is not None:
+            z += p.b_hh
+        w_hh_t = np.ascontiguousarray(p.w_hh.T)
+        out = h_all[1:] if mask is None else np.empty((T, N, H), dtype=xw.dtype)
+        hw = np.empty((N, H), dtype=xw.dtype)
+        for t in range(T):
+            np.matmul(h_all[t], w_hh_t, out=hw)
+            z[t] += hw
+            if self.relu:
+                np.maximum(z[t], 0, out=z[t])
+            else:
+                np.tanh(z[t], out=z[t])
+            if mask is None:
+                h_all[t + 1] = z[t]
+            else:
+                np.multiply(z[t], mask[t], out=out[t])
+                h_all[t + 1] = _carry(z[t], h_all[t], mask[t] > 0)
+        return out, (h_all[T].copy(),), {"a": z, "h_all": h_all, "used": False}
+
+    def backward(self, dout, dstate, cache, p, mask):
+        a, h_all = cache["a"], cache["h_all"]
+        T, N, H = dout.shape
+        dz = a  # the activations are overwritten by the gradients, step by step
+        dh = dstate[0].copy()
+        for t in reversed(range(T)):
+            dnew = dh + dout[t]
+            if mask is not None:
+                dnew *= mask[t]
+            if self.relu:
+                dnew *= a[t] > 0
+            else:
+                deriv = np.multiply(a[t], a[t])
+                np.subtract(1, deriv, out=deriv)
+                dnew *= deriv  # tanh' = 1 - a<t>^2
+            dz[t] = dnew
+            carry = None if mask is None else dh * (1 - mask[t])
+            np.matmul(dz[t], p.w_hh, out=dh)
+            if carry is not None:
+                dh += carry
+        return dz, (dh,), _hidden_grads(dz, h_all[:T], p.b_hh is not None)
+
+
+# ---------------------------------------------------------------- LSTM
+
+
+class LSTMLoop:
+    """The LSTM of :func:`rnnkit.cells.lstm_step_forward`, optional peepholes included."""
+
+    def forward(self, xw, state, p, mask):
+        T, N, G = xw.shape
+        H = G // 4
+        s = gate_slices(LSTM_GATES, H)
+        sig = [s["i"], s["f"], s["o"]]
+        dt = xw.dtype
+        z = _halved(xw, sig)  # (T, N, 4H) halved sigmoid columns; becomes the gates
+        if p.b_hh is not None:
+            z += _halved(p.b_hh, sig)
+        w_hh_t = _halved(np.ascontiguousarray(p.w_hh.T), sig)  # (H, 4H)
+        peep = None if p.w_peep is None else 0.5 * p.w_peep  # every peephole feeds a sigmoid
+        h_all = np.empty((T + 1, N, H), dtype=dt)
+        c_all = np.empty((T + 1, N, H), dtype=dt)  # c_all[t] is c<t-1>, carried
+        h_all[0], c_all[0] = state
+        tanh_c = np.empty((T, N, H), dtype=dt)
+        out = h_all[1:] if mask is None else np.empty((T, N, H), dtype=dt)
+        hw = np.empty((N, G), dtype=dt)
+        c_new, tmp = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
+        for t in range(T):
+            zt, c_prev = z[t], c_all[t]
+            np.matmul(h_all[t], w_hh_t, out=hw)
+            zt += hw
+            if peep is not None:
+                for k, g in enumerate(("i", "f", "o")):
+                    np.multiply(c_prev, peep[k], out=tmp)
+                    zt[:, s[g]] += tmp
+            np.tanh(zt, out=zt)  # tanh(x/2) on the sigmoid gates, tanh(x) on g
+            _sigmoid_from_halved(zt[:, s["i"].start : s["f"].stop])  # Γu, Γf
+            _sigmoid_from_halved(zt[:, s["o"]])  # Γo
+            np.multiply(zt[:, s["f"]], c_prev, out=c_new)  # c<t> = Γf*c<t-1> + Γu*c̃<t>
+            np.multiply(zt[:, s["i"]], zt[:, s["g"]], out=tmp)
+            c_new += tmp
+            np.tanh(c_new, out=tanh_c[t])
+            if mask is None:
+                c_all[t + 1] = c_new
+                np.multiply(zt[:, s["o"]], tanh_c[t], out=h_all[t + 1])  # a<t> = Γo*tanh(c<t>)
+            else:
+                np.multiply(zt[:, s["o"]], tanh_c[t], out=tmp)
+                keep = mask[t] > 0
+                c_all[t + 1] = _carry(c_new, c_prev, keep)
+                h_all[t + 1] = _carry(tmp, h_all[t], keep)
+                np.multiply(tmp, mask[t], out=out[t])
+        final = (h_all[T].copy(), c_all[T].copy())
+        return (
+            out,
+            final,
+            {"gates": z, "h_all": h_all, "c_all": c_all, "tanh_c": tanh_c, "used": False},
+        )
+
+    def backward(self, dout, dstate, cache, p, mask):
+        gates, h_all, c_all, tanh_c = (
+            cache["gates"],
+            cache["h_all"],
+            cache["c_all"],
+            cache["tanh_c"],
+        )
+        T, N, H = dout.shape
+        s = gate_slices(LSTM_GATES, H)
+        dt = dout.dtype
+        dz = gates  # each step's gates are overwritten by its pre-activation gradients
+        dh, dc = dstate[0].copy(), dstate[1].copy()
+        dnew, tmp = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
+        deriv = np.empty((N, 4 * H), dtype=dt)
+        for t in reversed(range(T)):
+            zt, c_prev = gates[t], c_all[t]
+            gamma_u, gamma_f = zt[:, s["i"]], zt[:, s["f"]]
+            c_tilde, gamma_o = zt[:, s["g"]], zt[:, s["o"]]
+            np.add(dh, dout[t], out=dnew)
+            if mask is not None:
+                dnew *= mask[t]
+                carry_h, carry_c = dh * (1 - mask[t]), dc * (1 - mask[t])
+                dc *= mask[t]
+            np.multiply(tanh_c[t], tanh_c[t], out=tmp)  # dc += da * Γo * (1 - tanh²(c<t>))
+            np.subtract(1, tmp, out=tmp)
+            tmp *= gamma_o
+            tmp *= dnew
+            dc += tmp
+            np.subtract(1, zt, out=deriv)  # σ' = σ(1 - σ) on the sigmoid gates
+            deriv *= zt
+            np.multiply(c_tilde, c_tilde, out=deriv[:, s["g"]])  # tanh' = 1 - c̃² on g
+            np.subtract(1, deriv[:, s["g"]], out=deriv[:, s["g"]])
+            np.multiply(dnew, tanh_c[t], out=tmp)  # dΓo, before zt is overwritten
+            np.multiply(dc, c_tilde, out=dnew)  # dΓu (dnew is free now)
+            np.multiply(dc, gamma_u, out=zt[:, s["g"]])  # dc̃
+            zt[:, s["i"]] = dnew
+            zt[:, s["o"]] = tmp
+            np.multiply(dc, gamma_f, out=tmp)  # dc<t-1> = dc<t> * Γf
+            np.multiply(dc, c_prev, out=zt[:, s["f"]])  # dΓf
+            zt *= deriv  # pre-activation gradients of i, f, g, o
+            dc[...] = tmp
+            if p.w_peep is not None:
+                for k, g in enumerate(("i", "f", "o")):
+                    np.multiply(zt[:, s[g]], p.w_peep[k], out=tmp)
+                    dc += tmp
+            np.matmul(zt, p.w_hh, out=dh)
+            if mask is not None:
+                dh += carry_h
+                dc += carry_c
+        grads = _hidden_grads(dz, h_all[:T], p.b_hh is not None)
+        if p.w_peep is not None:
+            c_prev_all = c_all[:T]
+            grads["w_peep"] = np.stack(
+                [np.einsum("tnh,tnh->h", dz[..., s[g]], c_prev_all) for g in ("i", "f", "o")]
+            )
+        return dz, (dh, dc), grads
+
+
+# ---------------------------------------------------------------- GRU
+
+
+class GRULoop:
+    """The full GRU of :func:`rnnkit.cells.gru_step_forward`, reset after or before W_hn."""
+
+    def __init__(self, reset_after: bool):
+        self.reset_after = reset_after
+
+    def forward(self, xw, state, p, mask):
+        T, N, G = xw.shape
+        H = G // 3
+        s = gate_slices(GRU_GATES, H)
+        rz, n = slice(0, 2 * H), s["n"]
+        dt = xw.dtype
+        gates = _halved(xw, [rz])  # (T, N, 3H): Γr, z (= 1 - Γu), c̃
+        w_hh_t = _halved(np.ascontiguousarray(p.w_hh.T), [rz])  # (H, 3H)
+        w_rz_t, w_n_t = np.ascontiguousarray(w_hh_t[:, rz]), np.ascontiguousarray(w_hh_t[:, n])
+        b_hh = _halved(p.b_hh, [rz])
+        h_all = np.empty((T + 1, N, H), dtype=dt)
+        h_all[0] = state[0]
+        reset_in = np.empty((T, N, H), dtype=dt)  # W_hn a + b_hn (after), or Γr*a (before)
+        out = h_all[1:] if mask is None else np.empty((T, N, H), dtype=dt)
+        hw = np.empty((N, 3 * H if self.reset_after else 2 * H), dtype=dt)
+        hn, h_new = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
+        for t in range(T):
+            gt, h_prev = gates[t], h_all[t]
+            if self.reset_after:
+                np.matmul(h_prev, w_hh_t, out=hw)
+                if b_hh is not None:
+                    hw += b_hh
+            else:
+                np.matmul(h_prev, w_rz_t, out=hw)
+                if b_hh is not None:
+                    hw += b_hh[rz]
+            gt[:, rz] += hw[:, rz]
+            np.tanh(gt[:, rz], out=gt[:, rz])
+            _sigmoid_from_halved(gt[:, rz])  # Γr and z
+            r = gt[:, s["r"]]
+            if self.reset_after:
+                reset_in[t] = hw[:, n]
+                np.multiply(r, hw[:, n], out=hn)  # Γr*(W_hn a<t-1> + b_hn)
+            else:
+                np.multiply(r, h_prev, out=reset_in[t])  # Γr*a<t-1>
+                np.matmul(reset_in[t], w_n_t, out=hn)
+                if b_hh is not None:
+                    hn += b_hh[n]
+            gt[:, n] += hn
+            np.tanh(gt[:, n], out=gt[:, n])  # c̃
+            np.subtract(h_prev, gt[:, n], out=h_new)  # a<t> = c̃ + z*(a<t-1> - c̃)
+            h_new *= gt[:, s["z"]]
+            h_new += gt[:, n]
+            if mask is None:
+                h_all[t + 1] = h_new
+            else:
+                h_all[t + 1] = _carry(h_new, h_prev, mask[t] > 0)
+                np.multiply(h_new, mask[t], out=out[t])
+        return (
+            out,
+            (h_all[T].copy(),),
+            {"gates": gates, "h_all": h_all, "reset_in": reset_in, "used": False},
+        )
+
+    def backward(self, dout, dstate, cache, p, mask):
+        gates, h_all, reset_in = cache["gates"], cache["h_all"], cache["reset_in"]
+        T, N, H = dout.shape
+        s = gate_slices(GRU_GATES, H)
+        rz, n = slice(0, 2 * H), s["n"]
+        dt = dout.dtype
+        dxw = gates  # overwritten step by step
+        dhn_all = np.empty((T, N, H), dtype=dt)  # gradient of the n block's hidden product
+        dh = dstate[0].copy()
+        dnew, tmp = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
+        deriv = np.empty((N, 2 * H), dtype=dt)
+        d_reset = np.empty((N, H), dtype=dt)
+        for t in reversed(range(T)):
+            gt, h_prev = gates[t], h_all[t]
+            r, z, c_tilde = gt[:, s["r"]], gt[:, s["z"]], gt[:, n]
+            np.add(dh, dout[t], out=dnew)
+            if mask is not None:
+                dnew *= mask[t]
+                carry = dh * (1 - mask[t])
+            np.subtract(1, gt[:, rz], out=deriv)  # σ(1 - σ) for Γr and z
+            deriv *= gt[:, rz]
+            np.multiply(dnew, z, out=dh)  # da<t-1> through z*a<t-1>
+            np.subtract(h_prev, c_tilde, out=tmp)  # dz = da * (a<t-1> - c̃)
+            tmp *= dnew
+            np.subtract(1, z, out=z)  # z is free after dz: 1 - z = Γu
+            dnew *= z  # dc̃ = da * Γu
+            np.multiply(c_tilde, c_tilde, out=c_tilde)  # dn = dc̃ * (1 - c̃²)
+            np.subtract(1, c_tilde, out=c_tilde)
+            c_tilde *= dnew
+            gt[:, s["z"]] = tmp
+            if self.reset_after:
+                np.multiply(c_tilde, r, out=dhn_all[t])  # the hidden side saw Γr*(...)
+                np.multiply(c_tilde, reset_in[t], out=d_reset)  # dΓr
+            else:
+                dhn_all[t] = c_tilde
+                np.matmul(c_tilde, p.w_hh[n], out=d_reset)  # gradient of Γr*a<t-1>
+                np.multiply(d_reset, r, out=tmp)
+                dh += tmp
+                d_reset *= h_prev  # dΓr
+            gt[:, s["r"]] = d_reset
+            gt[:, rz] *= deriv
+            np.matmul(gt[:, rz], p.w_hh[rz], out=tmp)
+            dh += tmp
+            if self.reset_after:
+                np.matmul(dhn_all[t], p.w_hh[n], out=tmp)
+                dh += tmp
+            if mask is not None:
+                dh += carry
+        G = 3 * H
+        d2 = dxw.reshape(-1, G)
+        h_prev_all = h_all[:T].reshape(-1, H)
+        n_input = h_prev_all if self.reset_after else reset_in.reshape(-1, H)
+        grads = {
+            "w_hh": np.concatenate([d2[:, rz].T @ h_prev_all, dhn_all.reshape(-1, H).T @ n_input])
+        }
+        if p.b_hh is not None:
+            grads["b_hh"] = np.concatenate(
+                [d2[:, rz].sum(axis=0), dhn_all.reshape(-1, H).sum(axis=0)]
+            )
+        return dxw, (dh,), grads
+
+
+class SimpleGRULoop:
+    """The course's simplified GRU of :func:`rnnkit.cells.simple_gru_step_forward`."""
+
+    def forward(self, xw, state, p, mask):
+        T, N, G = xw.shape
+        H = G // 2
+        s = gate_slices(SIMPLE_GRU_GATES, H)
+        dt = xw.dtype
+        gates = _halved(xw, [s["z"]])  # (T, N, 2H): z (= 1 - Γu), c̃
+        if p.b_hh is not None:
+            gates += _halved(p.b_hh, [s["z"]])
+        w_hh_t = _halved(np.ascontiguousarray(p.w_hh.T), [s["z"]])
+        h_all = np.empty((T + 1, N, H), dtype=dt)
+        h_all[0] = state[0]
+        out = h_all[1:] if mask is None else np.empty((T, N, H), dtype=dt)
+        hw, h_new = np.empty((N, G), dtype=dt), np.empty((N, H), dtype=dt)
+        for t in range(T):
+            gt, h_prev = gates[t], h_all[t]
+            np.matmul(h_prev, w_hh_t, out=hw)
+            gt += hw
+            np.tanh(gt, out=gt)
+            _sigmoid_from_halved(gt[:, s["z"]])
+            np.subtract(h_prev, gt[:, s["n"]], out=h_new)  # c<t> = c̃ + z*(c<t-1> - c̃)
+            h_new *= gt[:, s["z"]]
+            h_new += gt[:, s["n"]]
+            if mask is None:
+                h_all[t + 1] = h_new
+            else:
+                h_all[t + 1] = _carry(h_new, h_prev, mask[t] > 0)
+                np.multiply(h_new, mask[t], out=out[t])
+        return out, (h_all[T].copy(),), {"gates": gates, "h_all": h_all, "used": False}
+
+    def backward(self, dout, dstate, cache, p, mask):
+        gates, h_all = cache["gates"], cache["h_all"]
+        T, N, H = dout.shape
+        s = gate_slices(SIMPLE_GRU_GATES, H)
+        dt = dout.dtype
+        dh = dstate[0].copy()
+        dnew, tmp = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
+        for t in reversed(range(T)):
+            gt, h_prev = gates[t], h_all[t]
+            z, c_tilde = gt[:, s["z"]], gt[:, s["n"]]
+            np.add(dh, dout[t], out=dnew)
+            if mask is not None:
+                dnew *= mask[t]
+                carry = dh * (1 - mask[t])
+            np.multiply(dnew, z, out=dh)
+            np.subtract(h_prev, c_tilde, out=tmp)  # dz = da * (c<t-1> - c̃) * σ'
+            tmp *= dnew
+            tmp *= z * (1 - z)
+            np.subtract(1, z, out=z)  # Γu
+            z *= dnew  # dc̃ = da * Γu
+            np.multiply(c_tilde, c_tilde, out=c_tilde)
+            np.subtract(1, c_tilde, out=c_tilde)
+            c_tilde *= z
+            gt[:, s["z"]] = tmp
+            np.matmul(gt, p.w_hh, out=tmp)
+            dh += tmp
+            if mask is not None:
+                dh += carry
+        return gates, (dh,), _hidden_grads(gates, h_all[:T], p.b_hh is not None)
+
+
+FAST_LOOPS = {
+    "rnn_tanh": RNNLoop("tanh"),
+    "rnn_relu": RNNLoop("relu"),
+    "lstm": LSTMLoop(),
+    "gru": GRULoop(reset_after=True),
+    "gru_reset_before": GRULoop(reset_after=False),
+    "gru_simple": SimpleGRULoop(),
+}

@@ -1,0 +1,85 @@
+"""The fast time loops against the reference loop over the cells, for every variant."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import rnnkit
+
+D, H = 5, 6
+VARIANTS = {
+    "rnn_tanh": lambda **kw: rnnkit.RNN(D, H, **kw),
+    "rnn_relu": lambda **kw: rnnkit.RNN(D, H, nonlinearity="relu", **kw),
+    "gru": lambda **kw: rnnkit.GRU(D, H, **kw),
+    "gru_reset_before": lambda **kw: rnnkit.GRU(D, H, reset_after=False, **kw),
+    "gru_simple": lambda **kw: rnnkit.GRU(D, H, simplified=True, **kw),
+    "lstm": lambda **kw: rnnkit.LSTM(D, H, **kw),
+    "lstm_peephole": lambda **kw: rnnkit.LSTM(D, H, peephole=True, **kw),
+}
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
+
+
+def run(layer, backend, x, state, lengths, dout, dfinal):
+    layer.backend = backend
+    layer.zero_grad()
+    out, final, cache = layer.forward(x, state, lengths)
+    dx, dstate = layer.backward(dout, cache, dfinal)
+    return out, final, dx, dstate, {k: v.copy() for k, v in layer.grads.items()}
+
+
+def flat(value):
+    return list(value) if isinstance(value, tuple) else [value]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(
+    "num_layers,bidirectional,with_lengths",
+    list(itertools.product([1, 2], [False, True], [False, True])),
+)
+def test_fast_loop_equals_reference(variant, dtype, num_layers, bidirectional, with_lengths):
+    rng = np.random.default_rng(0)
+    T, N = 7, 4
+    layer = VARIANTS[variant](
+        num_layers=num_layers, bidirectional=bidirectional, rng=1, dtype=dtype
+    )
+    k = num_layers * (2 if bidirectional else 1)
+    x = rng.normal(size=(T, N, D)).astype(dtype)
+    state = rng.normal(size=(k, N, H)).astype(dtype)
+    dfinal = rng.normal(size=(k, N, H)).astype(dtype)
+    if layer.mode == "lstm":
+        state = (state, rng.normal(size=(k, N, H)).astype(dtype))
+        dfinal = (dfinal, rng.normal(size=(k, N, H)).astype(dtype))
+    lengths = np.array([T, 3, 5, 1]) if with_lengths else None
+    dout = rng.normal(size=(T, N, H * (2 if bidirectional else 1))).astype(dtype)
+    fast = run(layer, "fast", x, state, lengths, dout, dfinal)
+    ref = run(layer, "reference", x, state, lengths, dout, dfinal)
+    tol = TOLERANCE[dtype]
+    for a, b in zip(
+        [fast[0], *flat(fast[1]), fast[2], *flat(fast[3])],
+        [ref[0], *flat(ref[1]), ref[2], *flat(ref[3])],
+    ):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    for name in ref[4]:
+        np.testing.assert_allclose(fast[4][name], ref[4][name], rtol=tol, atol=tol, err_msg=name)
+
+
+def test_fast_cache_serves_one_backward_pass():
+    layer = rnnkit.LSTM(D, H, rng=0)
+    out, _, cache = layer.forward(np.ones((3, 2, D)))
+    layer.backward(np.ones_like(out), cache)
+    with pytest.raises(ValueError, match="already used by a backward pass.*run forward again"):
+        layer.backward(np.ones_like(out), cache)
+    layer.backend = "reference"
+    out, _, cache = layer.forward(np.ones((3, 2, D)))
+    layer.backward(np.ones_like(out), cache)
+    layer.backward(np.ones_like(out), cache)  # the reference keeps its caches intact
+
+
+def test_unknown_backend():
+    layer = rnnkit.GRU(D, H)
+    layer.backend = "gpu"
+    with pytest.raises(ValueError, match="backend must be 'fast' or 'reference', got 'gpu'"):
+        layer.forward(np.ones((3, 2, D)))
