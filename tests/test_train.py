@@ -181,7 +181,7 @@ def test_non_finite_gradient_or_loss_changes_nothing_and_is_reported(tmp_path, w
         saved[step] = model.state_dict()
 
     poisoned = PoisonTask(task, at_step=6, what=what)
-    with pytest.raises(TrainingError, match="non-finite gradient|loss became nan"):
+    with pytest.raises(TrainingError, match="gradient became non-finite|loss became nan"):
         train(model, poisoned, config, tmp_path, on_checkpoint=remember)
     after_step_5 = model.state_dict()
     assert all(np.isfinite(v).all() for v in after_step_5.values())

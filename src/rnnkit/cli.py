@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import StreamBatches
 from .models import CELLS, LanguageModel
@@ -34,6 +33,7 @@ from .train import (
     stream_loss,
     train,
 )
+from .version import __version__
 
 NAMES_FILE = "dinosaurs.txt"
 
@@ -53,6 +53,11 @@ def bundled_names() -> Path:
 def say(text: str) -> None:
     """What the command resolved or found, on stdout."""
     print(text, flush=True)
+
+
+def print_to(stream):
+    """``say`` on another stream."""
+    return lambda text: print(text, file=stream, flush=True)
 
 
 def check_writable(folder: Path) -> None:
@@ -89,6 +94,8 @@ def load_run(folder: str) -> tuple[LanguageModel, Vocabulary, dict, dict]:
         vocab = Vocabulary.from_json(meta["vocabulary"])
         model = build_model(meta["model"])
         model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+        if meta["options"]["mode"] not in ("stream", "lines"):
+            raise ValueError(f"unknown mode {meta['options']['mode']!r}")
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError) as e:
@@ -97,6 +104,16 @@ def load_run(folder: str) -> tuple[LanguageModel, Vocabulary, dict, dict]:
         ) from None
     model.eval()
     return model, vocab, meta, arrays
+
+
+def describe_run(folder: str, model: LanguageModel, vocab: Vocabulary, meta: dict) -> str:
+    """One line: what was loaded from ``folder``."""
+    spec, opts = meta["model"], meta["options"]
+    return (
+        f"model: {folder}: {spec['cell']} x {spec['num_layers']}, hidden {spec['hidden_size']}, "
+        f"{model.num_parameters():,} parameters; vocabulary {len(vocab):,} tokens "
+        f"({vocab.level} level, {opts['mode']} mode); trained {meta.get('step', '?')} steps"
+    )
 
 
 def build_model(spec: dict) -> LanguageModel:
@@ -188,13 +205,33 @@ def validate_train(opts: dict) -> None:
         raise UsageError(f"--clip must be >= 0 (0 turns clipping off), got {opts['clip']}")
 
 
-def prepare_data(text: str, opts: dict, vocab: Vocabulary | None = None):
-    """Split into training and validation data, build (or check) the vocabulary.
+def build_vocabulary(text: str, opts: dict) -> Vocabulary:
+    """The vocabulary a run on ``text`` with these options learns."""
+    texts = split_lines(text) if opts["mode"] == "lines" else [text]
+    return Vocabulary.build(texts, opts["level"], opts["min_count"])
 
-    Returns ``(vocab, train, val, sizes)`` where train/val are id streams (stream mode) or lists
+
+def vocabulary_change(built: Vocabulary, saved: Vocabulary) -> str:
+    """What differs between two vocabularies, in a few words."""
+    if built.level != saved.level:
+        return f"{built.level} level instead of {saved.level}"
+    new = [t for t in built.tokens if t not in saved.ids]
+    gone = [t for t in saved.tokens if t not in built.ids]
+    parts = []
+    for what, toks in (("new", new), ("missing", gone)):
+        if toks:
+            more = f" and {len(toks) - 10} more" if len(toks) > 10 else ""
+            parts.append(f"{what}: {', '.join(repr(t) for t in toks[:10])}{more}")
+    return "; ".join(parts)
+
+
+def prepare_data(text: str, opts: dict, vocab: Vocabulary):
+    """Split into training and validation data and encode them with ``vocab``.
+
+    Returns ``(train, val, sizes)`` where train/val are id streams (stream mode) or lists
     of id lines (lines mode).
     """
-    level, mode, frac = opts["level"], opts["mode"], opts["val_frac"]
+    mode, frac = opts["mode"], opts["val_frac"]
     if mode == "lines":
         lines = split_lines(text)
         if not lines:
@@ -205,8 +242,6 @@ def prepare_data(text: str, opts: dict, vocab: Vocabulary | None = None):
             n_val = max(1, n_val)
         val_lines = [lines[i] for i in order[:n_val]]
         train_lines = [lines[i] for i in order[n_val:]]
-        built = Vocabulary.build(lines, level, opts["min_count"])
-        vocab = vocab or built
         train = [vocab.encode(line) for line in train_lines]
         val = [vocab.encode(line) for line in val_lines]
         sizes = {
@@ -220,8 +255,6 @@ def prepare_data(text: str, opts: dict, vocab: Vocabulary | None = None):
                 f"--batch-size {opts['batch_size']}; use a smaller --batch-size or a longer text"
             )
     else:
-        built = Vocabulary.build([text], level, opts["min_count"])
-        vocab = vocab or built
         ids = np.asarray(vocab.encode_stream(text), dtype=np.int64)
         n_val = int(len(ids) * frac)
         train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
@@ -233,7 +266,7 @@ def prepare_data(text: str, opts: dict, vocab: Vocabulary | None = None):
                 f"use a smaller --batch-size or --seq-len, or a longer text"
             )
         sizes = {"train_tokens": len(train), "val_tokens": len(val)}
-    return vocab, built, train, val, sizes
+    return train, val, sizes
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -248,11 +281,20 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"drop --resume to start a new run there"
             )
         _, meta = load_checkpoint(out / CHECKPOINT_NAME)
-        saved = meta["options"]
+        saved = meta.get("options")
+        if not (
+            isinstance(saved, dict)
+            and isinstance(meta.get("vocabulary"), dict)
+            and isinstance(meta.get("step"), int)
+        ):
+            raise CheckpointError(
+                f"checkpoint {out / CHECKPOINT_NAME} was not written by rnnkit train, "
+                f"so it cannot be resumed"
+            )
         clash = [
-            f"--{k.replace('_', '-')} {getattr(args, k)} (saved: {saved[k]})"
+            f"--{k.replace('_', '-')} {getattr(args, k)} (saved: {saved.get(k)})"
             for k in FIXED_FLAGS
-            if getattr(args, k) is not None and getattr(args, k) != saved[k]
+            if getattr(args, k) is not None and getattr(args, k) != saved.get(k)
         ]
         if clash:
             raise UsageError(
@@ -260,15 +302,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{', '.join(clash)}; drop them or train into a new --out"
             )
         given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
-        opts = {**saved, **given}
+        opts = {**TRAIN_DEFAULTS, **saved, **given}
         validate_train(opts)
     elif (out / CHECKPOINT_NAME).exists():
         raise UsageError(
             f"{out} already holds a training run; continue it with --resume or "
             f"choose another --out (nothing was changed)"
         )
-    check_writable(out)
-    remove_stale_temporaries(out)
     if args.file:
         source = Path(args.file)
     else:
@@ -277,14 +317,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     text = read_text(source, opts["encoding"], opts["errors"])
     if not text.strip():
         raise UsageError(f"{source} is empty: there is nothing to train on")
-    saved_vocab = Vocabulary.from_json(meta["vocabulary"]) if meta else None
-    vocab, built, train_data, val_data, sizes = prepare_data(text, opts, saved_vocab)
-    if saved_vocab is not None and built != saved_vocab:
-        raise UsageError(
-            f"--resume: the vocabulary of {source} ({len(built)} tokens) differs "
-            f"from the run saved in {out} ({len(saved_vocab)} tokens); resume "
-            f"with the same text and --level/--min-count"
-        )
+    vocab = build_vocabulary(text, opts)
+    if meta:
+        saved_vocab = Vocabulary.from_json(meta["vocabulary"])
+        if vocab != saved_vocab:  # checked before encoding: unseen characters cannot be encoded
+            raise UsageError(
+                f"--resume: the vocabulary of {source} ({len(vocab)} tokens) differs "
+                f"from the run saved in {out} ({len(saved_vocab)} tokens; "
+                f"{vocabulary_change(vocab, saved_vocab)}); resume with the same text "
+                f"and --level/--min-count"
+            )
+    train_data, val_data, sizes = prepare_data(text, opts, vocab)
+    check_writable(out)  # only now: bad input must not leave an empty folder behind
+    remove_stale_temporaries(out)
 
     model_spec = {
         "vocab_size": len(vocab),
@@ -337,10 +382,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         "vocabulary": vocab.to_json(),
         "model": model_spec,
         "options": opts,
-        "source": str(source),
+        "source": str(source.resolve()),  # so --resume works from any folder
     }
     try:
-        history = train(model, task, config, out, resume=bool(meta), extra_metadata=extra)
+        # A diverging run overflows on its way to a non-finite loss: that is reported below as
+        # one line, not as a screen of RuntimeWarnings.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            history = train(model, task, config, out, resume=bool(meta), extra_metadata=extra)
     except KeyboardInterrupt:
         print(f"interrupted: checkpoint saved in {out}; continue with --resume", file=sys.stderr)
         return 130
@@ -384,14 +432,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prime = []
     if args.prime:
         unknown = vocab.unknown(args.prime)
-        if unknown and (vocab.level == "char" or vocab.unk_id is None):
-            raise UsageError(
-                f"--prime has {vocab.level}s the model never saw: "
-                f"{', '.join(repr(u) for u in unknown)}"
-            )
         if unknown:
-            say(f"note: words read as <unk>: {', '.join(unknown)}")
+            kind = "characters" if vocab.level == "char" else "words"
+            raise UsageError(
+                f"--prime has {kind} the model never saw: "
+                f"{', '.join(repr(u) for u in unknown)}; use only {kind} of the training text"
+            )
         prime = vocab.encode(args.prime)
+    say(describe_run(args.dir, model, vocab, meta))
     first = [start_id(vocab, mode)] + prime
     rng = np.random.default_rng(args.seed)
     stop = vocab.eos_id if mode == "lines" else None
@@ -430,8 +478,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = read_text(args.file, args.encoding, args.errors)
     if not text.strip():
         raise UsageError(f"{args.file} is empty: there is nothing to evaluate")
-    check_known(vocab, text, args.file)
-    nats, tokens, chars = evaluate_text(model, vocab, meta["options"]["mode"], text)
+    mode = meta["options"]["mode"]
+    # lines mode reads stripped lines: their breaks and edge spaces are never tokens
+    check_known(vocab, "".join(split_lines(text)) if mode == "lines" else text, args.file)
+    note = print_to(sys.stderr if args.json else sys.stdout)
+    note(describe_run(args.dir, model, vocab, meta))
+    note(f"data: {args.file}: {len(text):,} characters")
+    nats, tokens, chars = evaluate_text(model, vocab, mode, text)
     result = {
         "loss": nats / tokens,
         "perplexity": math.exp(nats / tokens),
@@ -453,6 +506,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not args.text.strip():
         raise UsageError("TEXT is empty: give the sentence or name to score")
     check_known(vocab, args.text, "TEXT")
+    note = print_to(sys.stderr if args.json else sys.stdout)
+    note(describe_run(args.dir, model, vocab, meta))
     ids = vocab.encode(args.text) + ([vocab.eos_id] if meta["options"]["mode"] == "lines" else [])
     logp = model.sequence_log_prob(np.asarray(ids), start_id(vocab, meta["options"]["mode"]))
     result = {
@@ -477,13 +532,26 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # Chosen on the held-out names: past about 300 steps (8 epochs) the model memorises.
-DEMO = {"level": "char", "mode": "lines", "cell": "lstm", "hidden_size": 128, "dropout": 0.2,
-        "steps": 300, "batch_size": 32, "lr": 0.005, "seed": 0, "eval_every": 100,
-        "checkpoint_every": 100}
+DEMO = {
+    "level": "char",
+    "mode": "lines",
+    "cell": "lstm",
+    "hidden_size": 128,
+    "dropout": 0.2,
+    "steps": 300,
+    "batch_size": 32,
+    "lr": 0.005,
+    "seed": 0,
+    "eval_every": 100,
+    "checkpoint_every": 100,
+}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     folder = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rnnkit-demo-"))
+    if (folder / CHECKPOINT_NAME).exists():
+        raise UsageError(f"{folder} already holds a training run; choose another --out")
+    check_writable(folder)  # before the first line is printed: a bad --out is one error line
     argv = ["train", "--out", str(folder), "--progress", args.progress]
     for key, value in DEMO.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
@@ -491,16 +559,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code = main(argv)
     if code != 0:
         return code
-    say("ten novel names (rnnkit sample, temperature 0.8):")
-    return main(["sample", str(folder), "--num", "10", "--temperature", "0.8", "--seed", "1"])
+    model, vocab, meta, _ = load_run(str(folder))
+    known = set(split_lines(read_text(bundled_names())))
+    rng = np.random.default_rng(1)
+    novel: list[str] = []
+    for _ in range(20):  # names the list already holds are not novel: draw until ten are
+        for ids in generate(
+            model, 40, rng, prime=[vocab.eos_id], num=20, stop_id=vocab.eos_id, temperature=0.8
+        ):
+            name = vocab.decode(ids).strip()
+            if name and name not in known and name not in novel:
+                novel.append(name)
+        if len(novel) >= 10:
+            break
+    say(f"ten novel names, none of them in the list (temperature 0.8; run kept in {folder}):")
+    for name in novel[:10]:
+        say(name)
+    return 0
 
 
 # ---------------------------------------------------------------- argument parsing
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every command."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="rnnkit",
         description=(
             "Recurrent language models from the equations: train on any text, sample novel "

@@ -7,6 +7,7 @@ so the same text always gives the same ids.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,10 @@ def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict")
     offset, unless ``errors="replace"``."""
     path = Path(path)
     try:
+        codecs.lookup(encoding)  # before reading: a bad name is an error even for clean bytes
+    except LookupError:
+        raise TextError(f"unknown encoding {encoding!r}; try utf-8 or latin-1") from None
+    try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise TextError(f"{path}: no such file") from None
@@ -35,8 +40,6 @@ def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict")
         raise TextError(f"{path}: cannot read ({e.strerror})") from None
     try:
         return data.decode(encoding, errors=errors)
-    except LookupError:
-        raise TextError(f"unknown encoding {encoding!r}; try utf-8 or latin-1") from None
     except UnicodeDecodeError as e:
         raise TextError(
             f"{path}: byte {e.start} (0x{data[e.start]:02x}) is not valid "
@@ -70,6 +73,8 @@ class Vocabulary:
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         if len(self.ids) != len(self.tokens):
             raise ValueError("vocabulary tokens must be distinct")
+        if EOS not in self.ids:
+            raise ValueError(f"a vocabulary needs the {EOS} token")
         self.eos_id = self.ids[EOS]
         self.unk_id = self.ids.get(UNK)
 
@@ -125,7 +130,13 @@ class Vocabulary:
         """Text of ``ids``; at word level ``<eos>`` reads as a line break."""
         tokens = [self.tokens[i] for i in ids]
         if self.level == "word":
-            return " ".join("\n" if t == EOS else t for t in tokens).replace(" \n ", "\n")
+            lines: list[list[str]] = [[]]
+            for t in tokens:
+                if t == EOS:
+                    lines.append([])
+                else:
+                    lines[-1].append(t)
+            return "\n".join(" ".join(words) for words in lines)
         return "".join(t for t in tokens if t != EOS)
 
     def to_json(self) -> dict:

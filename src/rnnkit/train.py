@@ -126,6 +126,8 @@ class StreamLMTask:
             self.carry = None
         logits, state, cache = model.forward(x, self.carry)
         loss, dlogits = cross_entropy(logits, y)
+        if not math.isfinite(loss):
+            return loss  # the loop stops with TrainingError; no backward pass through nan
         model.backward(dlogits, cache)
         self.carry = state  # the arrays carry on; the gradient stops here
         return loss
@@ -184,6 +186,8 @@ class LinesLMTask:
         x, y, lengths = lm_lines_batch([self.lines[i] for i in idx], self.eos_id)
         logits, _, cache = model.forward(x, None, lengths)
         loss, dlogits = cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
+        if not math.isfinite(loss):
+            return loss  # the loop stops with TrainingError; no backward pass through nan
         model.backward(dlogits, cache)
         return loss
 
@@ -356,6 +360,14 @@ def _checkpoint(
     save_checkpoint(path, arrays, meta)
 
 
+def _diverged(progress: Progress, what: str, step: int) -> None:
+    progress.close()
+    raise TrainingError(
+        f"{what} at step {step + 1}; training stopped and the last checkpoint was kept. "
+        f"Try a lower learning rate (--lr) or gradient clipping (--clip)"
+    )
+
+
 def train(
     model: Module,
     task,
@@ -442,26 +454,19 @@ def train(
             opt.zero_grad()
             loss = task.train_step(model)
             if not math.isfinite(loss):
-                progress.close()
-                raise TrainingError(
-                    f"loss became {loss} at step {step + 1}; training stopped "
-                    f"and the last checkpoint was kept. Try a lower learning "
-                    f"rate or --clip"
-                )
+                _diverged(progress, f"the loss became {loss}", step)
             norm = grad_norm(model)  # checked before clipping, which could hide an inf
             if not math.isfinite(norm):
-                progress.close()
-                raise TrainingError(
-                    f"non-finite gradient (norm {norm}) at step {step + 1}; training stopped, "
-                    f"weights unchanged, and the last checkpoint was kept. Try a lower "
-                    f"learning rate"
-                )
+                _diverged(progress, f"the gradient became non-finite (norm {norm})", step)
             if config.clip:
                 if config.clip_mode == "value":
                     clip_grad_value_(model, config.clip)
                 else:
                     clip_grad_norm_(model, config.clip)
             opt.step()
+            if not all(np.isfinite(v).all() for _, v in model.named_parameters()):
+                # never let a checkpoint of broken weights replace a good one
+                _diverged(progress, "the weights became non-finite", step)
             step += 1
             history.train_loss.append(loss)
             val = None

@@ -1,0 +1,135 @@
+"""Language-model training end to end: rnnkit's training loop against a PyTorch twin.
+
+The same model (embedding -> recurrent layer -> linear head), batch and sequence length, on the
+same contiguous stream of characters (truncated BPTT, state carried), with Adam and global-norm
+clipping, float32. Reports training tokens per second of each and the ratio; writes
+benchmarks/results/train.json. The text is the Python standard library's own source, which is
+on every machine. Run with the OpenBLAS variables unset (see bench_layers.py):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_train.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rnnkit.models import LanguageModel
+from rnnkit.text import Vocabulary
+from rnnkit.train import StreamLMTask, TrainConfig, train
+
+RESULTS = Path(__file__).parent / "results" / "train.json"
+
+
+def corpus(chars: int) -> str:
+    """The first ``chars`` characters of the standard library's modules, in sorted order."""
+    parts, total = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        parts.append(text)
+        total += len(text)
+        if total >= chars:
+            break
+    return "".join(parts)[:chars]
+
+
+class Twin(torch.nn.Module):
+    def __init__(self, cell: str, vocab: int, hidden: int):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocab, hidden)
+        self.rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](
+            hidden, hidden
+        )
+        self.head = torch.nn.Linear(hidden, vocab)
+
+    def forward(self, x, state):
+        out, state = self.rnn(self.embedding(x), state)
+        return self.head(out), state
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cells", default="lstm,gru,rnn")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=100)
+    p.add_argument("--steps", type=int, default=40)
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    text = corpus(args.batch * args.seq_len * (args.steps + 2) + 1)
+    vocab = Vocabulary.build([text], "char")
+    ids = np.asarray(vocab.encode(text))
+    rows = []
+    for cell in args.cells.split(","):
+        model = LanguageModel(len(vocab), args.hidden, cell=cell, rng=0)
+        twin = Twin(cell, len(vocab), args.hidden)
+        twin.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()})
+        config = TrainConfig(steps=args.steps, lr=2e-3, clip=5.0, progress="none")
+        task = StreamLMTask(ids, None, args.batch, args.seq_len)
+        task.evaluate = lambda m: 0.0  # time training only
+        train(
+            model,
+            StreamLMTask(ids, None, args.batch, args.seq_len),
+            TrainConfig(steps=2, progress="none"),
+        )  # warm up
+        start = time.perf_counter()
+        history = train(model, task, config)
+        ours = time.perf_counter() - start
+
+        time.sleep(0.2)
+        opt = torch.optim.Adam(twin.parameters(), lr=2e-3)
+        stream = StreamLMTask(ids, None, args.batch, args.seq_len).batches
+        state, losses = None, []
+        for step in range(args.steps + 2):
+            if step == 2:  # two untimed warm-up steps, as for rnnkit
+                start = time.perf_counter()
+            x, y, new_epoch = stream.next()
+            logits, state = twin(torch.from_numpy(x), None if new_epoch else state)
+            state = tuple(s.detach() for s in state) if cell == "lstm" else state.detach()
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, len(vocab)), torch.from_numpy(y).reshape(-1)
+            )
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(twin.parameters(), 5.0)
+            opt.step()
+            losses.append(loss.item())
+        theirs = time.perf_counter() - start
+        tokens = args.steps * args.batch * args.seq_len
+        row = {
+            "cell": cell,
+            "hidden": args.hidden,
+            "batch": args.batch,
+            "seq_len": args.seq_len,
+            "steps": args.steps,
+            "vocab": len(vocab),
+            "rnnkit_tok_s": tokens / ours,
+            "torch_tok_s": tokens / theirs,
+            "ratio": theirs / ours,
+            "rnnkit_last_loss": history.train_loss[-1],
+            "torch_last_loss": losses[-1],
+        }
+        rows.append(row)
+        print(
+            f"{cell:5} H={args.hidden} N={args.batch} T={args.seq_len}: rnnkit "
+            f"{row['rnnkit_tok_s']:9.0f} tok/s, PyTorch {row['torch_tok_s']:9.0f} tok/s, "
+            f"ratio {row['ratio']:.2f} (last losses {row['rnnkit_last_loss']:.3f} / "
+            f"{row['torch_last_loss']:.3f})",
+            flush=True,
+        )
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(
+        json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1) + "\n", encoding="utf-8"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
