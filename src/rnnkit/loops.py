@@ -1,7 +1,8 @@
 """The time loop of one layer and direction: the readable reference, and a fast loop per cell.
 
 Both take the input projection of every step, ``xw = x @ w_ih.T + b_ih`` of shape
-``(T, N, G*H)``, already computed in one product, and return the same things:
+``(T, N, G*H)``, already computed in one product (the fast loops use it as their gate buffer,
+so it is theirs to overwrite), and return the same things:
 
 - ``forward(xw, state0, p, mask) -> (out (T, N, H), final state, cache)``
 - ``backward(dout, dfinal, cache, p, mask) -> (dxw (T, N, G*H), dstate0, grads)``; ``grads``
@@ -83,12 +84,12 @@ class Used:
     """Marks a fast cache whose buffers the backward pass has overwritten."""
 
 
-def _halved(w: np.ndarray | None, cols: list[slice]) -> np.ndarray | None:
-    """A copy of ``w`` with the given gate blocks of its last axis multiplied by 0.5 (exact in
-    binary floating point)."""
+def _halved(w: np.ndarray | None, cols: list[slice], copy: bool = True) -> np.ndarray | None:
+    """``w`` with the given gate blocks of its last axis multiplied by 0.5 (exact in binary
+    floating point); a copy unless ``copy=False``."""
     if w is None:
         return None
-    w = w.copy()
+    w = w.copy() if copy else w
     for c in cols:
         w[..., c] *= 0.5
     return w
@@ -130,7 +131,7 @@ class RNNLoop:
         T, N, H = xw.shape
         h_all = np.empty((T + 1, N, H), dtype=xw.dtype)  # h_all[t] is a<t-1>, the step's input
         h_all[0] = state[0]
-        z = xw.copy()  # (T, N, H) pre-activations, then activations
+        z = xw  # (T, N, H) pre-activations, then activations
         if p.b_hh is not None:
             z += p.b_hh
         w_hh_t = np.ascontiguousarray(p.w_hh.T)
@@ -185,7 +186,7 @@ class LSTMLoop:
         s = gate_slices(LSTM_GATES, H)
         sig = [s["i"], s["f"], s["o"]]
         dt = xw.dtype
-        z = _halved(xw, sig)  # (T, N, 4H) halved sigmoid columns; becomes the gates
+        z = _halved(xw, sig, copy=False)  # (T, N, 4H) halved sigmoid columns; becomes the gates
         if p.b_hh is not None:
             z += _halved(p.b_hh, sig)
         w_hh_t = _halved(np.ascontiguousarray(p.w_hh.T), sig)  # (H, 4H)
@@ -301,7 +302,7 @@ class GRULoop:
         s = gate_slices(GRU_GATES, H)
         rz, n = slice(0, 2 * H), s["n"]
         dt = xw.dtype
-        gates = _halved(xw, [rz])  # (T, N, 3H): Γr, z (= 1 - Γu), c̃
+        gates = _halved(xw, [rz], copy=False)  # (T, N, 3H): Γr, z (= 1 - Γu), c̃
         w_hh_t = _halved(np.ascontiguousarray(p.w_hh.T), [rz])  # (H, 3H)
         w_rz_t, w_n_t = np.ascontiguousarray(w_hh_t[:, rz]), np.ascontiguousarray(w_hh_t[:, n])
         b_hh = _halved(p.b_hh, [rz])
@@ -419,7 +420,7 @@ class SimpleGRULoop:
         H = G // 2
         s = gate_slices(SIMPLE_GRU_GATES, H)
         dt = xw.dtype
-        gates = _halved(xw, [s["z"]])  # (T, N, 2H): z (= 1 - Γu), c̃
+        gates = _halved(xw, [s["z"]], copy=False)  # (T, N, 2H): z (= 1 - Γu), c̃
         if p.b_hh is not None:
             gates += _halved(p.b_hh, [s["z"]])
         w_hh_t = _halved(np.ascontiguousarray(p.w_hh.T), [s["z"]])
