@@ -9,7 +9,7 @@ from rnnkit.data import IGNORE_INDEX, pad_sequences
 from rnnkit.functional import log_softmax
 from rnnkit.losses import cross_entropy
 from rnnkit.models import LanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
-from rnnkit.optim import Adam, clip_grad_norm_
+from rnnkit.optim import Adam, clip_grad_norm_, warmup_cosine_lr
 from rnnkit.sampling import generate, sample_next
 
 
@@ -82,9 +82,12 @@ def test_model_gradients_are_exact():
     check(lm, run_lm)
 
 
-def fit(model, batch_fn, steps, lr, forward):
+def fit(model, batch_fn, steps, lr, forward, cosine=False):
+    """Adam with clipping; a cosine decay of the rate makes the end of training steady."""
     opt = Adam(model, lr=lr)
-    for _ in range(steps):
+    for step in range(steps):
+        if cosine:
+            opt.lr = warmup_cosine_lr(step, lr, steps)
         *inputs, targets = batch_fn()
         opt.zero_grad()
         logits, cache = forward(*inputs)
@@ -158,7 +161,7 @@ def reverser():
     def forward(src, src_lengths, tgt_in, tgt_lengths):
         return model.forward(src, tgt_in, src_lengths, tgt_lengths)
 
-    fit(model, lambda: reversal_batch(rng)[1:], 1200, 0.005, forward)
+    fit(model, lambda: reversal_batch(rng)[1:], 1200, 0.005, forward, cosine=True)
     return model
 
 
