@@ -117,7 +117,7 @@ def timed(fn, repeats: int) -> float:
 def peak_memory(lib: str, cell: str, N: int, H: int) -> float:
     """Peak resident memory (MiB) added by one training step, in a fresh process."""
     code = f"""
-import resource, sys, numpy as np
+import sys, numpy as np
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import bench_layers as b
 layer = b.make_rnnkit({cell!r}, {H})
@@ -130,12 +130,16 @@ if {lib!r} == "torch":
     train, _ = b.torch_steps(b.make_torch({cell!r}, {H}, layer), x, dout)
 else:
     train, _ = b.rnnkit_steps(layer, x, dout)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def high_water():  # VmHWM, this process's own peak (ru_maxrss inherits the parent's at exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+before = high_water()
 train()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+print((high_water() - before) / 1024)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=os.environ)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+    )
     return float(out.stdout.strip())
 
 
@@ -157,15 +161,20 @@ def main() -> int:
     try:
         from threadpoolctl import threadpool_info
 
-        kernel = ", ".join(f"{i['internal_api']} {i.get('architecture')}"
-                           for i in threadpool_info())
+        kernel = ", ".join(
+            f"{i['internal_api']} {i.get('architecture')}" for i in threadpool_info()
+        )
     except ImportError:
         pass
-    print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')!r} "
-          f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE')!r}; BLAS: {kernel}")
+    print(
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')!r} "
+        f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE')!r}; BLAS: {kernel}"
+    )
     rows = []
-    header = (f"{'cell':5} {'N':>4} {'H':>4} {'mode':6} {'rnnkit tok/s':>13} "
-              f"{'torch tok/s':>12} {'ratio':>6} {'of GEMM':>8} {'mem MiB':>15}")
+    header = (
+        f"{'cell':5} {'N':>4} {'H':>4} {'mode':6} {'rnnkit tok/s':>13} "
+        f"{'torch tok/s':>12} {'ratio':>6} {'of GEMM':>8} {'mem MiB':>15}"
+    )
     print(header)
     for cell in args.cells.split(","):
         for H in map(int, args.hiddens.split(",")):
@@ -179,8 +188,10 @@ def main() -> int:
                 theirs = torch_steps(make_torch(cell, H, layer), x, dout) if torch else None
                 mem = {}
                 if not args.no_memory:
-                    mem = {lib: peak_memory(lib, cell, N, H)
-                           for lib in (["rnnkit", "torch"] if torch else ["rnnkit"])}
+                    mem = {
+                        lib: peak_memory(lib, cell, N, H)
+                        for lib in (["rnnkit", "torch"] if torch else ["rnnkit"])
+                    }
                 for mode, k in (("train", 0), ("infer", 1)):
                     t_ours, t_bound, t_theirs = [], [], []
                     for _ in range(args.repeats):  # interleave, so drift hits both alike
@@ -191,10 +202,16 @@ def main() -> int:
                             time.sleep(0.05)
                             t_theirs.append(timed(theirs[k], 1))
                             time.sleep(0.05)
-                    row = {"cell": cell, "N": N, "H": H, "T": T, "mode": mode,
-                           "rnnkit_s": statistics.median(t_ours),
-                           "gemm_s": statistics.median(t_bound),
-                           "torch_s": statistics.median(t_theirs) if theirs else None}
+                    row = {
+                        "cell": cell,
+                        "N": N,
+                        "H": H,
+                        "T": T,
+                        "mode": mode,
+                        "rnnkit_s": statistics.median(t_ours),
+                        "gemm_s": statistics.median(t_bound),
+                        "torch_s": statistics.median(t_theirs) if theirs else None,
+                    }
                     row["rnnkit_tok_s"] = T * N / row["rnnkit_s"]
                     row["of_gemm"] = row["gemm_s"] / row["rnnkit_s"]
                     row["vs_torch"] = row["torch_s"] / row["rnnkit_s"] if theirs else None
@@ -204,15 +221,34 @@ def main() -> int:
                     rows.append(row)
                     torch_tok = f"{T * N / row['torch_s']:12.0f}" if theirs else f"{'-':>12}"
                     ratio = f"{row['vs_torch']:6.2f}" if theirs else f"{'-':>6}"
-                    m = (f"{mem.get('rnnkit', 0):6.1f} / {mem.get('torch', 0):6.1f}"
-                         if mode == "train" and mem else "")
-                    print(f"{cell:5} {N:4} {H:4} {mode:6} {row['rnnkit_tok_s']:13.0f} "
-                          f"{torch_tok} {ratio} {row['of_gemm']:8.2f} {m:>15}", flush=True)
+                    m = (
+                        f"{mem.get('rnnkit', 0):6.1f} / {mem.get('torch', 0):6.1f}"
+                        if mode == "train" and mem
+                        else ""
+                    )
+                    print(
+                        f"{cell:5} {N:4} {H:4} {mode:6} {row['rnnkit_tok_s']:13.0f} "
+                        f"{torch_tok} {ratio} {row['of_gemm']:8.2f} {m:>15}",
+                        flush=True,
+                    )
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "machine": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
-        "numpy": np.__version__, "torch": torch.__version__ if torch else None, "blas": kernel,
-        "command": " ".join(sys.argv), "rows": rows}, indent=1) + "\n", encoding="utf-8")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "machine": platform.platform(),
+                "cpus": os.cpu_count(),
+                "python": sys.version.split()[0],
+                "numpy": np.__version__,
+                "torch": torch.__version__ if torch else None,
+                "blas": kernel,
+                "command": " ".join(sys.argv),
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import apps
+from .apps.datasets import DataError
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import StreamBatches
 from .models import CELLS, LanguageModel
@@ -835,7 +836,7 @@ def guarded(command: str, work) -> int:
     """Run ``work()``, turning every failure a user can cause into one line and an exit status."""
     try:
         return work()
-    except (UsageError, TextError) as e:
+    except (UsageError, TextError, DataError) as e:
         print(f"rnnkit {command}: error: {e}", file=sys.stderr)
         return 2
     except CheckpointError as e:

