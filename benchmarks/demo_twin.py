@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnkit.cli import DEMO, TRAIN_DEFAULTS, build_model, bundled_names, prepare_data
+from rnnkit.cli import (
+    DEMO,
+    TRAIN_DEFAULTS,
+    build_model,
+    build_vocabulary,
+    bundled_names,
+    prepare_data,
+)
 from rnnkit.data import IGNORE_INDEX, lm_lines_batch
 from rnnkit.text import read_text
 from rnnkit.train import LinesLMTask, TrainConfig, lines_loss, train
@@ -67,7 +74,9 @@ def twin_loss(twin: Twin, lines: list, eos_id: int) -> float:
 def main() -> int:
     torch.set_num_threads(2)
     opts = {**TRAIN_DEFAULTS, **DEMO}
-    vocab, _, train_lines, val_lines, _ = prepare_data(read_text(bundled_names()), opts)
+    text = read_text(bundled_names())
+    vocab = build_vocabulary(text, opts)
+    train_lines, val_lines, _ = prepare_data(text, opts, vocab)
     spec = {
         "vocab_size": len(vocab),
         "hidden_size": opts["hidden_size"],
