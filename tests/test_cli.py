@@ -594,6 +594,11 @@ def test_bad_sampling_options(work, runs, flags, needles):
         (["train", "--out", "x", "--val-frac", "1"], ["--val-frac"]),
         (["train", "--out", "x", "--lr", "0"], ["--lr must be > 0"]),
         (["train", "--out", "x", "--clip", "-1"], ["--clip must be >= 0"]),
+        (["train", "--out", "x", "--embedding-dim", "-3"], ["--embedding-dim must be >= 1"]),
+        (["train", "--out", "x", "--embedding-dim", "0"], ["--embedding-dim must be >= 1"]),
+        (["train", "--out", "x", "--patience", "-1"], ["--patience must be >= 0"]),
+        (["train", "--out", "x", "--eval-every", "-5"], ["--eval-every must be >= 0"]),
+        (["train", "--out", "x", "--checkpoint-every", "-1"], ["--checkpoint-every must be >="]),
         (["train"], ["--out"]),
         (["sample"], ["dir"]),
         (["nosuchcommand"], ["invalid choice"]),
@@ -888,3 +893,41 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(work, references):
     before = (work / folder / CKPT).read_bytes()
     rnnkit(work, "train", "--out", folder, "--resume", "--progress", "none")
     assert (work / folder / CKPT).read_bytes() == before
+
+
+def test_a_failing_disk_ends_in_one_line(work, tmp_path, monkeypatch):
+    """An OSError while saving (a full disk) is one line, exit 1, and the old file stays."""
+    from rnnkit import checkpoint, cli
+
+    out = tmp_path / "run"
+    assert (
+        cli.main(
+            [
+                "train",
+                str(work / "names.txt"),
+                "--out",
+                str(out),
+                "--steps",
+                "4",
+                "--hidden-size",
+                "8",
+                "--progress",
+                "none",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
+    before = (out / "checkpoint.safetensors").read_bytes()
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", lambda *a, **k: full_disk(a[0], b""))
+    monkeypatch.setattr("rnnkit.train.save_checkpoint", lambda *a, **k: full_disk(a[0], b""))
+    assert (
+        cli.main(["train", "--out", str(out), "--resume", "--steps", "8", "--progress", "none"])
+        == 1
+    )
+    assert (out / "checkpoint.safetensors").read_bytes() == before

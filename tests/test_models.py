@@ -286,3 +286,16 @@ def test_model_bad_options():
         SequenceClassifier(5, 2, pooling="attention")
     with pytest.raises(ValueError, match="give vocab_size"):
         SequenceClassifier(None, 2)
+
+
+def test_inference_helpers_turn_dropout_off_and_restore_the_mode():
+    model = LanguageModel(6, 8, num_layers=2, dropout=0.5, rng=0, dtype=np.float64)
+    model.train()
+    tokens = np.array([1, 2, 3, 4])
+    first, second = model.sequence_log_prob(tokens, 0), model.sequence_log_prob(tokens, 0)
+    np.testing.assert_array_equal(first, second)  # no dropout noise
+    assert model.training  # back in the mode it was in
+    clf = SequenceClassifier(6, 2, 8, dropout=0.5, num_layers=2, rng=0)
+    x = np.random.default_rng(0).integers(0, 6, (5, 3))
+    np.testing.assert_array_equal(clf.predict(x), clf.predict(x))
+    assert clf.training

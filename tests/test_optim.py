@@ -501,3 +501,16 @@ def test_cosine_without_warmup_matches_torch_cosine_annealing():
         assert ours == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), step
         opt.step()
         sched.step()
+
+
+def test_grad_norm_of_large_float32_gradients_does_not_overflow():
+    """Squares of 1e20 overflow float32; the norm is summed in float64 and stays finite."""
+    from rnnkit.layers import Linear
+    from rnnkit.optim import clip_grad_norm_, grad_norm
+
+    layer = Linear(3, 2, rng=0)
+    layer.grads["weight"][...] = 1e20
+    assert grad_norm(layer) == pytest.approx(1e20 * np.sqrt(6), rel=1e-6)
+    clip_grad_norm_(layer, 1.0)
+    assert np.all(np.isfinite(layer.grads["weight"]))
+    assert grad_norm(layer) == pytest.approx(1.0, rel=1e-5)

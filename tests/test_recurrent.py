@@ -359,3 +359,13 @@ def test_gate_bias_options_shift_only_their_gate():
     simple = rnnkit.GRU(D, H, simplified=True, carry_bias=2.0, rng=0).params["bias_ih_l0"]
     plain = rnnkit.GRU(D, H, simplified=True, rng=0).params["bias_ih_l0"]
     np.testing.assert_allclose(simple[:H] - plain[:H], 2.0)  # gates z, n: z first
+
+
+def test_output_shared_with_the_cache_is_read_only():
+    """Writing into an output the backward pass still needs would corrupt the gradients."""
+    layer = rnnkit.LSTM(D, H, rng=0)
+    out, _, cache = layer.forward(np.ones((T, N, D)))
+    with pytest.raises(ValueError, match="read-only"):
+        out *= 2
+    copy = out * 2  # arithmetic that makes a new array is fine
+    layer.backward(np.ones_like(copy), cache)

@@ -254,3 +254,52 @@ def test_bad_config_is_reported():
         train(model, task, TrainConfig(steps=1, optimizer="lbfgs", progress="none"))
     with pytest.raises(ValueError, match="progress must be"):
         train(model, task, TrainConfig(steps=1, progress="fancy"))
+
+
+def test_early_stopped_run_saves_its_best_weights_and_resume_stops_there(tmp_path):
+    model, task = make_lines_run(dropout=0.0)
+    scores = iter([3.0, 2.0, 2.5, 2.6, 2.7])
+    snapshots = {}
+
+    def evaluate(m):
+        snapshots[len(snapshots) + 1] = m.state_dict()
+        return next(scores)
+
+    task.evaluate = evaluate
+    config = TrainConfig(steps=100, eval_every=2, patience=3, progress="none")
+    train(model, task, config, tmp_path)
+    arrays, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    for name, value in snapshots[2].items():  # the file holds the best weights, not the last
+        np.testing.assert_array_equal(arrays["model." + name], value)
+    assert meta["history"]["stopped_early"]
+    again, again_task = make_lines_run(dropout=0.0)
+    history = train(again, again_task, config, tmp_path, resume=True)
+    assert len(history.train_loss) == 10  # nothing trained after the early stop
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)[1]["step"] == meta["step"]
+
+
+def test_resuming_an_inconsistent_checkpoint_says_so(tmp_path):
+    from rnnkit.checkpoint import CheckpointError, save_checkpoint
+
+    model, task = make_lines_run()
+    train(model, task, TrainConfig(steps=2, progress="none"), tmp_path)
+    arrays, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    del meta["history"]
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, arrays, meta)
+    with pytest.raises(CheckpointError, match="cannot be resumed.*history"):
+        train(model, task, TrainConfig(steps=4, progress="none"), tmp_path, resume=True)
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("steps", 0, "steps must be >= 1"),
+        ("eval_every", -1, "eval_every must be >= 0"),
+        ("patience", -2, "patience must be >= 0"),
+        ("clip_mode", "l1", "clip_mode must be"),
+        ("lr", 0.0, "lr must be > 0"),
+    ],
+)
+def test_train_config_checks_its_fields(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})

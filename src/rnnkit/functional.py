@@ -1,4 +1,4 @@
-"""Stable elementwise activations and softmax: pure functions, no state."""
+"""Stable sigmoid, softmax and log-softmax: pure functions, no state (tanh is ``np.tanh``)."""
 
 from __future__ import annotations
 
@@ -18,16 +18,6 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     y += 1.0
     y *= 0.5
     return y
-
-
-def tanh(x: np.ndarray) -> np.ndarray:
-    """Hyperbolic tangent."""
-    return np.tanh(x)
-
-
-def relu(x: np.ndarray) -> np.ndarray:
-    """Rectified linear unit, max(x, 0)."""
-    return np.maximum(x, 0)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -80,10 +80,6 @@ def reference_backward(
 # ---------------------------------------------------------------- helpers of the fast loops
 
 
-class Used:
-    """Marks a fast cache whose buffers the backward pass has overwritten."""
-
-
 def _halved(w: np.ndarray | None, cols: list[slice], copy: bool = True) -> np.ndarray | None:
     """``w`` with the given gate blocks of its last axis multiplied by 0.5 (exact in binary
     floating point); a copy unless ``copy=False``."""
@@ -101,6 +97,17 @@ def _sigmoid_from_halved(block: np.ndarray) -> None:
     block += 0.5
 
 
+def _output_buffer(h_all: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Where the outputs go: without lengths they are the states themselves, ``h_all[1:]``,
+    shared with the cache and so handed out read-only (writing into them would corrupt the
+    gradients); with lengths, an array of their own (zero past each end)."""
+    if mask is None:
+        out = h_all[1:]
+        out.flags.writeable = False
+        return out
+    return np.empty((h_all.shape[0] - 1, *h_all.shape[1:]), dtype=h_all.dtype)
+
+
 def _carry(new: np.ndarray, old: np.ndarray, keep_new: np.ndarray) -> np.ndarray:
     """``where(keep_new, new, old)``, exact (no arithmetic on the states)."""
     out = old.copy()
@@ -108,7 +115,7 @@ def _carry(new: np.ndarray, old: np.ndarray, keep_new: np.ndarray) -> np.ndarray
     return out
 
 
-def _hidden_grads(dhw: np.ndarray, h_in: np.ndarray, has_bias: bool) -> dict:
+def _recurrent_weight_grads(dhw: np.ndarray, h_in: np.ndarray, has_bias: bool) -> dict:
     """dW_hh and db_hh over all steps in one product each."""
     G = dhw.shape[-1]
     dhw2 = dhw.reshape(-1, G)
@@ -127,7 +134,10 @@ class RNNLoop:
     def __init__(self, nonlinearity: str):
         self.relu = nonlinearity == "relu"
 
-    def forward(self, xw, state, p, mask):
+    def forward(
+        self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, tuple, dict]:
+        """The whole sequence forward; see the module docstring."""
         T, N, H = xw.shape
         h_all = np.empty((T + 1, N, H), dtype=xw.dtype)  # h_all[t] is a<t-1>, the step's input
         h_all[0] = state[0]
@@ -135,7 +145,7 @@ class RNNLoop:
         if p.b_hh is not None:
             z += p.b_hh
         w_hh_t = np.ascontiguousarray(p.w_hh.T)
-        out = h_all[1:] if mask is None else np.empty((T, N, H), dtype=xw.dtype)
+        out = _output_buffer(h_all, mask)
         hw = np.empty((N, H), dtype=xw.dtype)
         for t in range(T):
             np.matmul(h_all[t], w_hh_t, out=hw)
@@ -149,9 +159,12 @@ class RNNLoop:
             else:
                 np.multiply(z[t], mask[t], out=out[t])
                 h_all[t + 1] = _carry(z[t], h_all[t], mask[t] > 0)
-        return out, (h_all[T].copy(),), {"a": z, "h_all": h_all, "used": False}
+        return out, (h_all[T].copy(),), {"a": z, "h_all": h_all}
 
-    def backward(self, dout, dstate, cache, p, mask):
+    def backward(
+        self, dout: np.ndarray, dstate: tuple, cache: dict, p: CellParams, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, tuple, dict]:
+        """Backpropagation through the whole sequence; see the module docstring."""
         a, h_all = cache["a"], cache["h_all"]
         T, N, H = dout.shape
         dz = a  # the activations are overwritten by the gradients, step by step
@@ -171,7 +184,7 @@ class RNNLoop:
             np.matmul(dz[t], p.w_hh, out=dh)
             if carry is not None:
                 dh += carry
-        return dz, (dh,), _hidden_grads(dz, h_all[:T], p.b_hh is not None)
+        return dz, (dh,), _recurrent_weight_grads(dz, h_all[:T], p.b_hh is not None)
 
 
 # ---------------------------------------------------------------- LSTM
@@ -180,7 +193,10 @@ class RNNLoop:
 class LSTMLoop:
     """The LSTM of :func:`rnnkit.cells.lstm_step_forward`, optional peepholes included."""
 
-    def forward(self, xw, state, p, mask):
+    def forward(
+        self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, tuple, dict]:
+        """The whole sequence forward; see the module docstring."""
         T, N, G = xw.shape
         H = G // 4
         s = gate_slices(LSTM_GATES, H)
@@ -195,7 +211,7 @@ class LSTMLoop:
         c_all = np.empty((T + 1, N, H), dtype=dt)  # c_all[t] is c<t-1>, carried
         h_all[0], c_all[0] = state
         tanh_c = np.empty((T, N, H), dtype=dt)
-        out = h_all[1:] if mask is None else np.empty((T, N, H), dtype=dt)
+        out = _output_buffer(h_all, mask)
         hw = np.empty((N, G), dtype=dt)
         c_new, tmp = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
         for t in range(T):
@@ -226,10 +242,13 @@ class LSTMLoop:
         return (
             out,
             final,
-            {"gates": z, "h_all": h_all, "c_all": c_all, "tanh_c": tanh_c, "used": False},
+            {"gates": z, "h_all": h_all, "c_all": c_all, "tanh_c": tanh_c},
         )
 
-    def backward(self, dout, dstate, cache, p, mask):
+    def backward(
+        self, dout: np.ndarray, dstate: tuple, cache: dict, p: CellParams, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, tuple, dict]:
+        """Backpropagation through the whole sequence; see the module docstring."""
         gates, h_all, c_all, tanh_c = (
             cache["gates"],
             cache["h_all"],
@@ -278,7 +297,7 @@ class LSTMLoop:
             if mask is not None:
                 dh += carry_h
                 dc += carry_c
-        grads = _hidden_grads(dz, h_all[:T], p.b_hh is not None)
+        grads = _recurrent_weight_grads(dz, h_all[:T], p.b_hh is not None)
         if p.w_peep is not None:
             c_prev_all = c_all[:T]
             grads["w_peep"] = np.stack(
@@ -296,7 +315,10 @@ class GRULoop:
     def __init__(self, reset_after: bool):
         self.reset_after = reset_after
 
-    def forward(self, xw, state, p, mask):
+    def forward(
+        self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, tuple, dict]:
+        """The whole sequence forward; see the module docstring."""
         T, N, G = xw.shape
         H = G // 3
         s = gate_slices(GRU_GATES, H)
@@ -309,7 +331,7 @@ class GRULoop:
         h_all = np.empty((T + 1, N, H), dtype=dt)
         h_all[0] = state[0]
         reset_in = np.empty((T, N, H), dtype=dt)  # W_hn a + b_hn (after), or Γr*a (before)
-        out = h_all[1:] if mask is None else np.empty((T, N, H), dtype=dt)
+        out = _output_buffer(h_all, mask)
         hw = np.empty((N, 3 * H if self.reset_after else 2 * H), dtype=dt)
         hn, h_new = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
         for t in range(T):
@@ -347,10 +369,13 @@ class GRULoop:
         return (
             out,
             (h_all[T].copy(),),
-            {"gates": gates, "h_all": h_all, "reset_in": reset_in, "used": False},
+            {"gates": gates, "h_all": h_all, "reset_in": reset_in},
         )
 
-    def backward(self, dout, dstate, cache, p, mask):
+    def backward(
+        self, dout: np.ndarray, dstate: tuple, cache: dict, p: CellParams, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, tuple, dict]:
+        """Backpropagation through the whole sequence; see the module docstring."""
         gates, h_all, reset_in = cache["gates"], cache["h_all"], cache["reset_in"]
         T, N, H = dout.shape
         s = gate_slices(GRU_GATES, H)
@@ -415,7 +440,10 @@ class GRULoop:
 class SimpleGRULoop:
     """The course's simplified GRU of :func:`rnnkit.cells.simple_gru_step_forward`."""
 
-    def forward(self, xw, state, p, mask):
+    def forward(
+        self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, tuple, dict]:
+        """The whole sequence forward; see the module docstring."""
         T, N, G = xw.shape
         H = G // 2
         s = gate_slices(SIMPLE_GRU_GATES, H)
@@ -426,7 +454,7 @@ class SimpleGRULoop:
         w_hh_t = _halved(np.ascontiguousarray(p.w_hh.T), [s["z"]])
         h_all = np.empty((T + 1, N, H), dtype=dt)
         h_all[0] = state[0]
-        out = h_all[1:] if mask is None else np.empty((T, N, H), dtype=dt)
+        out = _output_buffer(h_all, mask)
         hw, h_new = np.empty((N, G), dtype=dt), np.empty((N, H), dtype=dt)
         for t in range(T):
             gt, h_prev = gates[t], h_all[t]
@@ -442,9 +470,12 @@ class SimpleGRULoop:
             else:
                 h_all[t + 1] = _carry(h_new, h_prev, mask[t] > 0)
                 np.multiply(h_new, mask[t], out=out[t])
-        return out, (h_all[T].copy(),), {"gates": gates, "h_all": h_all, "used": False}
+        return out, (h_all[T].copy(),), {"gates": gates, "h_all": h_all}
 
-    def backward(self, dout, dstate, cache, p, mask):
+    def backward(
+        self, dout: np.ndarray, dstate: tuple, cache: dict, p: CellParams, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, tuple, dict]:
+        """Backpropagation through the whole sequence; see the module docstring."""
         gates, h_all = cache["gates"], cache["h_all"]
         T, N, H = dout.shape
         s = gate_slices(SIMPLE_GRU_GATES, H)
@@ -472,7 +503,7 @@ class SimpleGRULoop:
             dh += tmp
             if mask is not None:
                 dh += carry
-        return gates, (dh,), _hidden_grads(gates, h_all[:T], p.b_hh is not None)
+        return gates, (dh,), _recurrent_weight_grads(gates, h_all[:T], p.b_hh is not None)
 
 
 FAST_LOOPS = {

@@ -36,11 +36,11 @@ def cross_entropy(
     count = int(real.sum())
     if count == 0:
         raise ValueError("no target to score: every target equals ignore_index")
-    bad = flat_targets[real]
-    if bad.min() < 0 or bad.max() >= V:
+    real_targets = flat_targets[real]
+    if real_targets.min() < 0 or real_targets.max() >= V:
         raise ValueError(
             f"targets must lie in [0, {V}) or equal ignore_index={ignore_index}, "
-            f"got min {bad.min()} and max {bad.max()}"
+            f"got min {real_targets.min()} and max {real_targets.max()}"
         )
     logp = log_softmax(flat_logits)  # (M, V)
     rows = np.flatnonzero(real)

@@ -15,15 +15,28 @@ must carry information over many steps, or ``{"reset_after": False}`` for the co
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .functional import log_softmax
 from .init import as_generator
 from .layers import Dropout, Embedding, Linear
-from .module import Module
+from .module import Module, evaluating
 from .recurrent import GRU, LSTM, RNN, RNNBase
 
 CELLS = ("lstm", "gru", "rnn")
+
+
+def inference(method):
+    """Run a model method in evaluation mode (dropout off), whatever mode the model is in."""
+
+    @functools.wraps(method)
+    def in_eval_mode(self, *args, **kwargs):
+        with evaluating(self):
+            return method(self, *args, **kwargs)
+
+    return in_eval_mode
 
 
 def make_recurrent(
@@ -113,6 +126,7 @@ class LanguageModel(Module):
         logits, state, _ = self.forward(np.asarray(ids)[None], state)
         return logits[0], state
 
+    @inference
     def sequence_log_prob(self, ids: np.ndarray, start_id: int, state=None) -> np.ndarray:
         """log P(y<1>, ..., y<T>) = sum_t log P(y<t> | start, y<1>, ..., y<t-1>) per token.
 
@@ -241,6 +255,7 @@ class SequenceClassifier(Module):
         if self.embedding is not None:
             self.embedding.backward(dx, c_emb)
 
+    @inference
     def predict(self, inputs: np.ndarray, lengths=None) -> np.ndarray:
         """Most likely class of each sequence, ``(N,)``."""
         logits, _ = self.forward(inputs, lengths)
@@ -304,6 +319,7 @@ class SequenceTagger(Module):
         demb, _ = self.rnn.backward(self.head.backward(dlogits, c_head), c_rnn)
         self.embedding.backward(demb, c_emb)
 
+    @inference
     def predict(self, ids: np.ndarray, lengths=None) -> np.ndarray:
         """Most likely tag of each token, ``(T, N)``."""
         logits, _ = self.forward(ids, lengths)
@@ -392,6 +408,7 @@ class Seq2Seq(Module):
         logits, _ = self.head.forward(out[0])
         return log_softmax(logits.astype(np.float64)), state  # (N, V)
 
+    @inference
     def greedy_decode(
         self, src: np.ndarray, src_lengths=None, max_len: int = 50
     ) -> tuple[list[list[int]], np.ndarray]:
@@ -416,6 +433,7 @@ class Seq2Seq(Module):
                 break
         return outputs, scores
 
+    @inference
     def beam_search(
         self, src: np.ndarray, src_lengths=None, beam_size: int = 4, max_len: int = 50
     ) -> tuple[list[list[int]], np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -109,3 +110,15 @@ class Module:
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError
+
+
+@contextmanager
+def evaluating(module: Module) -> Iterator[Module]:
+    """``with evaluating(model):`` runs the block in evaluation mode (dropout off), then puts
+    the module back in the mode it was in, even if the block raises."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)

@@ -25,7 +25,8 @@ def grad_norm(target: Module | dict[str, np.ndarray]) -> float:
     """Global L2 norm of all gradients (inf or nan if any entry is)."""
     total = 0.0
     for g in _grads_of(target).values():
-        total += float(np.vdot(g, g))
+        g64 = g.astype(np.float64, copy=False).ravel()  # float32 squares overflow past 1e19
+        total += float(g64 @ g64)
     return math.sqrt(total)
 
 

@@ -37,7 +37,7 @@ class RecurrentCache:
     """What :meth:`RNNBase.backward` needs from its forward pass."""
 
     inputs: list  # [layer][direction] the (T, N, D) input that direction saw (flipped if reverse)
-    steps: list  # [layer][direction] the T step caches
+    steps: list  # [layer][direction] that direction's time-loop cache (rnnkit.loops)
     mask: np.ndarray | None  # (T, N, 1) 1 where t < length
     flip: np.ndarray | None  # (T, N) time index of the reversed sequences, None without lengths
     dropout_masks: list  # [layer] scaled keep mask applied to that layer's input, or None

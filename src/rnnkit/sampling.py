@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .functional import softmax
+from .module import evaluating
 
 
 def check_sampling_options(
@@ -89,9 +90,7 @@ def generate(
     first = list(prime) if prime else ([start_id] if start_id is not None else [])
     if not first:
         raise ValueError("give a prime or a start_id to read before sampling")
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         ids = np.tile(np.asarray(first, dtype=np.int64)[:, None], (1, num))  # (T, num)
         logits, state, _ = model.forward(ids, state)
         logits = logits[-1]
@@ -109,5 +108,3 @@ def generate(
             logits, state, _ = model.forward(nxt[None], state)
             logits = logits[0]
         return out
-    finally:
-        model.train(was_training)

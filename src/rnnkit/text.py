@@ -84,7 +84,7 @@ class Vocabulary:
         words will read as ``<unk>``)."""
         counts: Counter[str] = Counter()
         for text in texts:
-            counts.update(tok for tok in tokenize(text, level) if tok != "\n" or level == "char")
+            counts.update(tokenize(text, level))
         specials = [EOS] if level == "char" else [EOS, UNK]
         kept = sorted(t for t, c in counts.items() if c >= min_count and t not in specials)
         return cls(specials + kept, level)

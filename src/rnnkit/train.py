@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import IGNORE_INDEX, SequenceBatches, StreamBatches, lm_lines_batch
 from .losses import cross_entropy
-from .module import Module
+from .module import Module, evaluating
 from .optim import (
     OPTIMIZERS,
     Optimizer,
@@ -57,8 +57,21 @@ class TrainConfig:
     eval_every: int = 0  # validate every this many steps (0: only at the end)
     patience: int = 0  # stop after this many validations without improvement (0: never)
     checkpoint_every: int = 0  # save every this many steps (0: only at the end)
-    seed: int = 0  # seeds the data order and the model's dropout
     progress: str = "auto"  # auto | bar | line | none
+    seed: int = 0  # reseeds the model's dropout at the start of a run (a stream of its own)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("warmup_steps", "eval_every", "patience", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
+        if self.clip is not None and self.clip < 0:
+            raise ValueError(f"clip must be >= 0 or None, got {self.clip}")
+        if self.clip_mode not in ("norm", "value"):
+            raise ValueError(f"clip_mode must be 'norm' or 'value', got {self.clip_mode!r}")
 
 
 @dataclass
@@ -153,14 +166,12 @@ class StreamLMTask:
 
 def stream_loss(model, batches: StreamBatches) -> tuple[float, int]:
     """``(mean loss per token, tokens)`` over one pass of a stream, state carried, eval mode."""
-    was_training = model.training
-    model.eval()
     total, count, carry = 0.0, 0, None
-    for x, y in batches.all_chunks():
-        logits, carry, _ = model.forward(x, carry)
-        loss, _ = cross_entropy(logits, y, reduction="sum")
-        total, count = total + loss, count + y.size
-    model.train(was_training)
+    with evaluating(model):
+        for x, y in batches.all_chunks():
+            logits, carry, _ = model.forward(x, carry)
+            loss, _ = cross_entropy(logits, y, reduction="sum")
+            total, count = total + loss, count + y.size
     return total / count, count
 
 
@@ -209,15 +220,13 @@ def lines_loss(
     model, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int = 64
 ) -> tuple[float, int]:
     """``(mean loss per token, tokens)`` over lines (``<eos>`` of each line included)."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(lines), batch_size):
-        x, y, lengths = lm_lines_batch(lines[start : start + batch_size], eos_id)
-        logits, _, _ = model.forward(x, None, lengths)
-        loss, _ = cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
-        total, count = total + loss, count + int(lengths.sum())
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(lines), batch_size):
+            x, y, lengths = lm_lines_batch(lines[start : start + batch_size], eos_id)
+            logits, _, _ = model.forward(x, None, lengths)
+            loss, _ = cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
+            total, count = total + loss, count + int(lengths.sum())
     return total / count, count
 
 
@@ -244,12 +253,8 @@ class BatchTask:
         """The validation loss, in evaluation mode (nan without an ``eval_fn``)."""
         if self.eval_fn is None:
             return math.nan
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             return float(self.eval_fn(model))
-        finally:
-            model.train(was_training)
 
     def state_dict(self) -> tuple[dict, dict]:
         """Data position and the shuffling generator."""
@@ -360,6 +365,25 @@ def _checkpoint(
     save_checkpoint(path, arrays, meta)
 
 
+def _restore(
+    arrays: dict, meta: dict, model: Module, opt: Optimizer, task, generators: list
+) -> tuple[History, dict | None, int, int]:
+    """Put a checkpoint back into the model, optimiser, task and generators."""
+    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+    opt_state = dict(meta["optimizer"])
+    opt_state["buffers"] = {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}
+    opt.load_state_dict(opt_state)
+    task.load_state_dict(
+        {k[5:]: v for k, v in arrays.items() if k.startswith("task.")}, meta["task"]
+    )
+    if len(meta["generators"]) != len(generators):
+        raise ValueError("the model's random generators differ from the saved ones")
+    for g, state in zip(generators, meta["generators"]):
+        g.bit_generator.state = state
+    best = {k[5:]: v for k, v in arrays.items() if k.startswith("best.")} or None
+    return History(**meta["history"]), best, int(meta["step"]), int(meta.get("bad_evals", 0))
+
+
 def _diverged(progress: Progress, what: str, step: int) -> None:
     progress.close()
     raise TrainingError(
@@ -412,23 +436,19 @@ def train(
         if path is None:
             raise ValueError("resume needs out_dir")
         arrays, meta = load_checkpoint(path)
-        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-        opt_state = dict(meta["optimizer"])
-        opt_state["buffers"] = {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}
-        opt.load_state_dict(opt_state)
-        task.load_state_dict(
-            {k[5:]: v for k, v in arrays.items() if k.startswith("task.")}, meta["task"]
-        )
-        for g, state in zip(generators, meta["generators"]):
-            g.bit_generator.state = state
-        history = History(**meta["history"])
-        best_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("best.")}
-        best = best_arrays or None
-        step = int(meta["step"])
-        bad_evals = int(meta.get("bad_evals", 0))
+        try:
+            history, best, step, bad_evals = _restore(arrays, meta, model, opt, task, generators)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be resumed ({type(e).__name__}: {e})"
+            ) from None
+        if history.stopped_early:  # the run ended by early stopping: nothing left to do
+            return history
     else:
-        for g in generators:  # the seed decides dropout, whatever rng built the weights
-            g.bit_generator.state = np.random.default_rng(config.seed).bit_generator.state
+        # Dropout draws from a stream of its own, never the one that drew the initial weights.
+        dropout_state = np.random.default_rng([config.seed, 1]).bit_generator.state
+        for g in generators:
+            g.bit_generator.state = dropout_state
 
     def save(at_step: int) -> None:
         if path is not None:
@@ -498,4 +518,5 @@ def train(
                 break
     if best is not None and config.patience:
         model.load_state_dict(best)
+        save(step)  # the saved run holds the weights it returns: the best ones
     return history
