@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 import rnnkit
 
@@ -65,3 +68,26 @@ def numerical_grad(f: Callable[[], float], array: np.ndarray, eps: float = 1e-6)
         array[idx] = old
         grad[idx] = (plus - minus) / (2 * eps)
     return grad
+
+
+@pytest.fixture
+def durable_writes(monkeypatch) -> list[Path]:
+    """The files put in place by ``os.replace`` from a temporary file fsynced first (an atomic,
+    durable write), in order."""
+    synced, written = set(), []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        synced.add((st.st_dev, st.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        st = os.stat(src)
+        if (st.st_dev, st.st_ino) in synced:
+            written.append(Path(dst))
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return written

@@ -6,9 +6,12 @@ from __future__ import annotations
 import datetime
 import sys
 
+import numpy as np
 import pytest
 
 from rnnkit.apps import dates
+from rnnkit.apps.datasets import DataError
+from rnnkit.models import Seq2Seq
 
 # ---------------------------------------------------------------- without Faker and Babel
 
@@ -39,6 +42,31 @@ def test_target_encoding_round_trips():
     ids = dates.encode_target("2021-03-04")
     assert len(ids) == 10 and min(ids) > dates.EOS
     assert dates.decode_target([dates.BOS, *ids, dates.EOS, dates.PAD]) == "2021-03-04"
+
+
+def test_translate_decodes_in_evaluation_mode_and_restores_the_mode_on_errors(monkeypatch):
+    model = Seq2Seq(5, len(dates.TARGET_TOKENS), 4, bos_id=dates.BOS, eos_id=dates.EOS, rng=0)
+    seen = []
+
+    def greedy_decode(src, lengths, max_len):
+        seen.append(model.training)
+        return [dates.encode_target("2021-03-04") + [dates.EOS]] * src.shape[1], None
+
+    monkeypatch.setattr(model, "greedy_decode", greedy_decode)
+    assert dates.translate(model, [[2, 3], [4]]) == ["2021-03-04"] * 2
+    assert seen == [False] and model.training
+
+    def broken(src, lengths, max_len):
+        raise RuntimeError("decoder failed")
+
+    monkeypatch.setattr(model, "greedy_decode", broken)
+    with pytest.raises(RuntimeError):
+        dates.translate(model, [[2, 3]])
+    assert model.training  # back in training mode, dropout on for the next steps
+    model.eval()
+    monkeypatch.setattr(model, "greedy_decode", greedy_decode)
+    dates.translate(model, [[2]])
+    assert not model.training  # a model in evaluation mode stays there
 
 
 def test_char_vocab_reads_unseen_characters_as_unk_and_can_reverse():
@@ -75,15 +103,24 @@ def test_a_missing_dependency_says_what_to_install(monkeypatch, capsys, missing)
         monkeypatch.setitem(sys.modules, "babel.dates", None)
     assert dates.main(["--steps", "1"]) == 2
     assert "pip install faker babel" in _one_error_line(capsys)
+    with pytest.raises(DataError, match="pip install faker babel"):  # the error every app shares
+        dates.DateMaker(np.random.default_rng(0))
 
 
 def test_bad_arguments_and_help(capsys):
     assert dates.main(["--hidden-size", "0"]) == 2
-    assert "--hidden-size must be >= 1" in _one_error_line(capsys)
+    assert "argument --hidden-size: must be >= 1, got 0" in _one_error_line(capsys)
     assert dates.main(["--steps", "many"]) == 2
-    assert "invalid int value" in _one_error_line(capsys)
+    assert "expected a whole number, got 'many'" in _one_error_line(capsys)
+    assert dates.main(["--beam-examples", "-1"]) == 2
+    assert "argument --beam-examples: must be >= 0" in _one_error_line(capsys)
+    assert dates.main(["--lr", "0"]) == 2
+    assert "argument --lr: must be > 0" in _one_error_line(capsys)
     assert dates.main(["--help"]) == 0
-    assert "rnnkit app dates" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rnnkit app dates" in out
+    assert "(default: 4000)" in out  # the shared parser shows each option's default
+    assert "\n\nThe score is exact match" in out  # the description keeps its paragraphs
 
 
 # ---------------------------------------------------------------- with Faker and Babel

@@ -149,6 +149,23 @@ def test_runs_end_to_end_on_planted_junctions(data_dir, capsys):
     assert "3-mer counts" in out and "one-hot by position" in out and "confusion" in out
 
 
+def test_encoding_and_errors_flags_reach_the_reader(data_dir, capsys):
+    path = data_dir / "splice.csv"
+    path.write_bytes(path.read_text(encoding="utf-8").encode("utf-16"))
+    argv = ["--data-dir", str(data_dir), "--hidden-size", "4", "--steps", "2"]
+    argv += ["--k", "1", "--progress", "none"]
+    assert dna.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give the file's encoding with --encoding" in err
+    assert dna.main([*argv, "--encoding", "utf-16"]) == 0
+    assert "data: 150 sequences of 60 bases" in capsys.readouterr().out
+    path.write_bytes(b"class,sequence\nEI,ACGT\xff\n")
+    with pytest.raises(DataError, match="line 2: a sequence of A, C, G, T"):
+        dna.load_dna(data_dir, errors="replace")  # decoded: the bad byte becomes U+FFFD
+    assert dna.main([*argv, "--errors", "replace"]) == 2
+    assert "a sequence of A, C, G, T is expected" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- fetching, offline
 
 
@@ -188,7 +205,9 @@ def _fake_debian(tmp_path, monkeypatch, needs_update: bool = False):
 
 
 @pytest.mark.parametrize("needs_update", [False, True])
-def test_get_data_decodes_and_caches_a_csv(tmp_path, monkeypatch, capsys, needs_update):
+def test_get_data_decodes_and_caches_a_csv(
+    tmp_path, monkeypatch, capsys, durable_writes, needs_update
+):
     marker = _fake_debian(tmp_path, monkeypatch, needs_update)
     seqs, classes = junctions(np.random.default_rng(2), 12)
     seen = []
@@ -204,6 +223,8 @@ def test_get_data_decodes_and_caches_a_csv(tmp_path, monkeypatch, capsys, needs_
     lines = (dest / "splice.csv").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "class,sequence" and lines[1] == f"EI,{seqs[0]}" and len(lines) == 13
     assert sorted(p.name for p in dest.iterdir()) == ["NOTICE", "splice.csv"]  # no leftovers
+    # both written to a temporary file, fsynced, then renamed into place
+    assert sorted(p.name for p in durable_writes if p.parent == dest) == ["NOTICE", "splice.csv"]
     assert "100.0% of EI read GT" in capsys.readouterr().out
     assert dna.load_dna(dest)[0] == seqs
 

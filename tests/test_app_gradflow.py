@@ -116,13 +116,18 @@ def test_command_prints_the_table(capsys):
         assert col in out
 
 
-def test_plot_is_written(tmp_path, capsys):
+def test_plot_is_written(tmp_path, capsys, durable_writes):
     pytest.importorskip("matplotlib")
     path = tmp_path / "plots" / "flow.png"
     argv = ["--seq-len", "12", "--hidden-size", "4", "--steps", "2", "--measure-size", "2"]
     assert gradflow.main([*argv, "--plot", str(path)]) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"plot saved to {path}" in capsys.readouterr().out
+    assert durable_writes == [path]  # a temporary file, fsynced, then renamed into place
+    assert [p.name for p in path.parent.iterdir()] == ["flow.png"]
+    svg = tmp_path / "flow.svg"  # the format follows the name, as matplotlib's own savefig
+    assert gradflow.main([*argv, "--plot", str(svg)]) == 0
+    assert b"<svg" in svg.read_bytes()[:1000]
 
 
 @pytest.mark.parametrize(

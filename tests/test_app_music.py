@@ -4,6 +4,7 @@ end on a tiny hand-made chorale file (music21 is needed only to parse the writte
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -92,6 +93,32 @@ def test_write_midi_writes_the_same_bytes(tmp_path):
     notes = [(67, 1.0), (69, 0.25)]
     path = music.write_midi(tmp_path / "x.mid", notes)
     assert path.read_bytes() == music.midi_bytes(notes)
+
+
+def test_write_midi_replaces_a_file_atomically_never_in_place(tmp_path, durable_writes):
+    old = tmp_path / "x.mid"
+    old.write_bytes(b"the user's earlier melody")
+    os.link(old, tmp_path / "backup.mid")  # a second name for the old file's contents
+    notes = [(67, 1.0), (69, 0.25)]
+    music.write_midi(old, notes)
+    assert old.read_bytes() == music.midi_bytes(notes)
+    assert (tmp_path / "backup.mid").read_bytes() == b"the user's earlier melody"
+    assert durable_writes == [old]  # written to a temporary file, fsynced, then renamed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.mid", "x.mid"]
+
+
+def test_a_failed_midi_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    old = tmp_path / "x.mid"
+    old.write_bytes(b"old")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        music.write_midi(old, [(60, 1.0)])
+    assert old.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.mid"]  # no temporary file left over
 
 
 def test_midi_bad_input():
@@ -196,6 +223,15 @@ def _one_error_line(capsys) -> str:
     return lines[0]
 
 
+def test_get_data_writes_the_chorale_file_atomically(tmp_path, monkeypatch, durable_writes):
+    chorales = [{"title": "t", "tonic": 0, "mode": "major", "notes": [[60, 1.0]]}]
+    monkeypatch.setattr(music, "extract_chorales", lambda: (chorales, "10.5.1"))
+    path = music.get_data(tmp_path)
+    assert path == tmp_path / music.CACHE_FILE and durable_writes == [path]
+    assert music.load_chorales(path) == chorales
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
 def test_missing_music21_and_cache_says_what_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RNNKIT_DATA", str(tmp_path / "empty"))
     monkeypatch.setitem(sys.modules, "music21", None)  # import music21 now raises ImportError
@@ -204,6 +240,8 @@ def test_missing_music21_and_cache_says_what_to_install(tmp_path, monkeypatch, c
     assert "pip install music21==10.5.1 && rnnkit data get music" in line
     with pytest.raises(DataError, match="pip install"):
         music.get_data(tmp_path / "empty")
+    with pytest.raises(DataError, match="pip install"):  # the error every app shares
+        music.extract_chorales()
 
 
 @pytest.mark.parametrize(
@@ -223,10 +261,17 @@ def test_bad_chorale_files(tmp_path, capsys, content, expected):
 
 def test_bad_arguments_and_help(tmp_path, capsys):
     assert music.main(["--steps", "0"]) == 2
-    assert "--steps must be >= 1" in _one_error_line(capsys)
+    assert "argument --steps: must be >= 1, got 0" in _one_error_line(capsys)
     assert music.main(["--no-such-flag"]) == 2
     assert "unrecognized arguments" in _one_error_line(capsys)
     assert music.main(["--notes", str(tmp_path / "missing.json")]) == 2
     assert "no such file" in _one_error_line(capsys)
+    assert music.main(["--val-fraction", "0.5", "--test-fraction", "0.5"]) == 2
+    assert "sum to less than 1" in _one_error_line(capsys)
+    assert music.main(["--temperature", "0"]) == 2
+    assert "argument --temperature: must be > 0" in _one_error_line(capsys)
     assert music.main(["--help"]) == 0
-    assert "rnnkit app music" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rnnkit app music" in out
+    assert "(default: 3000)" in out  # the shared parser shows each option's default
+    assert "\n\nData: the 371 four-part chorales" in out  # the description keeps its paragraphs

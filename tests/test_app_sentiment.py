@@ -19,8 +19,10 @@ from rnnkit.apps.baselines import (
     count_features,
     fit_best_logistic_regression,
     majority_class,
+    stratified_split,
 )
 from rnnkit.apps.datasets import DataError, extract_members, safe_member_name
+from rnnkit.models import SequenceClassifier
 
 POSITIVE = ["good", "great", "love", "excellent", "nice"]
 NEGATIVE = ["bad", "awful", "hate", "poor", "boring"]
@@ -106,9 +108,40 @@ def test_words_are_lower_case_tokens():
 
 def test_stratified_split_keeps_the_class_balance():
     labels = np.array([0] * 50 + [1] * 30)
-    rest, test = sentiment.stratified_split(labels, 0.2, np.random.default_rng(0))
+    rest, test = stratified_split(labels, 0.2, np.random.default_rng(0))
     assert len(test) == 16 and labels[test].sum() == 6
     assert sorted(np.concatenate([rest, test]).tolist()) == list(range(80))
+
+
+def test_batches_end_in_eos_and_an_empty_sentence_reads_as_eos():
+    ids, lengths = sentiment.batch_ids([[5, 6, 7], [], [8]], eos_id=0)
+    np.testing.assert_array_equal(ids, [[5, 0, 8], [6, 0, 0], [7, 0, 0]])
+    assert lengths.tolist() == [3, 1, 1]
+
+
+def test_predict_runs_in_evaluation_mode_and_restores_the_mode_on_errors(monkeypatch):
+    model = SequenceClassifier(10, 2, 4, embedding_dim=4, rng=0)
+    seen = []
+
+    def predict(ids, lengths):
+        seen.append(model.training)
+        return np.ones(ids.shape[1], dtype=np.int64)
+
+    monkeypatch.setattr(model, "predict", predict)
+    assert sentiment.predict(model, [[1, 2], [3]], eos_id=0).tolist() == [1, 1]
+    assert seen == [False] and model.training
+    model.eval()
+    sentiment.predict(model, [[1]], eos_id=0)
+    assert not model.training  # a model in evaluation mode is left there
+
+    def broken(ids, lengths):
+        raise RuntimeError("out of memory")
+
+    model.train()
+    monkeypatch.setattr(model, "predict", broken)
+    with pytest.raises(RuntimeError):
+        sentiment.predict(model, [[1, 2]], eos_id=0)
+    assert model.training
 
 
 def test_missing_data_names_the_fetch_command(tmp_path, capsys):
@@ -145,6 +178,25 @@ def test_runs_end_to_end_on_a_tiny_corpus(data_dir, capsys):
     assert "per source (RNN vs baseline): amazon" in out
 
 
+def test_encoding_and_errors_flags_reach_the_reader(tmp_path, capsys):
+    rows = tiny_corpus(np.random.default_rng(0), 40)
+    rows[0] = ("Café was good.", 1)
+    text = "".join(f"{s}\t{y}\n" for s, y in rows)
+    (tmp_path / "amazon_labelled.txt").write_bytes(text.encode("latin-1"))
+    argv = ["--data-dir", str(tmp_path), "--sources", "amazon", "--steps", "2"]
+    argv += ["--hidden-size", "4", "--embedding-dim", "4", "--progress", "none"]
+    assert sentiment.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give the file's encoding with --encoding" in err
+    assert sentiment.main([*argv, "--encoding", "latin-1"]) == 0
+    assert "data: 40 sentences from amazon" in capsys.readouterr().out
+    assert sentiment.main([*argv, "--errors", "replace"]) == 0
+    data = sentiment.load_sentences(tmp_path, ("amazon",), "latin-1")
+    assert data.texts[0] == "Café was good."
+    data = sentiment.load_sentences(tmp_path, ("amazon",), errors="replace")
+    assert data.texts[0] == "Caf\ufffd was good."
+
+
 # ---------------------------------------------------------------- fetching, offline
 
 
@@ -164,7 +216,7 @@ def _fake_tool(bin_dir, name: str, script: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def test_get_data_unpacks_the_npm_fixtures(tmp_path, monkeypatch, capsys):
+def test_get_data_unpacks_the_npm_fixtures(tmp_path, monkeypatch, capsys, durable_writes):
     fixtures = {}
     for source in sentiment.SOURCES:
         items = [{"text": f"A {source}\tgreat\nthing.", "class": 1}, {"text": "Meh.", "class": 0}]
@@ -189,6 +241,10 @@ def test_get_data_unpacks_the_npm_fixtures(tmp_path, monkeypatch, capsys):
     text = (dest / "imdb_labelled.txt").read_text(encoding="utf-8")
     assert text == "A imdb great thing.\t1\nMeh.\t0\n"  # tabs and breaks inside become spaces
     assert "CC BY 4.0" in (dest / "NOTICE").read_text(encoding="utf-8")
+    # every file is written to a temporary file, fsynced, then renamed into place
+    assert sorted(p.name for p in durable_writes if p.parent == dest) == sorted(
+        p.name for p in dest.iterdir()
+    )
     data = sentiment.load_sentences(dest)
     assert len(data.texts) == 6 and data.labels.tolist() == [1, 0] * 3
 

@@ -37,6 +37,20 @@ def majority_class(targets: np.ndarray) -> int:
     return int(values[np.argmax(counts)])
 
 
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(rest, test)``, each sorted: a random ``test_fraction`` of each class (rounded
+    to the nearest whole example) is held out, so both parts keep the class balance."""
+    rest, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(test_fraction * len(idx)))
+        test.append(idx[:k])
+        rest.append(idx[k:])
+    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(test))
+
+
 def count_features(
     docs: Sequence[Sequence[str]], vocab: Mapping[str, int], binary: bool = False
 ) -> np.ndarray:
@@ -107,6 +121,8 @@ class _Features:
 
 
 class _Linear(Module):
+    """The parameters of a linear map ``x W^T + b``, zeros to start, for the optimiser."""
+
     def __init__(self, D: int, C: int):
         super().__init__()
         self.add_param("weight", np.zeros((C, D)))
@@ -130,7 +146,9 @@ class LogisticRegression:
         self.bias: np.ndarray | None = None  # (C,)
         self.loss: float = float("nan")  # training objective at the end
 
-    def fit(self, X: np.ndarray, y: np.ndarray, num_classes: int | None = None):
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, num_classes: int | None = None
+    ) -> LogisticRegression:
         """Fit on ``X (N, D)``, ``y (N,)`` class ids in ``[0, C)``; returns self."""
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y, dtype=np.int64)
@@ -168,11 +186,12 @@ def fit_best_logistic_regression(
     y_val: np.ndarray,
     l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
     num_classes: int | None = None,
-    **kwargs,
+    **kwargs: float,
 ) -> tuple[LogisticRegression, float]:
     """Fit one model per ``l2`` and keep the best on the validation set (the first on a tie).
 
-    Returns ``(model, its validation accuracy)``; pass the union of training and validation
+    ``kwargs`` (``steps``, ``lr``) go to :class:`LogisticRegression`. Returns ``(model, its
+    validation accuracy)``; pass the union of training and validation
     data to refit if wanted.
     """
     best, best_acc = None, -1.0

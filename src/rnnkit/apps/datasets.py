@@ -15,7 +15,9 @@ import sys
 import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import NoReturn
 
+from ..checkpoint import atomic_write_bytes
 from ..text import TextError
 from ..train import TrainingError
 
@@ -144,10 +146,8 @@ def extract_members(
                 continue
             if PurePosixPath(target).name != target or target in ("", ".", ".."):
                 raise DataError(f"bad output name {target!r} for {member.name}")
-            source = tar.extractfile(member)
             out = dest / target
-            with open(out, "wb") as f:
-                shutil.copyfileobj(source, f)
+            atomic_write_bytes(out, tar.extractfile(member).read())
             written.append(out)
     finally:
         if tar is not None and not isinstance(archive, tarfile.TarFile):
@@ -181,25 +181,37 @@ def deb_extract(deb: Path, select: Callable[[PurePosixPath], str | None], dest: 
 class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default, unless it is None or False (nothing worth saying)."""
 
-    def _get_help_string(self, action):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
 
 
+class DocstringHelp(argparse.RawDescriptionHelpFormatter, _ShowDefaults):
+    """Help that keeps the description's own line breaks (an app's module docstring, several
+    paragraphs) and shows each option's default."""
+
+
 class AppParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr, as everywhere in rnnkit; ``--help``
-    shows each option's default."""
+    shows each option's default (``formatter_class=DocstringHelp`` keeps a long description's
+    paragraphs)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _ShowDefaults)
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` as one line on stderr and exit with status 2."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def run_app(prog: str, parser: argparse.ArgumentParser, body: Callable, argv) -> int:
+def run_app(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    body: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None,
+) -> int:
     """Parse ``argv`` and run ``body(args)``; every error a user can cause becomes one line on
     stderr and exit status 2 (1 when training cannot go on, 130 after Ctrl-C), never a
     traceback."""
@@ -228,6 +240,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 

@@ -17,18 +17,27 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
-from rnnkit.apps.metrics import exact_match
-from rnnkit.data import pad_sequences
-from rnnkit.losses import cross_entropy
-from rnnkit.models import Seq2Seq
-from rnnkit.train import BatchTask, TrainConfig, TrainingError, train
+from ..data import pad_sequences
+from ..losses import cross_entropy
+from ..models import Seq2Seq
+from ..module import evaluating
+from ..train import BatchTask, TrainConfig, train
+from .datasets import (
+    AppParser,
+    DataError,
+    DocstringHelp,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    run_app,
+)
+from .metrics import exact_match
 
 SUMMARY = "encoder-decoder (Tx != Ty): human-readable dates to ISO YYYY-MM-DD"
 PROG = "rnnkit app dates"
@@ -57,15 +66,6 @@ PAD, BOS, EOS = 0, 1, 2  # target ids; the source uses 0 for padding and 1 for u
 TARGET_TOKENS = ["<pad>", "<bos>", "<eos>", "-", *"0123456789"]
 
 
-class AppError(Exception):
-    """Bad input or a missing dependency: one line for stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise AppError(f"{message} (see {self.prog} --help)")
-
-
 # ---------------------------------------------------------------- data
 
 
@@ -82,13 +82,14 @@ class DateMaker:
             from babel.dates import format_date
             from faker import Faker
         except ImportError:
-            raise AppError(f"the dates app needs Faker and Babel: {INSTALL}") from None
+            raise DataError(f"the dates app needs Faker and Babel: {INSTALL}") from None
         self.rng, self.format_date = rng, format_date
         self.fake = Faker("en_US")
         self.fake.seed_instance(int(rng.integers(2**32)))
         self.pairs = formats()
 
     def day(self) -> datetime.date:
+        """A day drawn uniformly from FIRST_DAY..LAST_DAY."""
         return self.fake.date_between_dates(FIRST_DAY, LAST_DAY)
 
     def write(self, day: datetime.date) -> str:
@@ -100,7 +101,7 @@ class DateMaker:
         """``(train, test)`` lists of ``(human text, ISO date)``; no test day is in train."""
         span = (LAST_DAY - FIRST_DAY).days + 1
         if num_test > span // 2:
-            raise AppError(f"--num-test must be <= {span // 2} (half the days of the range)")
+            raise DataError(f"--num-test must be <= {span // 2} (half the days of the range)")
         test_days: dict[datetime.date, None] = {}
         while len(test_days) < num_test:
             test_days[self.day()] = None
@@ -170,52 +171,64 @@ class CharVocab:
         self.ids = {c: i for i, c in enumerate(self.tokens)}
 
     def __len__(self) -> int:
+        """The number of tokens, ``<pad>`` and ``<unk>`` included."""
         return len(self.tokens)
 
     def encode(self, text: str, reverse: bool = False) -> list[int]:
+        """The id of each character of ``text`` (backwards with ``reverse``)."""
         ids = [self.ids.get(c, 1) for c in text]
         return ids[::-1] if reverse else ids
 
 
 def encode_target(iso: str) -> list[int]:
+    """``"2021-03-04"`` -> the ids of its ten characters in :data:`TARGET_TOKENS` (no
+    ``<bos>`` or ``<eos>``)."""
     return [TARGET_TOKENS.index(c) for c in iso]
 
 
 def decode_target(ids: Sequence[int]) -> str:
+    """Target ids -> text; ``<pad>``, ``<bos>`` and ``<eos>`` are dropped."""
     return "".join(TARGET_TOKENS[i] for i in ids if i > EOS)
 
 
 def translate(
     model: Seq2Seq, sources: Sequence[list[int]], beam: int = 0, batch_size: int = 500
 ) -> list[str]:
-    """ISO strings for encoded sources: greedy (``beam=0``) or beam search of width ``beam``."""
-    was_training = model.training
-    model.eval()
+    """ISO strings for encoded sources: greedy (``beam=0``) or beam search of width ``beam``,
+    in evaluation mode (dropout off); the model goes back to the mode it was in, even on an
+    error."""
     out: list[str] = []
-    for start in range(0, len(sources), batch_size):
-        src, lengths = pad_sequences(sources[start : start + batch_size], PAD)
-        if beam:
-            ids, _ = model.beam_search(src, lengths, beam_size=beam, max_len=12)
-        else:
-            ids, _ = model.greedy_decode(src, lengths, max_len=12)
-        out += [decode_target(s) for s in ids]
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(sources), batch_size):
+            src, lengths = pad_sequences(sources[start : start + batch_size], PAD)
+            if beam:
+                ids, _ = model.beam_search(src, lengths, beam_size=beam, max_len=12)
+            else:
+                ids, _ = model.greedy_decode(src, lengths, max_len=12)
+            out += [decode_target(s) for s in ids]
     return out
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--num-train", type=int, default=20000, help="training examples")
-    p.add_argument("--num-test", type=int, default=2000, help="held-out test dates")
-    p.add_argument("--hidden-size", type=int, default=128, help="LSTM units (encoder, decoder)")
-    p.add_argument("--embedding-dim", type=int, default=32, help="character vector size")
-    p.add_argument("--steps", type=int, default=4000, help="optimiser steps")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.003, help="peak Adam learning rate (cosine)")
-    p.add_argument("--beam", type=int, default=4, help="beam width for the beam-search score")
+def build_parser() -> AppParser:
+    """The command line of ``rnnkit app dates``."""
+    p = AppParser(prog=PROG, description=__doc__, formatter_class=DocstringHelp)
+    p.add_argument("--num-train", type=positive_int, default=20000, help="training examples")
+    p.add_argument("--num-test", type=positive_int, default=2000, help="held-out test dates")
+    p.add_argument(
+        "--hidden-size", type=positive_int, default=128, help="LSTM units (encoder, decoder)"
+    )
+    p.add_argument("--embedding-dim", type=positive_int, default=32, help="character vector size")
+    p.add_argument("--steps", type=positive_int, default=4000, help="optimiser steps")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="dates per step")
+    p.add_argument(
+        "--lr", type=positive_float, default=0.003, help="peak Adam learning rate (cosine)"
+    )
+    p.add_argument(
+        "--beam", type=positive_int, default=4, help="beam width for the beam-search score"
+    )
     p.add_argument(
         "--beam-examples",
-        type=int,
+        type=nonnegative_int,
         default=None,
         help="test dates also decoded by beam search (default: all of them)",
     )
@@ -225,28 +238,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="feed the input backwards (Sutskever et al. 2014)",
     )
     p.add_argument("--seed", type=int, default=0, help="seeds data, weights and batch order")
-    p.add_argument("--show", type=int, default=8, help="test translations to print")
-    p.add_argument("--progress", choices=("auto", "bar", "line", "none"), default="none")
-    args = p.parse_args(argv)
-    for name in (
-        "num_train",
-        "num_test",
-        "hidden_size",
-        "embedding_dim",
-        "steps",
-        "batch_size",
-        "beam",
-    ):
-        if getattr(args, name) < 1:
-            raise AppError(f"--{name.replace('_', '-')} must be >= 1")
-    if (args.beam_examples is not None and args.beam_examples < 0) or args.show < 0:
-        raise AppError("--beam-examples and --show must be >= 0")
-    if not args.lr > 0:
-        raise AppError("--lr must be > 0")
-    return args
+    p.add_argument("--show", type=nonnegative_int, default=8, help="test translations to print")
+    p.add_argument(
+        "--progress", choices=("auto", "bar", "line", "none"), default="none", help="display"
+    )
+    return p
 
 
-def _run(args) -> dict:
+def _run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     train_set, test = DateMaker(rng).make(args.num_train, args.num_test)
     pairs = formats()
@@ -367,26 +366,20 @@ def _run(args) -> dict:
 
 def run(argv: list[str] | None = None) -> dict:
     """Parse ``argv`` as the command line does, run the app, print its report and return its
-    scores. Raises :class:`AppError` for bad input or a missing dependency."""
-    return _run(_parse(argv))
+    scores. A bad flag exits as argparse does; a missing dependency raises
+    :class:`DataError`."""
+    return _run(build_parser().parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
+    _run(args)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``rnnkit app dates [options]``: train the translator, print exact match vs the rule."""
-    try:
-        run(argv)
-        return 0
-    except SystemExit as e:  # --help
-        return e.code if isinstance(e.code, int) else 0
-    except AppError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    """``rnnkit app dates [options]``: train the translator, print exact match vs the rule;
+    returns the exit status."""
+    return run_app(PROG, build_parser(), _main, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

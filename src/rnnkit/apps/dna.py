@@ -22,6 +22,7 @@ bases by position (a strong linear model for this task).
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -30,8 +31,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..checkpoint import atomic_write_text
 from ..losses import cross_entropy
 from ..models import SequenceClassifier
+from ..module import evaluating
 from ..text import read_text
 from ..train import BatchTask, TrainConfig, train
 from . import data_cache
@@ -40,6 +43,7 @@ from .baselines import (
     fit_best_logistic_regression,
     kmer_counts,
     majority_class,
+    stratified_split,
 )
 from .datasets import (
     AppParser,
@@ -161,13 +165,10 @@ def get_data(cache: Path) -> Path:
         if unknown:
             raise DataError(f"{RDA_NAME} has unexpected classes {unknown}")
         out = dest / CSV_NAME
-        tmp_out = out.with_name(out.name + ".tmp")
-        tmp_out.write_text(
-            "class,sequence\n" + "".join(f"{c},{s}\n" for c, s in zip(classes, seqs)),
-            encoding="utf-8",
+        atomic_write_text(
+            out, "class,sequence\n" + "".join(f"{c},{s}\n" for c, s in zip(classes, seqs))
         )
-        tmp_out.replace(out)
-    (dest / "NOTICE").write_text(NOTICE, encoding="utf-8")
+    atomic_write_text(dest / "NOTICE", NOTICE)
     print(
         f"decoded {len(seqs):,} sequences of {len(seqs[0])} bases; GT..AG check: "
         f"{check['EI_GT']:.1%} of EI read GT at 31-32, {check['IE_AG']:.1%} of IE read AG "
@@ -204,12 +205,15 @@ def parse_csv(text: str, name: str = "<text>") -> tuple[list[str], np.ndarray]:
     return seqs, np.array(labels, dtype=np.int64)
 
 
-def load_dna(folder: Path) -> tuple[list[str], np.ndarray]:
-    """``folder/splice.csv`` -> ``(sequences, class ids into CLASSES)``."""
+def load_dna(
+    folder: Path, encoding: str = "utf-8", errors: str = "strict"
+) -> tuple[list[str], np.ndarray]:
+    """``folder/splice.csv`` -> ``(sequences, class ids into CLASSES)``, decoded with
+    ``encoding`` (``errors="replace"`` turns undecodable bytes into U+FFFD)."""
     path = folder / CSV_NAME
     if not path.is_file():
         raise missing_data(APP, folder, f"{CSV_NAME} (the decoded splice-junction sequences)")
-    return parse_csv(read_text(path), str(path))
+    return parse_csv(read_text(path, encoding, errors), str(path))
 
 
 def one_hot(seqs: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -231,23 +235,11 @@ def positional_features(seqs: list[str]) -> np.ndarray:
     return x.transpose(1, 0, 2).reshape(len(seqs), -1).astype(np.float64)
 
 
-def stratified_split(
-    labels: np.ndarray, test_fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(rest, test)``: a random ``test_fraction`` of each class is held out."""
-    rest, test = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        k = int(round(test_fraction * len(idx)))
-        test.append(idx[:k])
-        rest.append(idx[k:])
-    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(test))
-
-
 # ---------------------------------------------------------------- command line
 
 
 def build_parser() -> AppParser:
+    """The command line of ``rnnkit app dna``."""
     p = AppParser(
         prog=PROG,
         description=(
@@ -262,6 +254,13 @@ def build_parser() -> AppParser:
         type=Path,
         default=None,
         help=f"folder with {CSV_NAME} (default: {APP}/ in the data cache)",
+    )
+    p.add_argument("--encoding", default="utf-8", help=f"text encoding of {CSV_NAME}")
+    p.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="undecodable bytes: stop with an error, or replace them with U+FFFD",
     )
     p.add_argument("--cell", choices=("gru", "lstm", "rnn"), default="gru", help="recurrent cell")
     p.add_argument("--hidden-size", type=positive_int, default=64, help="H, per direction")
@@ -296,9 +295,9 @@ def build_parser() -> AppParser:
     return p
 
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     folder = args.data_dir or data_cache() / APP
-    seqs, y = load_dna(folder)
+    seqs, y = load_dna(folder, args.encoding, args.errors)
     seeds = np.random.SeedSequence(args.seed).spawn(4)
     split_rng, model_rng, batch_rng, drop_rng = (np.random.default_rng(s) for s in seeds)
     rest, test = stratified_split(y, args.test_fraction, split_rng)
@@ -384,8 +383,8 @@ def _run(args) -> int:
     task = BatchTask(len(train_i), args.batch_size, batch_rng, step, val_loss)
     history = train(model, task, config)
     seconds = time.perf_counter() - start
-    model.eval()
-    pred = model.predict(x[:, test], lengths_all[test])
+    with evaluating(model):
+        pred = model.predict(x[:, test], lengths_all[test])
     rnn_acc = accuracy(pred, y[test])
     stopped = f"stopped early at step {len(history.train_loss)}, " if history.stopped_early else ""
     print(

@@ -17,18 +17,23 @@ Run as ``rnnkit gradflow``; prints the table and, when matplotlib is installed, 
 
 from __future__ import annotations
 
+import argparse
+import io
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..cells import input_projection
+from ..checkpoint import atomic_write_bytes
 from ..gates import LSTM_GATES, gate_slices
 from ..losses import cross_entropy
 from ..models import SequenceClassifier
+from ..module import evaluating
 from ..train import TrainConfig, train
 from .baselines import accuracy
 from .datasets import AppParser, positive_float, positive_int, run_app
@@ -156,6 +161,7 @@ class FirstTokenTask:
         self.val = first_token_batch(rng, config.seq_len, 256, config.vocab_size)
 
     def train_step(self, model: SequenceClassifier) -> float:
+        """One fresh batch forward and backward; returns its loss."""
         c = self.config
         ids, y = first_token_batch(self.rng, c.seq_len, c.batch_size, c.vocab_size)
         logits, cache = model.forward(ids)
@@ -164,18 +170,25 @@ class FirstTokenTask:
         return loss
 
     def evaluate(self, model: SequenceClassifier) -> float:
-        logits, _ = model.forward(self.val[0])
+        """The loss on a fixed batch of 256 sequences, in evaluation mode."""
+        with evaluating(model):
+            logits, _ = model.forward(self.val[0])
         return cross_entropy(logits, self.val[1])[0]
 
     def state_dict(self) -> tuple[dict, dict]:
+        """No arrays; the batch generator's state."""
         return {}, {"rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, arrays: dict, meta: dict) -> None:
+        """Continue from :meth:`state_dict`."""
         self.rng.bit_generator.state = meta["rng"]
 
 
-def run_gradflow(config: GradFlowConfig, log=None) -> list[CellResult]:
-    """Measure, train, measure again, for each cell of ``config.cells``.
+def run_gradflow(
+    config: GradFlowConfig, log: Callable[[str], None] | None = None
+) -> list[CellResult]:
+    """Measure, train, measure again, for each cell of ``config.cells``; ``log`` gets one line
+    per cell.
 
     Every cell sees the same measurement batch, the same training batches and the same
     evaluation batch (each stream seeded from ``config.seed``). With ``config.steps == 0``
@@ -195,7 +208,7 @@ def run_gradflow(config: GradFlowConfig, log=None) -> list[CellResult]:
             cell,
             model.num_parameters(),
             gradient_norms(hidden_gradients(model, *measure)),
-            init_accuracy=accuracy(model.predict(held_out[0]), held_out[1]),
+            init_accuracy=_accuracy(model, *held_out),
         )
         if config.steps:
             start = time.perf_counter()
@@ -210,11 +223,17 @@ def run_gradflow(config: GradFlowConfig, log=None) -> list[CellResult]:
             result.seconds = time.perf_counter() - start
             result.final_loss = float(np.mean(history.train_loss[-20:]))
             result.trained_norms = gradient_norms(hidden_gradients(model, *measure))
-            result.trained_accuracy = accuracy(model.predict(held_out[0]), held_out[1])
+            result.trained_accuracy = _accuracy(model, *held_out)
         if log is not None:
             log(_cell_line(result, config))
         results.append(result)
     return results
+
+
+def _accuracy(model: SequenceClassifier, ids: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy on ``(ids, y)``, in evaluation mode."""
+    with evaluating(model):
+        return accuracy(model.predict(ids), y)
 
 
 def _cell_line(r: CellResult, config: GradFlowConfig) -> str:
@@ -267,7 +286,8 @@ def _ratio(norms: np.ndarray, T: int) -> float:
 
 def save_plot(results: list[CellResult], path: Path, config: GradFlowConfig) -> bool:
     """Draw ``|dL/da<t>| / |dL/da<T>|`` against t, log scale, one colour per cell, dashed at
-    initialisation and solid after training. Returns False when matplotlib is missing."""
+    initialisation and solid after training, into ``path`` (written atomically; the format
+    follows its extension, PNG without one). Returns False when matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -314,12 +334,15 @@ def save_plot(results: list[CellResult], path: Path, config: GradFlowConfig) -> 
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     fig.tight_layout()
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix[1:].lower() or None)  # PNG unless the name says
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_write_bytes(path, image.getvalue())
     return True
 
 
 def build_parser() -> AppParser:
+    """The command line of ``rnnkit gradflow``."""
     p = AppParser(
         prog=PROG,
         description=(
@@ -362,7 +385,7 @@ def build_parser() -> AppParser:
     return p
 
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     cells = tuple(c.strip() for c in args.cells.split(",") if c.strip())
     bad = [c for c in cells if c not in CELLS_SHOWN]
     if bad or not cells:

