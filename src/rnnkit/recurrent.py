@@ -17,7 +17,13 @@ import numpy as np
 from .cells import CELL_KINDS, CellParams, input_projection, input_projection_backward
 from .gates import gate_slices
 from .init import as_generator, uniform
-from .loops import FAST_LOOPS, reference_backward, reference_forward
+from .loops import (
+    FAST_LOOPS,
+    LSTM_COLUMNS,
+    lstm_uses_columns,
+    reference_backward,
+    reference_forward,
+)
 from .module import Module
 
 State = np.ndarray | tuple[np.ndarray, np.ndarray]
@@ -306,17 +312,23 @@ class RNNBase(Module):
             return seq[::-1]
         return seq[flip, np.arange(seq.shape[1])]
 
-    def _loop(self):
+    def _loop(self, batch_size: int):
         if self.backend not in ("fast", "reference"):
             raise ValueError(f"backend must be 'fast' or 'reference', got {self.backend!r}")
-        return FAST_LOOPS[self.mode] if self.backend == "fast" else None
+        if self.backend == "reference":
+            return None
+        if self.mode == "lstm" and lstm_uses_columns(batch_size, self.hidden_size):
+            return LSTM_COLUMNS
+        return FAST_LOOPS[self.mode]
 
     def _run(
         self, x: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
     ) -> tuple[np.ndarray, tuple, object]:
         """One direction of one layer, forward in time. x is (T, N, D)."""
+        loop = self._loop(x.shape[1])
+        if hasattr(loop, "forward_x"):  # a loop that projects the inputs itself
+            return loop.forward_x(x, state, p, mask)
         xw = input_projection(x, p)  # (T, N, G*H): every step's input projection in one product
-        loop = self._loop()
         if loop is None:
             return reference_forward(self.kind, xw, state, p, mask)
         return loop.forward(xw, state, p, mask)
@@ -371,7 +383,7 @@ class RNNBase(Module):
             if cache.dropout_masks[layer] is not None:
                 dinput = dinput * cache.dropout_masks[layer]
             dout = dinput
-        cache.used = self._loop() is not None
+        cache.used = self.backend == "fast"
         dx = dout.transpose(1, 0, 2) if self.batch_first else dout
         return dx, (tuple(dstate0) if len(dstate0) == 2 else dstate0[0])
 
@@ -381,14 +393,18 @@ class RNNBase(Module):
         """Backward through one direction of one layer; dout is (T, N, H) in its own time order."""
         p = self.cell_params(layer, direction)
         x, steps = cache.inputs[layer][direction], cache.steps[layer][direction]
-        loop = self._loop()
-        if loop is None:
-            dxw, dstate, hidden_grads = reference_backward(
-                self.kind, dout, dstate, steps, p, cache.mask
-            )
+        loop = self._loop(x.shape[1])
+        if hasattr(loop, "backward_x"):
+            dx, dstate, grads = loop.backward_x(x, dout, dstate, steps, p, cache.mask)
+            hidden_grads, input_grads = grads, {}
         else:
-            dxw, dstate, hidden_grads = loop.backward(dout, dstate, steps, p, cache.mask)
-        dx, input_grads = input_projection_backward(dxw, x, p)  # all steps in one product
+            if loop is None:
+                dxw, dstate, hidden_grads = reference_backward(
+                    self.kind, dout, dstate, steps, p, cache.mask
+                )
+            else:
+                dxw, dstate, hidden_grads = loop.backward(dout, dstate, steps, p, cache.mask)
+            dx, input_grads = input_projection_backward(dxw, x, p)  # all steps in one product
         sfx = self._suffixes(layer)[direction]
         for key, value in {**hidden_grads, **input_grads}.items():
             self.grads[_PARAM_NAMES[key] + sfx] += value
