@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import rnnkit
+from rnnkit.loops import lstm_uses_columns
 
 T = 100
 RESULTS = Path(__file__).parent / "results" / "layers.json"
@@ -77,7 +78,10 @@ def torch_steps(m, x: np.ndarray, dout: np.ndarray):
 
 
 def gemm_steps(cell: str, N: int, H: int):
-    """The products a layer cannot avoid, with preallocated outputs, nothing else."""
+    """The products a layer cannot avoid, with preallocated outputs, nothing else; in the
+    layout rnnkit uses for that point (the LSTM keeps its states as columns, see loops.py)."""
+    if cell == "lstm" and lstm_uses_columns(N, H):
+        return gemm_steps_columns(N, H)
     G = GATES[cell]
     rng = np.random.default_rng(0)
     f = np.float32
@@ -100,6 +104,34 @@ def gemm_steps(cell: str, N: int, H: int):
         np.matmul(dz.T, x, out=dw)  # dW_ih, all steps
         np.matmul(dz.T, x, out=dw)  # dW_hh, all steps (same shape)
         np.matmul(dz, w_ih, out=dx)  # dx, all steps
+
+    return train, infer
+
+
+def gemm_steps_columns(N: int, H: int):
+    """The LSTM's products with states as columns: W @ a, gates (4H, T*N)."""
+    rng = np.random.default_rng(0)
+    f = np.float32
+    x = rng.standard_normal((T * N, H), dtype=f)
+    w_ih, w_hh = rng.standard_normal((4 * H, H), dtype=f), rng.standard_normal((4 * H, H), dtype=f)
+    w_hh_t = np.ascontiguousarray(w_hh.T)
+    z, hw = np.empty((4 * H, T * N), f), np.empty((4 * H, N), f)
+    h = rng.standard_normal((H, N), dtype=f)
+    dz = rng.standard_normal((4 * H, T * N), dtype=f)
+    dh, dw, dx = np.empty((H, N), f), np.empty((4 * H, H), f), np.empty((T * N, H), f)
+
+    def infer():
+        np.matmul(w_ih, x.T, out=z)  # input projection, all steps
+        for _ in range(T):
+            np.matmul(w_hh, h, out=hw)  # the recurrent product, step by step
+
+    def train():
+        infer()
+        for t in range(T):
+            np.matmul(w_hh_t, dz[:, t * N : (t + 1) * N], out=dh)  # da<t-1>, step by step
+        np.matmul(dz, x, out=dw)  # dW_ih, all steps
+        np.matmul(dz, x, out=dw)  # dW_hh, all steps (same shape)
+        np.matmul(dz.T, w_ih, out=dx)  # dx, all steps
 
     return train, infer
 
