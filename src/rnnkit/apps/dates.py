@@ -371,15 +371,10 @@ def run(argv: list[str] | None = None) -> dict:
     return _run(build_parser().parse_args(argv))
 
 
-def _main(args: argparse.Namespace) -> int:
-    _run(args)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """``rnnkit app dates [options]``: train the translator, print exact match vs the rule;
     returns the exit status."""
-    return run_app(PROG, build_parser(), _main, argv)
+    return run_app(PROG, build_parser(), _run, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
