@@ -32,16 +32,28 @@ def flat(value):
     return list(value) if isinstance(value, tuple) else [value]
 
 
+@pytest.fixture(params=["numpy", "compiled"])
+def step_code(request, monkeypatch):
+    """Each fast loop twice: with its NumPy step, and with the compiled kernels when Numba is
+    installed (``rnnkit[fast]``)."""
+    if request.param == "compiled" and rnnkit.kernels.numba is None:
+        pytest.skip("Numba is not installed")
+    monkeypatch.setattr(rnnkit.kernels, "AVAILABLE", request.param == "compiled")
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
-    "variant,N",  # the LSTM runs in rows at N = 2 (H = 6) and in columns from N = 4
+    "variant,N",  # without Numba the LSTM runs in rows at N = 2 (H = 6), in columns from N = 4
     [(v, 4) for v in VARIANTS] + [("lstm", 2), ("lstm_peephole", 2)],
 )
 @pytest.mark.parametrize(
     "num_layers,bidirectional,with_lengths",
     list(itertools.product([1, 2], [False, True], [False, True])),
 )
-def test_fast_loop_equals_reference(variant, dtype, num_layers, bidirectional, with_lengths, N):
+def test_fast_loop_equals_reference(
+    step_code, variant, dtype, num_layers, bidirectional, with_lengths, N
+):
     rng = np.random.default_rng(0)
     T = 7
     layer = VARIANTS[variant](
@@ -69,8 +81,9 @@ def test_fast_loop_equals_reference(variant, dtype, num_layers, bidirectional, w
         np.testing.assert_allclose(fast[4][name], ref[4][name], rtol=tol, atol=tol, err_msg=name)
 
 
-def test_fast_cache_serves_one_backward_pass():
-    layer = rnnkit.LSTM(D, H, rng=0)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_cache_serves_one_backward_pass(step_code, variant):
+    layer = VARIANTS[variant](rng=0)
     out, _, cache = layer.forward(np.ones((3, 2, D)))
     layer.backward(np.ones_like(out), cache)
     with pytest.raises(ValueError, match="already used by a backward pass.*run forward again"):

@@ -14,6 +14,7 @@ ORDER = [
     "init",
     "gates",
     "cells",
+    "kernels",
     "loops",
     "module",
     "recurrent",

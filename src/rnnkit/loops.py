@@ -16,12 +16,18 @@ the sigmoid gates' weights halved once per call, an exact scaling), the pre-acti
 gradients of all steps kept so that the recurrent weight gradient is one product after the
 loop, and the forward buffers reused for the backward pass. They are tested equal to the
 reference for every variant.
+
+With Numba installed (``rnnkit[fast]``), the elementwise work of a step (everything but its
+product) is one call to a compiled kernel of :mod:`rnnkit.kernels` instead of a dozen NumPy
+calls: the RNN, the LSTM and the GRU with the reset after W_hn (the default). The simplified
+and reset-before GRUs keep their NumPy steps.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .cells import CellKind, CellParams
 from .gates import GRU_GATES, LSTM_GATES, SIMPLE_GRU_GATES, gate_slices
 
@@ -147,6 +153,20 @@ class RNNLoop:
         w_hh_t = np.ascontiguousarray(p.w_hh.T)
         out = _output_buffer(h_all, mask)
         hw = np.empty((N, H), dtype=xw.dtype)
+        if kernels.AVAILABLE:
+            empty = np.empty((0, 0), dtype=xw.dtype)
+            for t in range(T):
+                np.matmul(h_all[t], w_hh_t, out=hw)
+                kernels.rnn_forward_step(
+                    z[t],
+                    hw,
+                    h_all[t],
+                    h_all[t + 1],
+                    empty if mask is None else out[t],
+                    empty.reshape(0) if mask is None else mask[t, :, 0],
+                    self.relu,
+                )
+            return out, (h_all[T].copy(),), {"a": z, "h_all": h_all}
         for t in range(T):
             np.matmul(h_all[t], w_hh_t, out=hw)
             z[t] += hw
@@ -169,6 +189,16 @@ class RNNLoop:
         T, N, H = dout.shape
         dz = a  # the activations are overwritten by the gradients, step by step
         dh = dstate[0].copy()
+        if kernels.AVAILABLE:
+            dout, carry = np.ascontiguousarray(dout), np.empty_like(dh)
+            no_mask = np.empty(0, dtype=dh.dtype)
+            for t in reversed(range(T)):
+                keep = no_mask if mask is None else mask[t, :, 0]
+                kernels.rnn_backward_step(dz[t], dout[t], dh, carry, keep, self.relu)
+                np.matmul(dz[t], p.w_hh, out=dh)
+                if mask is not None:
+                    dh += carry
+            return dz, (dh,), _recurrent_weight_grads(dz, h_all[:T], p.b_hh is not None)
         for t in reversed(range(T)):
             dnew = dh + dout[t]
             if mask is not None:
@@ -306,13 +336,109 @@ class LSTMLoop:
         return dz, (dh, dc), grads
 
 
+def lstm_forward_step(
+    zt: np.ndarray,
+    z: np.ndarray,
+    c_prev: np.ndarray,
+    h_prev: np.ndarray,
+    c: np.ndarray,
+    h: np.ndarray,
+    tanh_c: np.ndarray,
+    out: np.ndarray,
+    peep: np.ndarray,
+    keep: np.ndarray,
+) -> None:
+    """One LSTM step on flat column blocks (each array raveled from ``(H, N)`` or ``(G, H, N)``).
+
+    ``zt`` (4HN) is W_aa a<t-1> and ``z`` (4HN) the step's input projection, sigmoid rows
+    halved; ``z`` becomes the gates Γu, Γf, c̃, Γo. Writes c<t>, a<t>, tanh(c<t>) to ``c``,
+    ``h``, ``tanh_c``. ``peep`` (3HN, halved) and ``keep`` (HN: the mask) are empty when
+    absent; with a mask, ``out`` takes the masked output.
+    """
+    HN = c_prev.size
+    z += zt
+    gates = z.reshape(4, HN)  # rows: Γu, Γf, c̃, Γo
+    if peep.size:
+        peep3 = peep.reshape(3, HN)
+        gates[:2] += peep3[:2] * c_prev
+        gates[3] += peep3[2] * c_prev
+    np.tanh(z, out=z)  # tanh(x/2) on the sigmoid gates, tanh(x) on c̃
+    _sigmoid_from_halved(gates[:2])  # Γu, Γf
+    _sigmoid_from_halved(gates[3])  # Γo
+    np.multiply(gates[1], c_prev, out=c)  # c<t> = Γf*c<t-1> + Γu*c̃<t>
+    np.multiply(gates[0], gates[2], out=tanh_c)
+    c += tanh_c
+    np.tanh(c, out=tanh_c)
+    np.multiply(gates[3], tanh_c, out=h)  # a<t> = Γo*tanh(c<t>)
+    if keep.size:
+        np.multiply(h, keep, out=out)
+        finished = keep == 0  # a finished sequence keeps its state
+        np.copyto(c, c_prev, where=finished)
+        np.copyto(h, h_prev, where=finished)
+
+
+def lstm_backward_step(
+    dz: np.ndarray,
+    c_prev: np.ndarray,
+    tanh_c: np.ndarray,
+    d_out: np.ndarray,
+    dh: np.ndarray,
+    dc: np.ndarray,
+    carry_h: np.ndarray,
+    peep: np.ndarray,
+    keep: np.ndarray,
+) -> None:
+    """One LSTM step backward on flat column blocks, before the product W_aa^T dz.
+
+    ``dz`` (4HN) holds the step's gates and takes their pre-activation gradients; da<t> is
+    ``dh + d_out``; ``dc`` holds dc<t> and takes dc<t-1>. With a mask (``keep``), the part of
+    da<t> that a finished sequence carries straight to a<t-1> goes to ``carry_h``. ``peep``
+    (3HN) is the peephole weight, unhalved.
+    """
+    HN = c_prev.size
+    gates = dz.reshape(4, HN)
+    gamma_u, gamma_f, c_tilde, gamma_o = (g.copy() for g in gates)
+    da = dh + d_out
+    if keep.size:  # a finished sequence passes its gradients straight through
+        np.multiply(dh, 1 - keep, out=carry_h)
+        carry_c = dc * (1 - keep)
+        da *= keep
+        dc *= keep
+    dc += da * gamma_o * (1 - tanh_c * tanh_c)  # through a<t> = Γo*tanh(c<t>)
+    np.multiply(dc * c_tilde, gamma_u * (1 - gamma_u), out=gates[0])  # σ' = σ(1 - σ)
+    np.multiply(dc * c_prev, gamma_f * (1 - gamma_f), out=gates[1])
+    np.multiply(dc * gamma_u, 1 - c_tilde * c_tilde, out=gates[2])  # tanh' = 1 - tanh²
+    np.multiply(da * tanh_c, gamma_o * (1 - gamma_o), out=gates[3])
+    dc *= gamma_f  # dc<t-1> = dc<t> * Γf
+    if peep.size:
+        peep3 = peep.reshape(3, HN)
+        dc += gates[0] * peep3[0] + gates[1] * peep3[1] + gates[3] * peep3[2]
+    if keep.size:
+        dc += carry_c
+
+
+def _spread(peep: np.ndarray, n: int) -> np.ndarray:
+    """Peephole weights ``(3, H)`` repeated over ``n`` columns, raveled: ``(3*H*n,)``."""
+    return np.repeat(peep[:, :, None], n, axis=2).reshape(-1)
+
+
+def _per_step_columns(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``w @ x[t].T`` for every step: ``(T, G*H, N)``, each step's block contiguous."""
+    T, N, D = x.shape
+    if N == 1:  # the columns of one sequence are its rows: one product
+        return (x.reshape(T, D) @ w.T).reshape(T, -1, 1)
+    return np.matmul(w, x.transpose(0, 2, 1))
+
+
 class LSTMColumnLoop:
     """The same LSTM with states as columns, ``a<t>`` of shape ``(H, N)`` as the notes write it.
 
     OpenBLAS computes the recurrent product ``W_hh @ a<t-1>`` 1.4x to 2x faster in this layout
-    than ``a<t-1> @ W_hh.T`` once N is a few dozen, and each gate is a contiguous block of rows.
-    It takes the layer input ``x`` itself (``forward_x`` / ``backward_x``), so the products over
-    all steps (projection, weight and input gradients) need no transposed copies.
+    than ``a<t-1> @ W_hh.T`` once N is a few dozen, and each step's block of every buffer
+    (gates ``(T, 4H, N)``, states ``(T+1, H, N)``) is contiguous, so the step's elementwise
+    work runs over flat arrays: :func:`lstm_forward_step`, or its compiled twin in
+    :mod:`rnnkit.kernels` when Numba is installed. It takes the layer input ``x`` itself
+    (``forward_x`` / ``backward_x``) and does the products over all steps too.
     """
 
     def forward_x(
@@ -322,55 +448,42 @@ class LSTMColumnLoop:
         T, N, D = x.shape
         H = p.w_hh.shape[1]
         s = gate_slices(LSTM_GATES, H)
-        sig = [s["i"], s["f"], s["o"]]
         dt = x.dtype
-        x2 = x.reshape(T * N, D)
-        half = _halved(np.ones(4 * H, dtype=dt), sig)[:, None]  # (4H, 1)
-        z = (p.w_ih * half) @ x2.T  # (4H, T*N): every step's input projection, halved rows
+        half = _halved(np.ones(4 * H, dtype=dt), [s["i"], s["f"], s["o"]], copy=False)[:, None]
+        z = _per_step_columns(p.w_ih * half, x)  # (T, 4H, N): every step's input projection
         bias = np.zeros(4 * H, dtype=dt)
         for b in (p.b_ih, p.b_hh):
             if b is not None:
                 bias += b
         z += bias[:, None] * half
         w_hh = p.w_hh * half  # (4H, H)
-        peep = None if p.w_peep is None else 0.5 * p.w_peep[:, :, None]  # (3, H, 1)
-        h_all = np.empty((H, (T + 1) * N), dtype=dt)  # column block t is a<t-1>
-        c_all = np.empty((H, (T + 1) * N), dtype=dt)
-        h_all[:, :N], c_all[:, :N] = state[0].T, state[1].T
-        tanh_c = np.empty((H, T * N), dtype=dt)
-        out = None if mask is None else np.empty((H, T * N), dtype=dt)
+        h_all = np.empty((T + 1, H, N), dtype=dt)  # h_all[t] is a<t-1>, carried
+        c_all = np.empty((T + 1, H, N), dtype=dt)
+        h_all[0], c_all[0] = state[0].T, state[1].T
+        tanh_c = np.empty((T, H, N), dtype=dt)
+        empty = np.empty(0, dtype=dt)
+        peep = empty if p.w_peep is None else _spread(0.5 * p.w_peep, N)
+        keep = None if mask is None else np.repeat(mask.transpose(0, 2, 1), H, axis=1)  # (T, H, N)
+        out = None if mask is None else np.empty((T, H, N), dtype=dt)
+        step = kernels.lstm_forward_step if kernels.AVAILABLE else lstm_forward_step
         zt = np.empty((4 * H, N), dtype=dt)
-        c_new, tmp = np.empty((H, N), dtype=dt), np.empty((H, N), dtype=dt)
         for t in range(T):
-            now, nxt = slice(t * N, (t + 1) * N), slice((t + 1) * N, (t + 2) * N)
-            c_prev = c_all[:, now]
-            # Work in a contiguous block: in place on the strided z[:, now] was measured 5% to
-            # 30% slower than this copy in and out.
-            np.matmul(w_hh, h_all[:, now], out=zt)  # W_aa a<t-1> for the four gates
-            zt += z[:, now]
-            if peep is not None:
-                for k, g in enumerate(("i", "f", "o")):
-                    np.multiply(c_prev, peep[k], out=tmp)
-                    zt[s[g]] += tmp
-            np.tanh(zt, out=zt)  # tanh(x/2) on the sigmoid gates, tanh(x) on c̃
-            _sigmoid_from_halved(zt[s["i"].start : s["f"].stop])  # Γu, Γf
-            _sigmoid_from_halved(zt[s["o"]])  # Γo
-            np.multiply(zt[s["f"]], c_prev, out=c_new)  # c<t> = Γf*c<t-1> + Γu*c̃<t>
-            np.multiply(zt[s["i"]], zt[s["g"]], out=tmp)
-            c_new += tmp
-            np.tanh(c_new, out=tanh_c[:, now])
-            np.multiply(zt[s["o"]], tanh_c[:, now], out=tmp)  # a<t> = Γo*tanh(c<t>)
-            z[:, now] = zt  # the gates replace the projection they came from
-            if mask is None:
-                c_all[:, nxt], h_all[:, nxt] = c_new, tmp
-            else:
-                keep = mask[t].T > 0  # (1, N)
-                c_all[:, nxt] = _carry(c_new, c_prev, keep)
-                h_all[:, nxt] = _carry(tmp, h_all[:, now], keep)
-                np.multiply(tmp, mask[t].T, out=out[:, now])
-        cols = h_all[:, N:] if mask is None else out
-        output = np.ascontiguousarray(cols.reshape(H, T, N).transpose(1, 2, 0))  # (T, N, H)
-        final = (h_all[:, T * N :].T.copy(), c_all[:, T * N :].T.copy())
+            np.matmul(w_hh, h_all[t], out=zt)  # W_aa a<t-1> for the four gates
+            step(
+                zt.reshape(-1),
+                z[t].reshape(-1),
+                c_all[t].reshape(-1),
+                h_all[t].reshape(-1),
+                c_all[t + 1].reshape(-1),
+                h_all[t + 1].reshape(-1),
+                tanh_c[t].reshape(-1),
+                empty if out is None else out[t].reshape(-1),
+                peep,
+                empty if keep is None else keep[t].reshape(-1),
+            )
+        cols = h_all[1:] if mask is None else out
+        output = np.ascontiguousarray(cols.transpose(0, 2, 1))  # (T, N, H)
+        final = (h_all[T].T.copy(), c_all[T].T.copy())
         return output, final, {"gates": z, "h_all": h_all, "c_all": c_all, "tanh_c": tanh_c}
 
     def backward_x(
@@ -384,69 +497,49 @@ class LSTMColumnLoop:
     ) -> tuple[np.ndarray, tuple, dict]:
         """Backpropagation through the sequence; returns ``(dx, dstate0, grads)``, the grads of
         every parameter (input side included)."""
-        gates, h_all, c_all, tanh_c = (
-            cache["gates"],
-            cache["h_all"],
-            cache["c_all"],
-            cache["tanh_c"],
-        )
+        z, h_all, c_all, tanh_c = cache["gates"], cache["h_all"], cache["c_all"], cache["tanh_c"]
         T, N, H = dout.shape
+        D = x.shape[2]
         s = gate_slices(LSTM_GATES, H)
         dt = dout.dtype
-        d_cols = np.ascontiguousarray(dout.transpose(2, 0, 1)).reshape(H, T * N)
+        d_cols = np.ascontiguousarray(dout.transpose(0, 2, 1))  # (T, H, N)
         dh, dc = dstate[0].T.copy(), dstate[1].T.copy()  # (H, N)
         w_hh_t = np.ascontiguousarray(p.w_hh.T)  # (H, 4H)
-        dnew, tmp = np.empty((H, N), dtype=dt), np.empty((H, N), dtype=dt)
-        zt, deriv = np.empty((4 * H, N), dtype=dt), np.empty((4 * H, N), dtype=dt)
+        empty = np.empty(0, dtype=dt)
+        peep = empty if p.w_peep is None else _spread(p.w_peep, N)
+        keep = None if mask is None else np.repeat(mask.transpose(0, 2, 1), H, axis=1)
+        carry_h = empty if mask is None else np.empty((H, N), dtype=dt)
+        # The products over all steps want dz as (4H, T*N): for one sequence that is a view
+        # of the gate buffer, else each step's block is copied there.
+        dz_cols = z.reshape(T, 4 * H).T if N == 1 else np.empty((4 * H, T * N), dtype=dt)
+        step = kernels.lstm_backward_step if kernels.AVAILABLE else lstm_backward_step
         for t in reversed(range(T)):
-            now = slice(t * N, (t + 1) * N)
-            zt[...] = gates[:, now]
-            gamma_u, gamma_f, c_tilde, gamma_o = (zt[s[g]] for g in LSTM_GATES)
-            np.add(dh, d_cols[:, now], out=dnew)
-            if mask is not None:
-                m = mask[t].T  # (1, N)
-                dnew *= m
-                carry_h, carry_c = dh * (1 - m), dc * (1 - m)
-                dc *= m
-            np.multiply(tanh_c[:, now], tanh_c[:, now], out=tmp)  # dc += da*Γo*(1 - tanh²c)
-            np.subtract(1, tmp, out=tmp)
-            tmp *= gamma_o
-            tmp *= dnew
-            dc += tmp
-            np.subtract(1, zt, out=deriv)  # σ' = σ(1 - σ) on the sigmoid gates
-            deriv *= zt
-            np.multiply(c_tilde, c_tilde, out=deriv[s["g"]])  # tanh' = 1 - c̃² on c̃
-            np.subtract(1, deriv[s["g"]], out=deriv[s["g"]])
-            np.multiply(dnew, tanh_c[:, now], out=tmp)  # dΓo
-            np.multiply(dc, c_tilde, out=dnew)  # dΓu
-            np.multiply(dc, gamma_u, out=zt[s["g"]])  # dc̃
-            zt[s["i"]] = dnew
-            zt[s["o"]] = tmp
-            np.multiply(dc, gamma_f, out=tmp)  # dc<t-1> = dc<t> * Γf
-            np.multiply(dc, c_all[:, now], out=zt[s["f"]])  # dΓf
-            zt *= deriv  # pre-activation gradients of i, f, g, o
-            dc[...] = tmp
-            if p.w_peep is not None:
-                for k, g in enumerate(("i", "f", "o")):
-                    np.multiply(zt[s[g]], p.w_peep[k][:, None], out=tmp)
-                    dc += tmp
-            np.matmul(w_hh_t, zt, out=dh)  # da<t-1> = W_aa^T dz
-            gates[:, now] = zt
+            step(
+                z[t].reshape(-1),
+                c_all[t].reshape(-1),
+                tanh_c[t].reshape(-1),
+                d_cols[t].reshape(-1),
+                dh.reshape(-1),
+                dc.reshape(-1),
+                carry_h.reshape(-1),
+                peep,
+                empty if keep is None else keep[t].reshape(-1),
+            )
+            np.matmul(w_hh_t, z[t], out=dh)  # da<t-1> = W_aa^T dz
             if mask is not None:
                 dh += carry_h
-                dc += carry_c
-        dz = gates  # (4H, T*N)
-        x2 = x.reshape(T * N, x.shape[2])
-        grads = {"w_hh": dz @ h_all[:, : T * N].T, "w_ih": dz @ x2}
+            if N > 1:
+                dz_cols[:, t * N : (t + 1) * N] = z[t]
+        h_cols = h_all[:T].transpose(1, 0, 2).reshape(H, T * N)  # a<t-1> of every step
+        grads = {"w_hh": dz_cols @ h_cols.T, "w_ih": dz_cols @ x.reshape(T * N, D)}
         if p.b_ih is not None:
-            grads["b_ih"] = dz.sum(axis=1)
+            grads["b_ih"] = dz_cols.sum(axis=1)
             grads["b_hh"] = grads["b_ih"].copy()
         if p.w_peep is not None:
-            c_prev_all = c_all[:, : T * N]
             grads["w_peep"] = np.stack(
-                [(dz[s[g]] * c_prev_all).sum(axis=1) for g in ("i", "f", "o")]
+                [(z[:, s[g]] * c_all[:T]).sum(axis=(0, 2)) for g in ("i", "f", "o")]
             )
-        dx = (dz.T @ p.w_ih).reshape(T, N, x.shape[2])
+        dx = (dz_cols.T @ p.w_ih).reshape(T, N, D)
         return dx, (dh.T.copy(), dc.T.copy()), grads
 
 
@@ -458,6 +551,10 @@ class GRULoop:
 
     def __init__(self, reset_after: bool):
         self.reset_after = reset_after
+
+    def compiled(self) -> bool:
+        """Whether the step's gate arithmetic runs in :mod:`rnnkit.kernels` (reset after)."""
+        return kernels.AVAILABLE and self.reset_after
 
     def forward(
         self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
@@ -476,6 +573,23 @@ class GRULoop:
         h_all[0] = state[0]
         reset_in = np.empty((T, N, H), dtype=dt)  # W_hn a + b_hn (after), or Γr*a (before)
         out = _output_buffer(h_all, mask)
+        cache = {"gates": gates, "h_all": h_all, "reset_in": reset_in}
+        if self.compiled():
+            hw, empty = np.empty((N, G), dtype=dt), np.empty((0, 0), dtype=dt)
+            for t in range(T):
+                np.matmul(h_all[t], w_hh_t, out=hw)
+                if b_hh is not None:
+                    hw += b_hh
+                kernels.gru_forward_step(
+                    gates[t],
+                    hw,
+                    h_all[t],
+                    h_all[t + 1],
+                    reset_in[t],
+                    empty if mask is None else out[t],
+                    empty.reshape(0) if mask is None else mask[t, :, 0],
+                )
+            return out, (h_all[T].copy(),), cache
         hw = np.empty((N, 3 * H if self.reset_after else 2 * H), dtype=dt)
         hn, h_new = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
         for t in range(T):
@@ -510,11 +624,7 @@ class GRULoop:
             else:
                 h_all[t + 1] = _carry(h_new, h_prev, mask[t] > 0)
                 np.multiply(h_new, mask[t], out=out[t])
-        return (
-            out,
-            (h_all[T].copy(),),
-            {"gates": gates, "h_all": h_all, "reset_in": reset_in},
-        )
+        return out, (h_all[T].copy(),), cache
 
     def backward(
         self, dout: np.ndarray, dstate: tuple, cache: dict, p: CellParams, mask: np.ndarray | None
@@ -525,6 +635,25 @@ class GRULoop:
         s = gate_slices(GRU_GATES, H)
         rz, n = slice(0, 2 * H), s["n"]
         dt = dout.dtype
+        if self.compiled():
+            dout = np.ascontiguousarray(dout)
+            d_hidden = np.empty((T, N, 3 * H), dtype=dt)  # of W_hh a<t-1> + b_hh, every step
+            dh, dh_direct = dstate[0].copy(), np.empty((N, H), dtype=dt)
+            no_mask = np.empty(0, dtype=dt)
+            for t in reversed(range(T)):
+                kernels.gru_backward_step(
+                    gates[t],
+                    h_all[t],
+                    reset_in[t],
+                    dout[t],
+                    dh,
+                    d_hidden[t],
+                    dh_direct,
+                    no_mask if mask is None else mask[t, :, 0],
+                )
+                np.matmul(d_hidden[t], p.w_hh, out=dh)  # da<t-1> through the hidden side
+                dh += dh_direct
+            return gates, (dh,), _recurrent_weight_grads(d_hidden, h_all[:T], p.b_hh is not None)
         dxw = gates  # overwritten step by step
         dhn_all = np.empty((T, N, H), dtype=dt)  # gradient of the n block's hidden product
         dh = dstate[0].copy()
@@ -654,9 +783,10 @@ LSTM_COLUMNS = LSTMColumnLoop()
 
 
 def lstm_uses_columns(batch_size: int, hidden_size: int) -> bool:
-    """Whether the LSTM runs in the column layout. Measured here: rows win only for tiny steps
-    (N <= 2 with H = 128, by 10% to 20%); columns win from N = 4 or H = 256 on (up to 2.5x)."""
-    return batch_size >= 4 or hidden_size >= 256
+    """Whether the LSTM runs in the column layout: always with the compiled kernels. With NumPy
+    alone, rows win for tiny steps (N <= 2 with H = 128, by 10% to 20%) and columns from N = 4
+    or H = 256 on (up to 2.5x)."""
+    return kernels.AVAILABLE or batch_size >= 4 or hidden_size >= 256
 
 
 FAST_LOOPS = {

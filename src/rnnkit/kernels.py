@@ -1,0 +1,246 @@
+"""Compiled gate arithmetic for the fast loops: one call per time step instead of a dozen.
+
+Optional: it needs Numba (``pip install 'rnnkit[fast]'``); without it, or with the environment
+variable ``RNNKIT_COMPILED=0``, :data:`AVAILABLE` is False and the fast loops keep their NumPy
+code. Each kernel does, element by element, exactly what the NumPy step in
+:mod:`rnnkit.loops` does with whole arrays (same buffers, same layout), so the loops only swap
+the step body.
+
+In float32, tanh is a rational approximation (max error 3e-7 against NumPy's) written so that
+the compiler vectorises it; NumPy's own ``np.tanh`` is vectorised, Numba's ``math.tanh`` is
+not, and that was the difference between winning and losing to NumPy. float64 uses
+``math.tanh``. Fast-math flags exclude "no NaNs / no infinities": a NaN must still reach the
+loss, where training reports it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+try:
+    import numba
+    from numba import types
+    from numba.extending import overload
+except ImportError:  # the pure NumPy path stays whole
+    numba = None
+
+AVAILABLE = numba is not None and os.environ.get("RNNKIT_COMPILED", "1") != "0"
+
+ONE, HALF = np.float32(1.0), np.float32(0.5)  # exact in both widths: no float64 promotion
+
+
+def _tanh(x):
+    """tanh of a scalar, inside the kernels (dispatches on the width below)."""
+    return math.tanh(x)
+
+
+if numba is not None:
+    _FLAGS = {"contract", "arcp", "reassoc", "nsz", "afn"}  # no "nnan", "ninf"
+    _jit = numba.njit(cache=True, fastmath=_FLAGS, error_model="numpy", nogil=True)
+
+    # Numerator and denominator of a [13/6] rational fit of tanh on [-7.9, 7.9] (the clamp
+    # beyond which float32 tanh is ±1), odd powers above, even below.
+    _P = [np.float32(c) for c in (4.89352455891786e-03, 6.37261928875436e-04,
+                                  1.48572235717979e-05, 5.12229709037114e-08,
+                                  -8.60467152213735e-11, 2.00018790482477e-13,
+                                  -2.76076847742355e-16)]  # fmt: skip
+    _Q = [np.float32(c) for c in (4.89352518554385e-03, 2.26843463243900e-03,
+                                  1.18534705686654e-04, 1.19825839466702e-06)]  # fmt: skip
+    _LIMIT = np.float32(7.90531110763549805)
+    p1, p3, p5, p7, p9, p11, p13 = _P
+    q0, q2, q4, q6 = _Q
+
+    def _tanh32(x):
+        v = _LIMIT if x > _LIMIT else x  # comparisons that leave a NaN as it is
+        v = -_LIMIT if v < -_LIMIT else v
+        v2 = v * v
+        num = ((((((p13 * v2 + p11) * v2 + p9) * v2 + p7) * v2 + p5) * v2 + p3) * v2 + p1) * v
+        den = ((q6 * v2 + q4) * v2 + q2) * v2 + q0
+        return num / den
+
+    def _tanh64(x):
+        return math.tanh(x)
+
+    @overload(_tanh, jit_options={"fastmath": _FLAGS})
+    def _tanh_by_width(x):
+        if isinstance(x, types.Float) and x.bitwidth == 32:
+            return _tanh32
+        return _tanh64
+
+else:
+
+    def _jit(function):
+        return function
+
+
+# ---------------------------------------------------------------- LSTM, one step of columns
+
+
+@_jit
+def lstm_forward_step(zt, z, c_prev, h_prev, c, h, tanh_c, out, peep, keep):  # pragma: no cover
+    """Compiled twin of :func:`rnnkit.loops.lstm_forward_step` (same arguments)."""
+    HN = c_prev.size
+    has_peep, has_mask = peep.size > 0, keep.size > 0
+    for k in range(HN):
+        z_i = zt[k] + z[k]
+        z_f = zt[HN + k] + z[HN + k]
+        z_g = zt[2 * HN + k] + z[2 * HN + k]
+        z_o = zt[3 * HN + k] + z[3 * HN + k]
+        if has_peep:
+            z_i += peep[k] * c_prev[k]
+            z_f += peep[HN + k] * c_prev[k]
+            z_o += peep[2 * HN + k] * c_prev[k]
+        gamma_u = HALF + HALF * _tanh(z_i)  # σ(x) = (1 + tanh(x/2)) / 2, x/2 given
+        gamma_f = HALF + HALF * _tanh(z_f)
+        c_tilde = _tanh(z_g)
+        gamma_o = HALF + HALF * _tanh(z_o)
+        c[k] = gamma_f * c_prev[k] + gamma_u * c_tilde  # c<t> = Γf*c<t-1> + Γu*c̃<t>
+        tanh_c[k] = _tanh(c[k])
+        h[k] = gamma_o * tanh_c[k]  # a<t> = Γo*tanh(c<t>)
+        z[k], z[HN + k], z[2 * HN + k], z[3 * HN + k] = gamma_u, gamma_f, c_tilde, gamma_o
+    if has_mask:  # a loop of its own: a branch in the loop above stops its vectorisation
+        for k in range(HN):
+            out[k] = h[k] * keep[k]
+            if not keep[k] > 0:  # a finished sequence keeps its state
+                c[k], h[k] = c_prev[k], h_prev[k]
+
+
+@_jit
+def lstm_backward_step(dz, c_prev, tanh_c, d_out, dh, dc, carry_h, peep, keep):  # pragma: no cover
+    """Compiled twin of :func:`rnnkit.loops.lstm_backward_step` (same arguments)."""
+    HN = c_prev.size
+    has_peep, has_mask = peep.size > 0, keep.size > 0
+    for k in range(HN):
+        da, dc_t = dh[k] + d_out[k], dc[k]
+        carry_c = dc_t - dc_t  # zero, in the arrays' width
+        if has_mask:  # a finished sequence passes its gradients straight through
+            carry_h[k], carry_c = dh[k] * (ONE - keep[k]), dc_t * (ONE - keep[k])
+            da, dc_t = da * keep[k], dc_t * keep[k]
+        gamma_u, gamma_f, c_tilde, gamma_o = dz[k], dz[HN + k], dz[2 * HN + k], dz[3 * HN + k]
+        dc_t += da * gamma_o * (ONE - tanh_c[k] * tanh_c[k])  # through a<t> = Γo*tanh(c<t>)
+        dz_i = dc_t * c_tilde * gamma_u * (ONE - gamma_u)  # σ' = σ(1 - σ)
+        dz_f = dc_t * c_prev[k] * gamma_f * (ONE - gamma_f)
+        dz_g = dc_t * gamma_u * (ONE - c_tilde * c_tilde)  # tanh' = 1 - tanh²
+        dz_o = da * tanh_c[k] * gamma_o * (ONE - gamma_o)
+        dc_prev = dc_t * gamma_f  # dc<t-1> = dc<t> * Γf
+        if has_peep:
+            dc_prev += dz_i * peep[k] + dz_f * peep[HN + k] + dz_o * peep[2 * HN + k]
+        dc[k] = dc_prev + carry_c
+        dz[k], dz[HN + k], dz[2 * HN + k], dz[3 * HN + k] = dz_i, dz_f, dz_g, dz_o
+
+
+# ---------------------------------------------------------------- GRU (reset after), rows
+
+
+@_jit
+def _gru_row_forward(g, w, a_prev, a, r_in):  # pragma: no cover
+    """One sequence's step of :func:`gru_forward_step` (a function of its own: the compiler
+    vectorises this loop alone, not when it is nested in the loop over the batch)."""
+    H = a.size
+    for j in range(H):
+        gamma_r = HALF + HALF * _tanh(g[j] + w[j])
+        z = HALF + HALF * _tanh(g[H + j] + w[H + j])
+        c_tilde = _tanh(g[2 * H + j] + gamma_r * w[2 * H + j])  # Γr*(W_hn a<t-1> + b_hn)
+        g[j], g[H + j], g[2 * H + j] = gamma_r, z, c_tilde
+        r_in[j] = w[2 * H + j]
+        a[j] = c_tilde + z * (a_prev[j] - c_tilde)  # a<t> = c̃ + z*(a<t-1> - c̃)
+
+
+@_jit
+def gru_forward_step(gates, hw, h_prev, h, reset_in, out, keep):  # pragma: no cover
+    """One step of :class:`rnnkit.loops.GRULoop` (reset after W_hn) after its product.
+
+    gates (N, 3H) holds the step's input projection and hw (N, 3H) W_hh a<t-1> + b_hh, both
+    with the Γr and z columns halved; the gates become Γr, z (= 1 - Γu), c̃. Writes a<t> to
+    ``h`` and the n block of hw to ``reset_in``. With a mask ``keep`` (N,), ``out`` takes the
+    masked output; both are empty otherwise.
+    """
+    N = h_prev.shape[0]
+    for i in range(N):
+        _gru_row_forward(gates[i], hw[i], h_prev[i], h[i], reset_in[i])
+        if keep.size > 0:
+            out[i] = h[i] * keep[i]
+            if not keep[i] > 0:  # a finished sequence keeps its state
+                h[i] = h_prev[i]
+
+
+@_jit
+def _gru_row_backward(g, dhid, a_prev, r_in, dh, d_out, dh_direct, m):  # pragma: no cover
+    """One sequence's step of :func:`gru_backward_step`; ``m`` is its mask value."""
+    H = dh.size
+    for j in range(H):
+        da = (dh[j] + d_out[j]) * m
+        gamma_r, z, c_tilde = g[j], g[H + j], g[2 * H + j]
+        dn = da * (ONE - z) * (ONE - c_tilde * c_tilde)  # dc̃ = da*Γu, tanh' = 1 - c̃²
+        dr = dn * r_in[j] * gamma_r * (ONE - gamma_r)  # σ' = σ(1 - σ)
+        dz = da * (a_prev[j] - c_tilde) * z * (ONE - z)
+        g[j], g[H + j], g[2 * H + j] = dr, dz, dn
+        dhid[j], dhid[H + j], dhid[2 * H + j] = dr, dz, dn * gamma_r
+        dh_direct[j] = da * z + dh[j] * (ONE - m)  # through z*a<t-1>, and what is carried
+
+
+@_jit
+def gru_backward_step(
+    gates, h_prev, reset_in, d_out, dh, d_hidden, dh_direct, keep
+):  # pragma: no cover
+    """One step backward of the GRU (reset after), before the product ``d_hidden @ W_hh``.
+
+    Reads the gates from ``gates`` (N, 3H) and replaces them by the gradients of their input
+    side; da<t> is ``dh + d_out``. Writes the gradient of the hidden side ``W_hh a<t-1> +
+    b_hh`` (N, 3H) to ``d_hidden``, and the rest of da<t-1> (through z*a<t-1>, and what a
+    finished sequence carries) to ``dh_direct``.
+    """
+    N = h_prev.shape[0]
+    for i in range(N):
+        m = keep[i] if keep.size > 0 else ONE
+        _gru_row_backward(
+            gates[i], d_hidden[i], h_prev[i], reset_in[i], dh[i], d_out[i], dh_direct[i], m
+        )
+
+
+# ---------------------------------------------------------------- vanilla RNN, rows
+
+
+@_jit
+def _rnn_row_forward(z, hw, a, relu):  # pragma: no cover
+    """One sequence's step of :func:`rnn_forward_step`."""
+    for j in range(a.size):
+        v = z[j] + hw[j]
+        z[j] = a[j] = (v if v > 0 else v - v) if relu else _tanh(v)  # v - v: zero, same width
+
+
+@_jit
+def rnn_forward_step(z, hw, h_prev, h, out, keep, relu):  # pragma: no cover
+    """One step of :class:`rnnkit.loops.RNNLoop` after its product: a<t> = g(z + hw).
+
+    z (N, H) holds the step's input projection (with b_hh) and becomes a<t>, also written to
+    ``h``; hw (N, H) is W_aa a<t-1>. With a mask ``keep`` (N,), ``out`` takes the masked
+    output and finished sequences keep a<t-1> in ``h``; both are empty otherwise.
+    """
+    for i in range(h.shape[0]):
+        _rnn_row_forward(z[i], hw[i], h[i], relu)
+        if keep.size > 0:
+            out[i] = h[i] * keep[i]
+            if not keep[i] > 0:
+                h[i] = h_prev[i]
+
+
+@_jit
+def _rnn_row_backward(a, d_out, dh, carry, m, relu):  # pragma: no cover
+    """One sequence's step of :func:`rnn_backward_step`; ``m`` is its mask value."""
+    for j in range(a.size):
+        da = (dh[j] + d_out[j]) * m
+        carry[j] = dh[j] * (ONE - m)
+        a[j] = (da if a[j] > 0 else da - da) if relu else da * (ONE - a[j] * a[j])  # g'
+
+
+@_jit
+def rnn_backward_step(a, d_out, dh, carry, keep, relu):  # pragma: no cover
+    """One step backward of the RNN, before the product ``dz @ W_aa``: the activations ``a``
+    (N, H) become dz; what a finished sequence carries to a<t-1> goes to ``carry``."""
+    for i in range(a.shape[0]):
+        m = keep[i] if keep.size > 0 else ONE
+        _rnn_row_backward(a[i], d_out[i], dh[i], carry[i], m, relu)

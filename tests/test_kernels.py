@@ -1,0 +1,78 @@
+"""The optional compiled kernels: their tanh, NaN propagation, and the switch back to NumPy.
+
+That they compute what the NumPy steps compute is held by ``tests/test_loops.py``, which runs
+every fast loop with and without them.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import rnnkit
+from rnnkit import kernels
+
+needs_numba = pytest.mark.skipif(kernels.numba is None, reason="Numba is not installed")
+
+
+@needs_numba
+def test_float32_tanh_is_within_a_few_ulp_of_numpy():
+    @kernels.numba.njit(fastmath=kernels._FLAGS, error_model="numpy")
+    def tanh(x, out):
+        for i in range(x.size):
+            out[i] = kernels._tanh(x[i])
+
+    x = np.concatenate(
+        [np.linspace(-20, 20, 400_001), np.geomspace(1e-30, 1e-3, 1000), [np.inf, -np.inf]]
+    ).astype(np.float32)
+    x = np.concatenate([x, -x])
+    got = np.empty_like(x)
+    tanh(x, got)
+    np.testing.assert_allclose(got, np.tanh(x), rtol=1e-6, atol=5e-7)
+    tanh(np.array([np.nan], dtype=np.float32), got[:1])
+    assert np.isnan(got[0])  # fast-math must not assume NaNs away
+
+
+@needs_numba
+@pytest.mark.parametrize("cls", [rnnkit.RNN, rnnkit.GRU, rnnkit.LSTM])
+def test_a_nan_reaches_the_output_and_the_gradients(cls, monkeypatch):
+    """Training reports non-finite losses and gradients; the kernels must not hide one."""
+    monkeypatch.setattr(kernels, "AVAILABLE", True)
+    layer = cls(3, 4, rng=0)
+    layer.params["bias_ih_l0"][0] = np.nan  # one gate of one unit: a clamp could map it to ±1
+    out, _, cache = layer.forward(np.ones((5, 2, 3), dtype=np.float32))
+    assert np.isnan(out[0, :, 0]).all() and np.isnan(out[-1]).all()
+    dx, _ = layer.backward(np.ones_like(out), cache)
+    assert np.isnan(dx).all()
+
+
+def run_python(code: str, **env: str) -> str:
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def test_the_environment_variable_turns_the_kernels_off():
+    code = "from rnnkit import kernels; print(kernels.AVAILABLE)"
+    assert run_python(code, RNNKIT_COMPILED="0") == "False"
+
+
+def test_without_numba_the_numpy_path_runs():
+    code = (
+        "import sys; sys.modules['numba'] = None\n"  # makes `import numba` fail
+        "import numpy as np, rnnkit\n"
+        "from rnnkit import kernels\n"
+        "layer = rnnkit.LSTM(3, 4, rng=0)\n"
+        "out, _, cache = layer.forward(np.ones((5, 8, 3)))\n"
+        "dx, _ = layer.backward(np.ones_like(out), cache)\n"
+        "print(kernels.AVAILABLE, out.shape, dx.shape)"
+    )
+    assert run_python(code) == "False (5, 8, 4) (5, 8, 3)"
