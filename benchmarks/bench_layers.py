@@ -159,9 +159,13 @@ dout = rng.standard_normal(({T}, {N}, {H}), dtype=np.float32)
 if {lib!r} == "torch":
     import torch
     torch.set_num_threads(2)
-    train, _ = b.torch_steps(b.make_torch({cell!r}, {H}, layer), x, dout)
+    model = b.make_torch({cell!r}, {H}, layer)
+    train, _ = b.torch_steps(model, x, dout)
+    warm_up, _ = b.torch_steps(model, x[:2], dout[:2])
 else:
     train, _ = b.rnnkit_steps(layer, x, dout)
+    warm_up, _ = b.rnnkit_steps(layer, x[:2], dout[:2])
+warm_up()  # two steps: lazy set-up (compiled kernels, thread pools) is not the step's memory
 def high_water():  # VmHWM, this process's own peak (ru_maxrss inherits the parent's at exec)
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
@@ -198,9 +202,11 @@ def main() -> int:
         )
     except ImportError:
         pass
+    compiled = f"Numba {rnnkit.kernels.numba.__version__}" if rnnkit.kernels.AVAILABLE else "off"
     print(
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')!r} "
-        f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE')!r}; BLAS: {kernel}"
+        f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE')!r}; BLAS: {kernel}; "
+        f"compiled kernels: {compiled}"
     )
     rows = []
     header = (
@@ -273,6 +279,7 @@ def main() -> int:
                 "numpy": np.__version__,
                 "torch": torch.__version__ if torch else None,
                 "blas": kernel,
+                "compiled_kernels": compiled,
                 "command": " ".join(sys.argv),
                 "rows": rows,
             },

@@ -361,10 +361,10 @@ def test_gate_bias_options_shift_only_their_gate():
     np.testing.assert_allclose(simple[:H] - plain[:H], 2.0)  # gates z, n: z first
 
 
-def test_output_shared_with_the_cache_is_read_only():
-    """Writing into an output the backward pass still needs would corrupt the gradients.
-    (The RNN and GRU hand out their state buffer; the LSTM's column loop a copy of its own.)"""
-    layer = rnnkit.GRU(D, H, rng=0)
+@pytest.mark.parametrize("cls", [rnnkit.RNN, rnnkit.GRU, rnnkit.LSTM])
+def test_output_shared_with_the_cache_is_read_only(cls):
+    """Writing into an output the backward pass still needs would corrupt the gradients."""
+    layer = cls(D, H, rng=0)
     out, _, cache = layer.forward(np.ones((T, N, D)))
     with pytest.raises(ValueError, match="read-only"):
         out *= 2

@@ -109,12 +109,12 @@ def lstm_forward_step(zt, z, c_prev, h_prev, c, h, tanh_c, out, peep, keep):  # 
 
 
 @_jit
-def lstm_backward_step(dz, c_prev, tanh_c, d_out, dh, dc, carry_h, peep, keep):  # pragma: no cover
+def lstm_backward_step(dz, c_prev, tanh_c, dh, dc, carry_h, peep, keep):  # pragma: no cover
     """Compiled twin of :func:`rnnkit.loops.lstm_backward_step` (same arguments)."""
     HN = c_prev.size
     has_peep, has_mask = peep.size > 0, keep.size > 0
     for k in range(HN):
-        da, dc_t = dh[k] + d_out[k], dc[k]
+        da, dc_t = dh[k], dc[k]
         carry_c = dc_t - dc_t  # zero, in the arrays' width
         if has_mask:  # a finished sequence passes its gradients straight through
             carry_h[k], carry_c = dh[k] * (ONE - keep[k]), dc_t * (ONE - keep[k])

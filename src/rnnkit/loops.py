@@ -381,7 +381,6 @@ def lstm_backward_step(
     dz: np.ndarray,
     c_prev: np.ndarray,
     tanh_c: np.ndarray,
-    d_out: np.ndarray,
     dh: np.ndarray,
     dc: np.ndarray,
     carry_h: np.ndarray,
@@ -390,15 +389,15 @@ def lstm_backward_step(
 ) -> None:
     """One LSTM step backward on flat column blocks, before the product W_aa^T dz.
 
-    ``dz`` (4HN) holds the step's gates and takes their pre-activation gradients; da<t> is
-    ``dh + d_out``; ``dc`` holds dc<t> and takes dc<t-1>. With a mask (``keep``), the part of
-    da<t> that a finished sequence carries straight to a<t-1> goes to ``carry_h``. ``peep``
-    (3HN) is the peephole weight, unhalved.
+    ``dz`` (4HN) holds the step's gates and takes their pre-activation gradients; ``dh``
+    holds da<t> (output gradient included); ``dc`` holds dc<t> and takes dc<t-1>. With a mask
+    (``keep``), the part of da<t> that a finished sequence carries straight to a<t-1> goes to
+    ``carry_h``. ``peep`` (3HN) is the peephole weight, unhalved.
     """
     HN = c_prev.size
     gates = dz.reshape(4, HN)
     gamma_u, gamma_f, c_tilde, gamma_o = (g.copy() for g in gates)
-    da = dh + d_out
+    da = dh.copy()
     if keep.size:  # a finished sequence passes its gradients straight through
         np.multiply(dh, 1 - keep, out=carry_h)
         carry_c = dc * (1 - keep)
@@ -483,8 +482,11 @@ class LSTMColumnLoop:
             )
         cols = h_all[1:] if mask is None else out
         output = np.ascontiguousarray(cols.transpose(0, 2, 1))  # (T, N, H)
+        output.flags.writeable = False  # the backward pass reads a<t> from it
         final = (h_all[T].T.copy(), c_all[T].T.copy())
-        return output, final, {"gates": z, "h_all": h_all, "c_all": c_all, "tanh_c": tanh_c}
+        cache = {"gates": z, "c_all": c_all, "tanh_c": tanh_c, "output": output}
+        cache["h0"] = np.array(state[0])  # (N, H), a copy
+        return output, final, cache
 
     def backward_x(
         self,
@@ -497,12 +499,14 @@ class LSTMColumnLoop:
     ) -> tuple[np.ndarray, tuple, dict]:
         """Backpropagation through the sequence; returns ``(dx, dstate0, grads)``, the grads of
         every parameter (input side included)."""
-        z, h_all, c_all, tanh_c = cache["gates"], cache["h_all"], cache["c_all"], cache["tanh_c"]
+        # Taken out of the (single-use) cache so that they are freed once the loop is done.
+        z, c_all, tanh_c = cache.pop("gates"), cache.pop("c_all"), cache.pop("tanh_c")
         T, N, H = dout.shape
         D = x.shape[2]
         s = gate_slices(LSTM_GATES, H)
         dt = dout.dtype
-        d_cols = np.ascontiguousarray(dout.transpose(0, 2, 1))  # (T, H, N)
+        if mask is not None:
+            dout = dout * mask  # a padded position's output is a constant zero
         dh, dc = dstate[0].T.copy(), dstate[1].T.copy()  # (H, N)
         w_hh_t = np.ascontiguousarray(p.w_hh.T)  # (H, 4H)
         empty = np.empty(0, dtype=dt)
@@ -514,11 +518,11 @@ class LSTMColumnLoop:
         dz_cols = z.reshape(T, 4 * H).T if N == 1 else np.empty((4 * H, T * N), dtype=dt)
         step = kernels.lstm_backward_step if kernels.AVAILABLE else lstm_backward_step
         for t in reversed(range(T)):
+            dh += dout[t].T  # da<t>
             step(
                 z[t].reshape(-1),
                 c_all[t].reshape(-1),
                 tanh_c[t].reshape(-1),
-                d_cols[t].reshape(-1),
                 dh.reshape(-1),
                 dc.reshape(-1),
                 carry_h.reshape(-1),
@@ -530,15 +534,20 @@ class LSTMColumnLoop:
                 dh += carry_h
             if N > 1:
                 dz_cols[:, t * N : (t + 1) * N] = z[t]
-        h_cols = h_all[:T].transpose(1, 0, 2).reshape(H, T * N)  # a<t-1> of every step
-        grads = {"w_hh": dz_cols @ h_cols.T, "w_ih": dz_cols @ x.reshape(T * N, D)}
-        if p.b_ih is not None:
-            grads["b_ih"] = dz_cols.sum(axis=1)
-            grads["b_hh"] = grads["b_ih"].copy()
+        grads = {}
         if p.w_peep is not None:
             grads["w_peep"] = np.stack(
                 [(z[:, s[g]] * c_all[:T]).sum(axis=(0, 2)) for g in ("i", "f", "o")]
             )
+        del z, c_all, tanh_c
+        # dW_hh = Σ_t dz<t> a<t-1>^T, with a<t-1> read from h_0 and the outputs (where they
+        # differ, past a sequence's end, dz is zero).
+        out_rows = cache["output"][:-1].reshape((T - 1) * N, H)
+        grads["w_hh"] = dz_cols[:, :N] @ cache["h0"] + dz_cols[:, N:] @ out_rows
+        grads["w_ih"] = dz_cols @ x.reshape(T * N, D)
+        if p.b_ih is not None:
+            grads["b_ih"] = dz_cols.sum(axis=1)
+            grads["b_hh"] = grads["b_ih"].copy()
         dx = (dz_cols.T @ p.w_ih).reshape(T, N, D)
         return dx, (dh.T.copy(), dc.T.copy()), grads
 
