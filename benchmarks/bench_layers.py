@@ -136,14 +136,16 @@ def gemm_steps_columns(N: int, H: int):
     return train, infer
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # one untimed call after switching library: caches, thread pools
+def timed(fn, calls: int = 3) -> float:
+    """The best of ``calls`` timed calls, after an untimed one (caches, thread pools): on
+    these shared cores other work only ever adds time."""
+    fn()
     times = []
-    for _ in range(repeats):
+    for _ in range(calls):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def peak_memory(lib: str, cell: str, N: int, H: int) -> float:
@@ -233,12 +235,12 @@ def main() -> int:
                 for mode, k in (("train", 0), ("infer", 1)):
                     t_ours, t_bound, t_theirs = [], [], []
                     for _ in range(args.repeats):  # interleave, so drift hits both alike
-                        t_ours.append(timed(ours[k], 1))
+                        t_ours.append(timed(ours[k]))
                         time.sleep(0.05)
-                        t_bound.append(timed(bound[k], 1))
+                        t_bound.append(timed(bound[k]))
                         if theirs:
                             time.sleep(0.05)
-                            t_theirs.append(timed(theirs[k], 1))
+                            t_theirs.append(timed(theirs[k]))
                             time.sleep(0.05)
                     row = {
                         "cell": cell,

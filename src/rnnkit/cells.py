@@ -50,7 +50,8 @@ def input_projection(x_t: np.ndarray, p: CellParams) -> np.ndarray:
 
     Works on one step ``(N, D)`` or a whole sequence ``(T, N, D)`` at once.
     """
-    xw = x_t @ p.w_ih.T  # (..., G*H)
+    # One product over all steps: (T, N, D) @ (D, G*H) would be T products, slow for small N.
+    xw = (x_t.reshape(-1, x_t.shape[-1]) @ p.w_ih.T).reshape(*x_t.shape[:-1], -1)  # (..., G*H)
     if p.b_ih is not None:
         xw += p.b_ih
     return xw
@@ -64,7 +65,8 @@ def input_projection_backward(
     grads = {"w_ih": dxw2.T @ x.reshape(-1, x.shape[-1])}  # dW_ax = dz x^T summed over t and N
     if p.b_ih is not None:
         grads["b_ih"] = dxw2.sum(axis=0)
-    return dxw @ p.w_ih, grads  # dx<t> = W_ax^T dz
+    dx = (dxw2 @ p.w_ih).reshape(*dxw.shape[:-1], -1)  # dx<t> = W_ax^T dz
+    return dx, grads
 
 
 def _hidden_projection(a_prev: np.ndarray, w_hh: np.ndarray, b_hh: np.ndarray | None) -> np.ndarray:

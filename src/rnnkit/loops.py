@@ -97,6 +97,30 @@ def _halved(w: np.ndarray | None, cols: list[slice], copy: bool = True) -> np.nd
     return w
 
 
+def _transposed(w: np.ndarray, n: int) -> np.ndarray:
+    """``w.T`` as the operand of a product with ``n`` columns (or rows) of states.
+
+    A contiguous copy when ``n >= 2``: OpenBLAS multiplies by it up to 7x faster than by the
+    transposed view. For one state the view is about as fast, and the copy is skipped. The copy
+    goes by blocks of rows: 3x to 7x faster than ``np.ascontiguousarray(w.T)`` here (3 ms for a
+    2048 x 512 matrix, the time of 100 products with one state).
+    """
+    if n == 1:
+        return w.T
+    out = np.empty(w.shape[::-1], dtype=w.dtype)
+    for i in range(0, w.shape[0], 16):
+        out[:, i : i + 16] = w[i : i + 16].T
+    return out
+
+
+def _right_operand(w_hh: np.ndarray, halved_rows: list[slice], n: int) -> np.ndarray:
+    """``W_hh.T`` (H, G*H) for ``a<t-1> @ W_hh.T`` with ``n`` rows, the given gate blocks halved."""
+    w = w_hh.copy()
+    for rows in halved_rows:
+        w[rows] *= 0.5
+    return _transposed(w, n)
+
+
 def _sigmoid_from_halved(block: np.ndarray) -> None:
     """In place: ``block`` holds tanh(x/2); make it σ(x) = (1 + tanh(x/2)) / 2."""
     block *= 0.5
@@ -150,7 +174,7 @@ class RNNLoop:
         z = xw  # (T, N, H) pre-activations, then activations
         if p.b_hh is not None:
             z += p.b_hh
-        w_hh_t = np.ascontiguousarray(p.w_hh.T)
+        w_hh_t = _right_operand(p.w_hh, [], N)
         out = _output_buffer(h_all, mask)
         hw = np.empty((N, H), dtype=xw.dtype)
         if kernels.AVAILABLE:
@@ -235,7 +259,7 @@ class LSTMLoop:
         z = _halved(xw, sig, copy=False)  # (T, N, 4H) halved sigmoid columns; becomes the gates
         if p.b_hh is not None:
             z += _halved(p.b_hh, sig)
-        w_hh_t = _halved(np.ascontiguousarray(p.w_hh.T), sig)  # (H, 4H)
+        w_hh_t = _right_operand(p.w_hh, sig, N)  # (H, 4H)
         peep = None if p.w_peep is None else 0.5 * p.w_peep  # every peephole feeds a sigmoid
         h_all = np.empty((T + 1, N, H), dtype=dt)
         c_all = np.empty((T + 1, N, H), dtype=dt)  # c_all[t] is c<t-1>, carried
@@ -508,7 +532,7 @@ class LSTMColumnLoop:
         if mask is not None:
             dout = dout * mask  # a padded position's output is a constant zero
         dh, dc = dstate[0].T.copy(), dstate[1].T.copy()  # (H, N)
-        w_hh_t = np.ascontiguousarray(p.w_hh.T)  # (H, 4H)
+        w_hh_t = _transposed(p.w_hh, N)  # (H, 4H)
         empty = np.empty(0, dtype=dt)
         peep = empty if p.w_peep is None else _spread(p.w_peep, N)
         keep = None if mask is None else np.repeat(mask.transpose(0, 2, 1), H, axis=1)
@@ -575,8 +599,10 @@ class GRULoop:
         rz, n = slice(0, 2 * H), s["n"]
         dt = xw.dtype
         gates = _halved(xw, [rz], copy=False)  # (T, N, 3H): Γr, z (= 1 - Γu), c̃
-        w_hh_t = _halved(np.ascontiguousarray(p.w_hh.T), [rz])  # (H, 3H)
-        w_rz_t, w_n_t = np.ascontiguousarray(w_hh_t[:, rz]), np.ascontiguousarray(w_hh_t[:, n])
+        w_hh_t = _right_operand(p.w_hh, [rz], N)  # (H, 3H)
+        if not self.reset_after:
+            w_rz_t = np.ascontiguousarray(w_hh_t[:, rz])
+            w_n_t = np.ascontiguousarray(w_hh_t[:, n])
         b_hh = _halved(p.b_hh, [rz])
         h_all = np.empty((T + 1, N, H), dtype=dt)
         h_all[0] = state[0]
@@ -733,7 +759,7 @@ class SimpleGRULoop:
         gates = _halved(xw, [s["z"]], copy=False)  # (T, N, 2H): z (= 1 - Γu), c̃
         if p.b_hh is not None:
             gates += _halved(p.b_hh, [s["z"]])
-        w_hh_t = _halved(np.ascontiguousarray(p.w_hh.T), [s["z"]])
+        w_hh_t = _right_operand(p.w_hh, [s["z"]], N)
         h_all = np.empty((T + 1, N, H), dtype=dt)
         h_all[0] = state[0]
         out = _output_buffer(h_all, mask)
