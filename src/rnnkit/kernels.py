@@ -93,10 +93,10 @@ def lstm_forward_step(zt, z, c_prev, h_prev, c, h, tanh_c, out, peep, keep):  # 
             z_i += peep[k] * c_prev[k]
             z_f += peep[HN + k] * c_prev[k]
             z_o += peep[2 * HN + k] * c_prev[k]
-        gamma_u = HALF + HALF * _tanh(z_i)  # σ(x) = (1 + tanh(x/2)) / 2, x/2 given
-        gamma_f = HALF + HALF * _tanh(z_f)
+        gamma_u = HALF + HALF * _tanh(HALF * z_i)  # σ(x) = (1 + tanh(x/2)) / 2
+        gamma_f = HALF + HALF * _tanh(HALF * z_f)
         c_tilde = _tanh(z_g)
-        gamma_o = HALF + HALF * _tanh(z_o)
+        gamma_o = HALF + HALF * _tanh(HALF * z_o)
         c[k] = gamma_f * c_prev[k] + gamma_u * c_tilde  # c<t> = Γf*c<t-1> + Γu*c̃<t>
         tanh_c[k] = _tanh(c[k])
         h[k] = gamma_o * tanh_c[k]  # a<t> = Γo*tanh(c<t>)

@@ -374,10 +374,10 @@ def lstm_forward_step(
 ) -> None:
     """One LSTM step on flat column blocks (each array raveled from ``(H, N)`` or ``(G, H, N)``).
 
-    ``zt`` (4HN) is W_aa a<t-1> and ``z`` (4HN) the step's input projection, sigmoid rows
-    halved; ``z`` becomes the gates Γu, Γf, c̃, Γo. Writes c<t>, a<t>, tanh(c<t>) to ``c``,
-    ``h``, ``tanh_c``. ``peep`` (3HN, halved) and ``keep`` (HN: the mask) are empty when
-    absent; with a mask, ``out`` takes the masked output.
+    ``zt + z`` (4HN: W_aa a<t-1> and the step's input projection) are the pre-activations;
+    ``z`` becomes the gates Γu, Γf, c̃, Γo. Writes c<t>, a<t>, tanh(c<t>) to ``c``, ``h``,
+    ``tanh_c``. ``peep`` (3HN) and ``keep`` (HN: the mask) are empty when absent; with a
+    mask, ``out`` takes the masked output.
     """
     HN = c_prev.size
     z += zt
@@ -386,7 +386,9 @@ def lstm_forward_step(
         peep3 = peep.reshape(3, HN)
         gates[:2] += peep3[:2] * c_prev
         gates[3] += peep3[2] * c_prev
-    np.tanh(z, out=z)  # tanh(x/2) on the sigmoid gates, tanh(x) on c̃
+    gates[:2] *= 0.5  # σ(x) = (1 + tanh(x/2)) / 2: one tanh for all four gates
+    gates[3] *= 0.5
+    np.tanh(z, out=z)
     _sigmoid_from_halved(gates[:2])  # Γu, Γf
     _sigmoid_from_halved(gates[3])  # Γo
     np.multiply(gates[1], c_prev, out=c)  # c<t> = Γf*c<t-1> + Γu*c̃<t>
@@ -440,6 +442,11 @@ def lstm_backward_step(
         dc += carry_c
 
 
+def _mask_columns(mask: np.ndarray, H: int) -> np.ndarray:
+    """The mask ``(T, N, 1)`` over each step's column block, raveled: ``(T, H*N)``."""
+    return np.repeat(mask.transpose(0, 2, 1), H, axis=1).reshape(len(mask), -1)
+
+
 def _spread(peep: np.ndarray, n: int) -> np.ndarray:
     """Peephole weights ``(3, H)`` repeated over ``n`` columns, raveled: ``(3*H*n,)``."""
     return np.repeat(peep[:, :, None], n, axis=2).reshape(-1)
@@ -470,40 +477,29 @@ class LSTMColumnLoop:
         """The whole sequence forward from the layer input ``x (T, N, D)``."""
         T, N, D = x.shape
         H = p.w_hh.shape[1]
-        s = gate_slices(LSTM_GATES, H)
         dt = x.dtype
-        half = _halved(np.ones(4 * H, dtype=dt), [s["i"], s["f"], s["o"]], copy=False)[:, None]
-        z = _per_step_columns(p.w_ih * half, x)  # (T, 4H, N): every step's input projection
-        bias = np.zeros(4 * H, dtype=dt)
+        z = _per_step_columns(p.w_ih, x)  # (T, 4H, N): every step's input projection
         for b in (p.b_ih, p.b_hh):
             if b is not None:
-                bias += b
-        z += bias[:, None] * half
-        w_hh = p.w_hh * half  # (4H, H)
+                z += b[:, None]
         h_all = np.empty((T + 1, H, N), dtype=dt)  # h_all[t] is a<t-1>, carried
         c_all = np.empty((T + 1, H, N), dtype=dt)
         h_all[0], c_all[0] = state[0].T, state[1].T
         tanh_c = np.empty((T, H, N), dtype=dt)
-        empty = np.empty(0, dtype=dt)
-        peep = empty if p.w_peep is None else _spread(0.5 * p.w_peep, N)
-        keep = None if mask is None else np.repeat(mask.transpose(0, 2, 1), H, axis=1)  # (T, H, N)
         out = None if mask is None else np.empty((T, H, N), dtype=dt)
+        # Each step's blocks as flat rows for the step function; rows of length 0 when absent.
+        none = np.empty((T, 0), dtype=dt)
+        z_, h_, c_, tanh_c_ = (a.reshape(len(a), -1) for a in (z, h_all, c_all, tanh_c))
+        out_ = none if mask is None else out.reshape(T, -1)
+        keep_ = none if mask is None else _mask_columns(mask, H)
+        peep = none[0] if p.w_peep is None else _spread(p.w_peep, N)
         step = kernels.lstm_forward_step if kernels.AVAILABLE else lstm_forward_step
         zt = np.empty((4 * H, N), dtype=dt)
+        zt_ = zt.reshape(-1)
         for t in range(T):
-            np.matmul(w_hh, h_all[t], out=zt)  # W_aa a<t-1> for the four gates
-            step(
-                zt.reshape(-1),
-                z[t].reshape(-1),
-                c_all[t].reshape(-1),
-                h_all[t].reshape(-1),
-                c_all[t + 1].reshape(-1),
-                h_all[t + 1].reshape(-1),
-                tanh_c[t].reshape(-1),
-                empty if out is None else out[t].reshape(-1),
-                peep,
-                empty if keep is None else keep[t].reshape(-1),
-            )
+            np.matmul(p.w_hh, h_all[t], out=zt)  # W_aa a<t-1> for the four gates
+            a_prev, a_new, c_prev, c_new = h_[t], h_[t + 1], c_[t], c_[t + 1]
+            step(zt_, z_[t], c_prev, a_prev, c_new, a_new, tanh_c_[t], out_[t], peep, keep_[t])
         cols = h_all[1:] if mask is None else out
         output = np.ascontiguousarray(cols.transpose(0, 2, 1))  # (T, N, H)
         output.flags.writeable = False  # the backward pass reads a<t> from it
@@ -533,29 +529,22 @@ class LSTMColumnLoop:
             dout = dout * mask  # a padded position's output is a constant zero
         dh, dc = dstate[0].T.copy(), dstate[1].T.copy()  # (H, N)
         w_hh_t = _transposed(p.w_hh, N)  # (H, 4H)
-        empty = np.empty(0, dtype=dt)
-        peep = empty if p.w_peep is None else _spread(p.w_peep, N)
-        keep = None if mask is None else np.repeat(mask.transpose(0, 2, 1), H, axis=1)
-        carry_h = empty if mask is None else np.empty((H, N), dtype=dt)
+        none = np.empty((T, 0), dtype=dt)
+        z_, c_, tanh_c_ = (a.reshape(len(a), -1) for a in (z, c_all, tanh_c))
+        keep_ = none if mask is None else _mask_columns(mask, H)
+        peep = none[0] if p.w_peep is None else _spread(p.w_peep, N)
+        carry_h = none[0] if mask is None else np.empty(H * N, dtype=dt)
+        dh_, dc_ = dh.reshape(-1), dc.reshape(-1)
         # The products over all steps want dz as (4H, T*N): for one sequence that is a view
         # of the gate buffer, else each step's block is copied there.
         dz_cols = z.reshape(T, 4 * H).T if N == 1 else np.empty((4 * H, T * N), dtype=dt)
         step = kernels.lstm_backward_step if kernels.AVAILABLE else lstm_backward_step
         for t in reversed(range(T)):
             dh += dout[t].T  # da<t>
-            step(
-                z[t].reshape(-1),
-                c_all[t].reshape(-1),
-                tanh_c[t].reshape(-1),
-                dh.reshape(-1),
-                dc.reshape(-1),
-                carry_h.reshape(-1),
-                peep,
-                empty if keep is None else keep[t].reshape(-1),
-            )
+            step(z_[t], c_[t], tanh_c_[t], dh_, dc_, carry_h, peep, keep_[t])
             np.matmul(w_hh_t, z[t], out=dh)  # da<t-1> = W_aa^T dz
             if mask is not None:
-                dh += carry_h
+                dh += carry_h.reshape(H, N)
             if N > 1:
                 dz_cols[:, t * N : (t + 1) * N] = z[t]
         grads = {}
