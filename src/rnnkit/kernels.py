@@ -205,8 +205,8 @@ def gru_backward_step(
 
 
 @_jit
-def _rnn_row_forward(z, hw, a, relu):  # pragma: no cover
-    """One sequence's step of :func:`rnn_forward_step`."""
+def _rnn_span_forward(z, hw, a, relu):  # pragma: no cover
+    """:func:`rnn_forward_step` over flat spans: one row, or every row at once."""
     for j in range(a.size):
         v = z[j] + hw[j]
         z[j] = a[j] = (v if v > 0 else v - v) if relu else _tanh(v)  # v - v: zero, same width
@@ -220,17 +220,19 @@ def rnn_forward_step(z, hw, h_prev, h, out, keep, relu):  # pragma: no cover
     ``h``; hw (N, H) is W_aa a<t-1>. With a mask ``keep`` (N,), ``out`` takes the masked
     output and finished sequences keep a<t-1> in ``h``; both are empty otherwise.
     """
+    if keep.size == 0:  # all rows as one span: longer vector loops
+        _rnn_span_forward(z.reshape(z.size), hw.reshape(hw.size), h.reshape(h.size), relu)
+        return
     for i in range(h.shape[0]):
-        _rnn_row_forward(z[i], hw[i], h[i], relu)
-        if keep.size > 0:
-            out[i] = h[i] * keep[i]
-            if not keep[i] > 0:
-                h[i] = h_prev[i]
+        _rnn_span_forward(z[i], hw[i], h[i], relu)
+        out[i] = h[i] * keep[i]
+        if not keep[i] > 0:
+            h[i] = h_prev[i]
 
 
 @_jit
-def _rnn_row_backward(a, d_out, dh, carry, m, relu):  # pragma: no cover
-    """One sequence's step of :func:`rnn_backward_step`; ``m`` is its mask value."""
+def _rnn_span_backward(a, d_out, dh, carry, m, relu):  # pragma: no cover
+    """:func:`rnn_backward_step` over flat spans with one mask value ``m``."""
     for j in range(a.size):
         da = (dh[j] + d_out[j]) * m
         carry[j] = dh[j] * (ONE - m)
@@ -241,6 +243,9 @@ def _rnn_row_backward(a, d_out, dh, carry, m, relu):  # pragma: no cover
 def rnn_backward_step(a, d_out, dh, carry, keep, relu):  # pragma: no cover
     """One step backward of the RNN, before the product ``dz @ W_aa``: the activations ``a``
     (N, H) become dz; what a finished sequence carries to a<t-1> goes to ``carry``."""
+    if keep.size == 0:
+        flat = (a.reshape(a.size), d_out.reshape(a.size), dh.reshape(a.size))
+        _rnn_span_backward(*flat, carry.reshape(a.size), ONE, relu)
+        return
     for i in range(a.shape[0]):
-        m = keep[i] if keep.size > 0 else ONE
-        _rnn_row_backward(a[i], d_out[i], dh[i], carry[i], m, relu)
+        _rnn_span_backward(a[i], d_out[i], dh[i], carry[i], keep[i], relu)
