@@ -2,7 +2,7 @@
 
 Optional: it needs Numba (``pip install 'rnnkit[fast]'``); without it, or with the environment
 variable ``RNNKIT_COMPILED=0``, :data:`AVAILABLE` is False and the fast loops keep their NumPy
-code. Each kernel does, element by element, exactly what the NumPy step in
+code. Each kernel does, element by element, what the NumPy code of its step in
 :mod:`rnnkit.loops` does with whole arrays (same buffers, same layout), so the loops only swap
 the step body.
 
@@ -50,15 +50,16 @@ if numba is not None:
     _Q = [np.float32(c) for c in (4.89352518554385e-03, 2.26843463243900e-03,
                                   1.18534705686654e-04, 1.19825839466702e-06)]  # fmt: skip
     _LIMIT = np.float32(7.90531110763549805)
-    p1, p3, p5, p7, p9, p11, p13 = _P
-    q0, q2, q4, q6 = _Q
+    _p1, _p3, _p5, _p7, _p9, _p11, _p13 = _P
+    _q0, _q2, _q4, _q6 = _Q
 
     def _tanh32(x):
         v = _LIMIT if x > _LIMIT else x  # comparisons that leave a NaN as it is
         v = -_LIMIT if v < -_LIMIT else v
         v2 = v * v
-        num = ((((((p13 * v2 + p11) * v2 + p9) * v2 + p7) * v2 + p5) * v2 + p3) * v2 + p1) * v
-        den = ((q6 * v2 + q4) * v2 + q2) * v2 + q0
+        num = (((((_p13 * v2 + _p11) * v2 + _p9) * v2 + _p7) * v2 + _p5) * v2 + _p3) * v2 + _p1
+        den = ((_q6 * v2 + _q4) * v2 + _q2) * v2 + _q0
+        num *= v
         return num / den
 
     def _tanh64(x):
@@ -80,7 +81,7 @@ else:
 
 
 @_jit
-def lstm_forward_step(zt, z, c_prev, h_prev, c, h, tanh_c, out, peep, keep):  # pragma: no cover
+def lstm_forward_step(zt, z, c_prev, h_prev, c, h, tanh_c, out, peep, keep):
     """Compiled twin of :func:`rnnkit.loops.lstm_forward_step` (same arguments)."""
     HN = c_prev.size
     has_peep, has_mask = peep.size > 0, keep.size > 0
@@ -109,7 +110,7 @@ def lstm_forward_step(zt, z, c_prev, h_prev, c, h, tanh_c, out, peep, keep):  # 
 
 
 @_jit
-def lstm_backward_step(dz, c_prev, tanh_c, dh, dc, carry_h, peep, keep):  # pragma: no cover
+def lstm_backward_step(dz, c_prev, tanh_c, dh, dc, carry_h, peep, keep):
     """Compiled twin of :func:`rnnkit.loops.lstm_backward_step` (same arguments)."""
     HN = c_prev.size
     has_peep, has_mask = peep.size > 0, keep.size > 0
@@ -136,7 +137,7 @@ def lstm_backward_step(dz, c_prev, tanh_c, dh, dc, carry_h, peep, keep):  # prag
 
 
 @_jit
-def _gru_row_forward(g, w, a_prev, a, r_in):  # pragma: no cover
+def _gru_row_forward(g, w, a_prev, a, r_in):
     """One sequence's step of :func:`gru_forward_step` (a function of its own: the compiler
     vectorises this loop alone, not when it is nested in the loop over the batch)."""
     H = a.size
@@ -150,7 +151,7 @@ def _gru_row_forward(g, w, a_prev, a, r_in):  # pragma: no cover
 
 
 @_jit
-def gru_forward_step(gates, hw, h_prev, h, reset_in, out, keep):  # pragma: no cover
+def gru_forward_step(gates, hw, h_prev, h, reset_in, out, keep):
     """One step of :class:`rnnkit.loops.GRULoop` (reset after W_hn) after its product.
 
     gates (N, 3H) holds the step's input projection and hw (N, 3H) W_hh a<t-1> + b_hh, both
@@ -168,7 +169,7 @@ def gru_forward_step(gates, hw, h_prev, h, reset_in, out, keep):  # pragma: no c
 
 
 @_jit
-def _gru_row_backward(g, dhid, a_prev, r_in, dh, d_out, dh_direct, m):  # pragma: no cover
+def _gru_row_backward(g, dhid, a_prev, r_in, dh, d_out, dh_direct, m):
     """One sequence's step of :func:`gru_backward_step`; ``m`` is its mask value."""
     H = dh.size
     for j in range(H):
@@ -183,9 +184,7 @@ def _gru_row_backward(g, dhid, a_prev, r_in, dh, d_out, dh_direct, m):  # pragma
 
 
 @_jit
-def gru_backward_step(
-    gates, h_prev, reset_in, d_out, dh, d_hidden, dh_direct, keep
-):  # pragma: no cover
+def gru_backward_step(gates, h_prev, reset_in, d_out, dh, d_hidden, dh_direct, keep):
     """One step backward of the GRU (reset after), before the product ``d_hidden @ W_hh``.
 
     Reads the gates from ``gates`` (N, 3H) and replaces them by the gradients of their input
@@ -205,7 +204,7 @@ def gru_backward_step(
 
 
 @_jit
-def _rnn_span_forward(z, hw, a, relu):  # pragma: no cover
+def _rnn_span_forward(z, hw, a, relu):
     """:func:`rnn_forward_step` over flat spans: one row, or every row at once."""
     for j in range(a.size):
         v = z[j] + hw[j]
@@ -213,7 +212,7 @@ def _rnn_span_forward(z, hw, a, relu):  # pragma: no cover
 
 
 @_jit
-def rnn_forward_step(z, hw, h_prev, h, out, keep, relu):  # pragma: no cover
+def rnn_forward_step(z, hw, h_prev, h, out, keep, relu):
     """One step of :class:`rnnkit.loops.RNNLoop` after its product: a<t> = g(z + hw).
 
     z (N, H) holds the step's input projection (with b_hh) and becomes a<t>, also written to
@@ -231,7 +230,7 @@ def rnn_forward_step(z, hw, h_prev, h, out, keep, relu):  # pragma: no cover
 
 
 @_jit
-def _rnn_span_backward(a, d_out, dh, carry, m, relu):  # pragma: no cover
+def _rnn_span_backward(a, d_out, dh, carry, m, relu):
     """:func:`rnn_backward_step` over flat spans with one mask value ``m``."""
     for j in range(a.size):
         da = (dh[j] + d_out[j]) * m
@@ -240,7 +239,7 @@ def _rnn_span_backward(a, d_out, dh, carry, m, relu):  # pragma: no cover
 
 
 @_jit
-def rnn_backward_step(a, d_out, dh, carry, keep, relu):  # pragma: no cover
+def rnn_backward_step(a, d_out, dh, carry, keep, relu):
     """One step backward of the RNN, before the product ``dz @ W_aa``: the activations ``a``
     (N, H) become dz; what a finished sequence carries to a<t-1> goes to ``carry``."""
     if keep.size == 0:
