@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rnnkit import kernels
 from rnnkit.models import LanguageModel
 from rnnkit.text import Vocabulary
 from rnnkit.train import StreamLMTask, TrainConfig, train
@@ -55,6 +56,8 @@ class Twin(torch.nn.Module):
 
 
 def main() -> int:
+    compiled = f"Numba {kernels.numba.__version__}" if kernels.AVAILABLE else "off"
+    print(f"compiled kernels: {compiled}")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cells", default="lstm,gru,rnn")
     p.add_argument("--hidden", type=int, default=256)
@@ -126,7 +129,11 @@ def main() -> int:
         )
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(
-        json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1) + "\n", encoding="utf-8"
+        json.dumps(
+            {"command": " ".join(sys.argv), "compiled_kernels": compiled, "rows": rows}, indent=1
+        )
+        + "\n",
+        encoding="utf-8",
     )
     return 0
 
