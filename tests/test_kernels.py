@@ -76,3 +76,24 @@ def test_without_numba_the_numpy_path_runs():
         "print(kernels.AVAILABLE, out.shape, dx.shape)"
     )
     assert run_python(code) == "False (5, 8, 4) (5, 8, 3)"
+
+
+@needs_numba
+def test_without_a_writable_cache_the_kernels_still_compile():
+    """Numba refuses ``cache=True`` when no folder it may write to exists (a read-only install
+    and home); rnnkit must then compile in each process, not fail to import."""
+    code = (
+        "import numba\n"
+        "real = numba.njit\n"
+        "def njit(*args, **options):\n"
+        "    if options.get('cache'):\n"
+        "        raise RuntimeError('cannot cache function: no locator available')\n"
+        "    return real(*args, **options)\n"
+        "numba.njit = njit\n"
+        "import numpy as np, rnnkit\n"
+        "from rnnkit import kernels\n"
+        "layer = rnnkit.GRU(3, 4, rng=0)\n"
+        "out, _, cache = layer.forward(np.ones((5, 2, 3)))\n"
+        "print(kernels.AVAILABLE, np.isfinite(out).all())"
+    )
+    assert run_python(code) == "True True"

@@ -39,7 +39,13 @@ def _tanh(x):
 
 if numba is not None:
     _FLAGS = {"contract", "arcp", "reassoc", "nsz", "afn"}  # no "nnan", "ninf"
-    _jit = numba.njit(cache=True, fastmath=_FLAGS, error_model="numpy", nogil=True)
+
+    def _jit(function):
+        options = {"fastmath": _FLAGS, "error_model": "numpy", "nogil": True}
+        try:  # compiled once, then loaded from Numba's on-disk cache
+            return numba.njit(cache=True, **options)(function)
+        except RuntimeError:  # nowhere writable to keep that cache: compile in each process
+            return numba.njit(**options)(function)
 
     # Numerator and denominator of a [13/6] rational fit of tanh on [-7.9, 7.9] (the clamp
     # beyond which float32 tanh is ±1), odd powers above, even below.
