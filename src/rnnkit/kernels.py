@@ -87,8 +87,10 @@ else:
 
 
 @_jit
-def lstm_forward_step(zt, z, c_prev, h_prev, c, h, tanh_c, out, peep, keep):
+def lstm_forward_step(zt, z_all, c_all, h_all, tanh_c_all, out_all, peep, keep_all, t):
     """Compiled twin of :func:`rnnkit.loops.lstm_forward_step` (same arguments)."""
+    z, c_prev, h_prev, c, h = z_all[t], c_all[t], h_all[t], c_all[t + 1], h_all[t + 1]
+    tanh_c, out, keep = tanh_c_all[t], out_all[t], keep_all[t]
     HN = c_prev.size
     has_peep, has_mask = peep.size > 0, keep.size > 0
     for k in range(HN):
@@ -116,8 +118,9 @@ def lstm_forward_step(zt, z, c_prev, h_prev, c, h, tanh_c, out, peep, keep):
 
 
 @_jit
-def lstm_backward_step(dz, c_prev, tanh_c, dh, dc, carry_h, peep, keep):
+def lstm_backward_step(z_all, c_all, tanh_c_all, dh, dc, carry_h, peep, keep_all, t):
     """Compiled twin of :func:`rnnkit.loops.lstm_backward_step` (same arguments)."""
+    dz, c_prev, tanh_c, keep = z_all[t], c_all[t], tanh_c_all[t], keep_all[t]
     HN = c_prev.size
     has_peep, has_mask = peep.size > 0, keep.size > 0
     for k in range(HN):

@@ -363,82 +363,87 @@ class LSTMLoop:
 def lstm_forward_step(
     zt: np.ndarray,
     z: np.ndarray,
-    c_prev: np.ndarray,
-    h_prev: np.ndarray,
     c: np.ndarray,
     h: np.ndarray,
     tanh_c: np.ndarray,
     out: np.ndarray,
     peep: np.ndarray,
     keep: np.ndarray,
+    t: int,
 ) -> None:
-    """One LSTM step on flat column blocks (each array raveled from ``(H, N)`` or ``(G, H, N)``).
+    """LSTM step ``t`` on flat column blocks: each row of ``z (T, 4HN)``, ``c, h (T+1, HN)``,
+    ``tanh_c (T, HN)`` is one step's block ``(G, H, N)`` or ``(H, N)`` raveled.
 
-    ``zt + z`` (4HN: W_aa a<t-1> and the step's input projection) are the pre-activations;
-    ``z`` becomes the gates Γu, Γf, c̃, Γo. Writes c<t>, a<t>, tanh(c<t>) to ``c``, ``h``,
-    ``tanh_c``. ``peep`` (3HN) and ``keep`` (HN: the mask) are empty when absent; with a
-    mask, ``out`` takes the masked output.
+    ``zt + z[t]`` (W_aa a<t-1> and the step's input projection) are the pre-activations;
+    ``z[t]`` becomes the gates Γu, Γf, c̃, Γo. Reads c<t-1>, a<t-1> from ``c[t], h[t]``, writes
+    c<t>, a<t>, tanh(c<t>) to ``c[t+1], h[t+1], tanh_c[t]``. ``peep`` (3HN) and the rows of
+    ``keep`` (the mask) have length 0 when absent; with a mask, ``out[t]`` takes the masked
+    output.
     """
+    c_prev, h_prev, c_new, h_new = c[t], h[t], c[t + 1], h[t + 1]
     HN = c_prev.size
-    z += zt
-    gates = z.reshape(4, HN)  # rows: Γu, Γf, c̃, Γo
+    z[t] += zt
+    gates = z[t].reshape(4, HN)  # rows: Γu, Γf, c̃, Γo
     if peep.size:
         peep3 = peep.reshape(3, HN)
         gates[:2] += peep3[:2] * c_prev
         gates[3] += peep3[2] * c_prev
     gates[:2] *= 0.5  # σ(x) = (1 + tanh(x/2)) / 2: one tanh for all four gates
     gates[3] *= 0.5
-    np.tanh(z, out=z)
+    np.tanh(gates, out=gates)
     _sigmoid_from_halved(gates[:2])  # Γu, Γf
     _sigmoid_from_halved(gates[3])  # Γo
-    np.multiply(gates[1], c_prev, out=c)  # c<t> = Γf*c<t-1> + Γu*c̃<t>
-    np.multiply(gates[0], gates[2], out=tanh_c)
-    c += tanh_c
-    np.tanh(c, out=tanh_c)
-    np.multiply(gates[3], tanh_c, out=h)  # a<t> = Γo*tanh(c<t>)
-    if keep.size:
-        np.multiply(h, keep, out=out)
-        finished = keep == 0  # a finished sequence keeps its state
-        np.copyto(c, c_prev, where=finished)
-        np.copyto(h, h_prev, where=finished)
+    np.multiply(gates[1], c_prev, out=c_new)  # c<t> = Γf*c<t-1> + Γu*c̃<t>
+    np.multiply(gates[0], gates[2], out=tanh_c[t])
+    c_new += tanh_c[t]
+    np.tanh(c_new, out=tanh_c[t])
+    np.multiply(gates[3], tanh_c[t], out=h_new)  # a<t> = Γo*tanh(c<t>)
+    if keep[t].size:
+        np.multiply(h_new, keep[t], out=out[t])
+        finished = keep[t] == 0  # a finished sequence keeps its state
+        np.copyto(c_new, c_prev, where=finished)
+        np.copyto(h_new, h_prev, where=finished)
 
 
 def lstm_backward_step(
-    dz: np.ndarray,
-    c_prev: np.ndarray,
+    z: np.ndarray,
+    c: np.ndarray,
     tanh_c: np.ndarray,
     dh: np.ndarray,
     dc: np.ndarray,
     carry_h: np.ndarray,
     peep: np.ndarray,
     keep: np.ndarray,
+    t: int,
 ) -> None:
-    """One LSTM step backward on flat column blocks, before the product W_aa^T dz.
+    """LSTM step ``t`` backward on the flat rows of :func:`lstm_forward_step`, before the
+    product W_aa^T dz.
 
-    ``dz`` (4HN) holds the step's gates and takes their pre-activation gradients; ``dh``
+    ``z[t]`` holds the step's gates and takes their pre-activation gradients; ``dh`` (HN)
     holds da<t> (output gradient included); ``dc`` holds dc<t> and takes dc<t-1>. With a mask
     (``keep``), the part of da<t> that a finished sequence carries straight to a<t-1> goes to
-    ``carry_h``. ``peep`` (3HN) is the peephole weight, unhalved.
+    ``carry_h``. ``peep`` (3HN) is the peephole weight.
     """
+    c_prev, m = c[t], keep[t]
     HN = c_prev.size
-    gates = dz.reshape(4, HN)
+    gates = z[t].reshape(4, HN)
     gamma_u, gamma_f, c_tilde, gamma_o = (g.copy() for g in gates)
     da = dh.copy()
-    if keep.size:  # a finished sequence passes its gradients straight through
-        np.multiply(dh, 1 - keep, out=carry_h)
-        carry_c = dc * (1 - keep)
-        da *= keep
-        dc *= keep
-    dc += da * gamma_o * (1 - tanh_c * tanh_c)  # through a<t> = Γo*tanh(c<t>)
+    if m.size:  # a finished sequence passes its gradients straight through
+        np.multiply(dh, 1 - m, out=carry_h)
+        carry_c = dc * (1 - m)
+        da *= m
+        dc *= m
+    dc += da * gamma_o * (1 - tanh_c[t] * tanh_c[t])  # through a<t> = Γo*tanh(c<t>)
     np.multiply(dc * c_tilde, gamma_u * (1 - gamma_u), out=gates[0])  # σ' = σ(1 - σ)
     np.multiply(dc * c_prev, gamma_f * (1 - gamma_f), out=gates[1])
     np.multiply(dc * gamma_u, 1 - c_tilde * c_tilde, out=gates[2])  # tanh' = 1 - tanh²
-    np.multiply(da * tanh_c, gamma_o * (1 - gamma_o), out=gates[3])
+    np.multiply(da * tanh_c[t], gamma_o * (1 - gamma_o), out=gates[3])
     dc *= gamma_f  # dc<t-1> = dc<t> * Γf
     if peep.size:
         peep3 = peep.reshape(3, HN)
         dc += gates[0] * peep3[0] + gates[1] * peep3[1] + gates[3] * peep3[2]
-    if keep.size:
+    if m.size:
         dc += carry_c
 
 
@@ -498,8 +503,7 @@ class LSTMColumnLoop:
         zt_ = zt.reshape(-1)
         for t in range(T):
             np.matmul(p.w_hh, h_all[t], out=zt)  # W_aa a<t-1> for the four gates
-            a_prev, a_new, c_prev, c_new = h_[t], h_[t + 1], c_[t], c_[t + 1]
-            step(zt_, z_[t], c_prev, a_prev, c_new, a_new, tanh_c_[t], out_[t], peep, keep_[t])
+            step(zt_, z_, c_, h_, tanh_c_, out_, peep, keep_, t)
         cols = h_all[1:] if mask is None else out
         output = np.ascontiguousarray(cols.transpose(0, 2, 1))  # (T, N, H)
         output.flags.writeable = False  # the backward pass reads a<t> from it
@@ -541,7 +545,7 @@ class LSTMColumnLoop:
         step = kernels.lstm_backward_step if kernels.AVAILABLE else lstm_backward_step
         for t in reversed(range(T)):
             dh += dout[t].T  # da<t>
-            step(z_[t], c_[t], tanh_c_[t], dh_, dc_, carry_h, peep, keep_[t])
+            step(z_, c_, tanh_c_, dh_, dc_, carry_h, peep, keep_, t)
             np.matmul(w_hh_t, z[t], out=dh)  # da<t-1> = W_aa^T dz
             if mask is not None:
                 dh += carry_h.reshape(H, N)
