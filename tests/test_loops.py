@@ -100,3 +100,27 @@ def test_unknown_backend():
     layer.backend = "gpu"
     with pytest.raises(ValueError, match="backend must be 'fast' or 'reference', got 'gpu'"):
         layer.forward(np.ones((3, 2, D)))
+
+
+@pytest.mark.parametrize("N", [1, 4])
+def test_kept_buffers_never_alias_live_ones(step_code, N):
+    """The LSTM keeps its largest buffers from one backward pass for the next call of the same
+    shape: two layers of one shape, their passes interleaved, must still match the reference,
+    and an output handed out earlier must not change."""
+    rng = np.random.default_rng(0)
+    layers = [rnnkit.LSTM(D, H, num_layers=2, bidirectional=True, rng=k) for k in (1, 2)]
+    x = [rng.normal(size=(7, N, D)).astype(np.float32) for _ in range(3)]
+    dout = rng.normal(size=(7, N, 2 * H)).astype(np.float32)
+    kept = []
+    for step in range(3):
+        runs = [layer.forward(x[step]) for layer in layers]  # both forwards, then both backwards
+        kept.append((runs[0][0], runs[0][0].copy()))
+        fast = [layer.backward(dout, run[2])[0] for layer, run in zip(layers, runs)]
+        for layer, got in zip(layers, fast):
+            layer.backend = "reference"
+            out, _, cache = layer.forward(x[step])
+            want = layer.backward(dout, cache)[0]
+            layer.backend = "fast"
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for out, copy in kept:
+        np.testing.assert_array_equal(out, copy)
