@@ -118,17 +118,17 @@ def lstm_forward_step(zt, z_all, c_all, h_all, tanh_c_all, out_all, peep, keep_a
 
 
 @_jit
-def lstm_backward_step(z_all, c_all, tanh_c_all, dh, dc, carry_h, peep, keep_all, t):
+def lstm_backward_step(z_all, c_all, tanh_c_all, dh, dc, carry, peep, keep_all, t):
     """Compiled twin of :func:`rnnkit.loops.lstm_backward_step` (same arguments)."""
     dz, c_prev, tanh_c, keep = z_all[t], c_all[t], tanh_c_all[t], keep_all[t]
     HN = c_prev.size
     has_peep, has_mask = peep.size > 0, keep.size > 0
+    if has_mask:  # loops of their own: a branch in the loop below made it 5x slower
+        for k in range(HN):  # a finished sequence passes its gradients straight through
+            carry[0, k], carry[1, k] = dh[k] * (ONE - keep[k]), dc[k] * (ONE - keep[k])
+            dh[k], dc[k] = dh[k] * keep[k], dc[k] * keep[k]
     for k in range(HN):
         da, dc_t = dh[k], dc[k]
-        carry_c = dc_t - dc_t  # zero, in the arrays' width
-        if has_mask:  # a finished sequence passes its gradients straight through
-            carry_h[k], carry_c = dh[k] * (ONE - keep[k]), dc_t * (ONE - keep[k])
-            da, dc_t = da * keep[k], dc_t * keep[k]
         gamma_u, gamma_f, c_tilde, gamma_o = dz[k], dz[HN + k], dz[2 * HN + k], dz[3 * HN + k]
         dc_t += da * gamma_o * (ONE - tanh_c[k] * tanh_c[k])  # through a<t> = Γo*tanh(c<t>)
         dz_i = dc_t * c_tilde * gamma_u * (ONE - gamma_u)  # σ' = σ(1 - σ)
@@ -138,8 +138,11 @@ def lstm_backward_step(z_all, c_all, tanh_c_all, dh, dc, carry_h, peep, keep_all
         dc_prev = dc_t * gamma_f  # dc<t-1> = dc<t> * Γf
         if has_peep:
             dc_prev += dz_i * peep[k] + dz_f * peep[HN + k] + dz_o * peep[2 * HN + k]
-        dc[k] = dc_prev + carry_c
+        dc[k] = dc_prev
         dz[k], dz[HN + k], dz[2 * HN + k], dz[3 * HN + k] = dz_i, dz_f, dz_g, dz_o
+    if has_mask:
+        for k in range(HN):
+            dc[k] += carry[1, k]
 
 
 # ---------------------------------------------------------------- GRU (reset after), rows

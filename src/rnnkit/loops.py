@@ -408,7 +408,7 @@ def lstm_backward_step(
     tanh_c: np.ndarray,
     dh: np.ndarray,
     dc: np.ndarray,
-    carry_h: np.ndarray,
+    carry: np.ndarray,
     peep: np.ndarray,
     keep: np.ndarray,
     t: int,
@@ -418,19 +418,20 @@ def lstm_backward_step(
 
     ``z[t]`` holds the step's gates and takes their pre-activation gradients; ``dh`` (HN)
     holds da<t> (output gradient included); ``dc`` holds dc<t> and takes dc<t-1>. With a mask
-    (``keep``), the part of da<t> that a finished sequence carries straight to a<t-1> goes to
-    ``carry_h``. ``peep`` (3HN) is the peephole weight.
+    (``keep``), what a finished sequence carries straight to a<t-1> and c<t-1> goes to
+    ``carry (2, HN)``: ``carry[0]`` is for the caller to add to da<t-1>. ``peep`` (3HN) is the
+    peephole weight.
     """
     c_prev, m = c[t], keep[t]
     HN = c_prev.size
     gates = z[t].reshape(4, HN)
     gamma_u, gamma_f, c_tilde, gamma_o = (g.copy() for g in gates)
-    da = dh.copy()
     if m.size:  # a finished sequence passes its gradients straight through
-        np.multiply(dh, 1 - m, out=carry_h)
-        carry_c = dc * (1 - m)
-        da *= m
+        np.multiply(dh, 1 - m, out=carry[0])
+        np.multiply(dc, 1 - m, out=carry[1])
+        dh *= m
         dc *= m
+    da = dh.copy()
     dc += da * gamma_o * (1 - tanh_c[t] * tanh_c[t])  # through a<t> = Γo*tanh(c<t>)
     np.multiply(dc * c_tilde, gamma_u * (1 - gamma_u), out=gates[0])  # σ' = σ(1 - σ)
     np.multiply(dc * c_prev, gamma_f * (1 - gamma_f), out=gates[1])
@@ -441,7 +442,7 @@ def lstm_backward_step(
         peep3 = peep.reshape(3, HN)
         dc += gates[0] * peep3[0] + gates[1] * peep3[1] + gates[3] * peep3[2]
     if m.size:
-        dc += carry_c
+        dc += carry[1]
 
 
 def _mask_columns(mask: np.ndarray, H: int) -> np.ndarray:
@@ -571,7 +572,7 @@ class LSTMColumnLoop:
         z_, c_, tanh_c_ = (a.reshape(len(a), -1) for a in (z, c_all, tanh_c))
         keep_ = none if mask is None else _mask_columns(mask, H)
         peep = none[0] if p.w_peep is None else _spread(p.w_peep, N)
-        carry_h = none[0] if mask is None else np.empty(H * N, dtype=dt)
+        carry = np.empty((2, 0 if mask is None else H * N), dtype=dt)  # see lstm_backward_step
         dh_, dc_ = dh.reshape(-1), dc.reshape(-1)
         # The products over all steps want dz as (4H, T*N): for one sequence that is a view
         # of the gate buffer, else each step's block is copied there.
@@ -579,10 +580,10 @@ class LSTMColumnLoop:
         step = kernels.lstm_backward_step if kernels.AVAILABLE else lstm_backward_step
         for t in reversed(range(T)):
             dh += dout[t].T  # da<t>
-            step(z_, c_, tanh_c_, dh_, dc_, carry_h, peep, keep_, t)
+            step(z_, c_, tanh_c_, dh_, dc_, carry, peep, keep_, t)
             np.matmul(w_hh_t, z[t], out=dh)  # da<t-1> = W_aa^T dz
             if mask is not None:
-                dh += carry_h.reshape(H, N)
+                dh += carry[0].reshape(H, N)
             if N > 1:
                 dz_cols[:, t * N : (t + 1) * N] = z[t]
         grads = {}
