@@ -516,10 +516,14 @@ class LSTMColumnLoop:
         dt = x.dtype
         spares = self.spares
         spares.start((T, N, H, dt))
-        z = _per_step_columns(p.w_ih, x, spares.take((T, 4 * H, N), dt))  # every step's x part
+        z = spares.take((T, 4 * H, N), dt)  # each step's input projection, then its gates
+        bias = np.zeros((4 * H, 1), dtype=dt)
         for b in (p.b_ih, p.b_hh):
             if b is not None:
-                z += b[:, None]
+                bias[:, 0] += b
+        # The projection goes by chunks of steps made just before they are needed, so that the
+        # step reads them from the cache (with one sequence it is one product, all steps).
+        chunk = T if N == 1 else max(1, 2**16 // (4 * H * N))
         h_all = np.empty((T + 1, H, N), dtype=dt)  # h_all[t] is a<t-1>, carried
         c_all = np.empty((T + 1, H, N), dtype=dt)
         h_all[0], c_all[0] = state[0].T, state[1].T
@@ -535,6 +539,10 @@ class LSTMColumnLoop:
         zt = np.empty((4 * H, N), dtype=dt)
         zt_ = zt.reshape(-1)
         for t in range(T):
+            if t % chunk == 0:
+                steps = slice(t, t + chunk)
+                _per_step_columns(p.w_ih, x[steps], z[steps])  # W_ax x<t>
+                z[steps] += bias
             np.matmul(p.w_hh, h_all[t], out=zt)  # W_aa a<t-1> for the four gates
             step(zt_, z_, c_, h_, tanh_c_, out_, peep, keep_, t)
         cols = h_all[1:] if mask is None else out
