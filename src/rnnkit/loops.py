@@ -564,7 +564,8 @@ class LSTMColumnLoop:
     ) -> tuple[np.ndarray, tuple, dict]:
         """Backpropagation through the sequence; returns ``(dx, dstate0, grads)``, the grads of
         every parameter (input side included)."""
-        # Taken out of the (single-use) cache so that they are freed once the loop is done.
+        # Taken out of the (single-use) cache: c_all and tanh_c are freed after the loop, the
+        # gates kept for the next call.
         z, c_all, tanh_c = cache.pop("gates"), cache.pop("c_all"), cache.pop("tanh_c")
         T, N, H = dout.shape
         D = x.shape[2]
