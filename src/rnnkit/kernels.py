@@ -10,7 +10,9 @@ In float32, tanh is a rational approximation (max error 3e-7 against NumPy's) wr
 the compiler vectorises it; NumPy's own ``np.tanh`` is vectorised, Numba's ``math.tanh`` is
 not, and that was the difference between winning and losing to NumPy. float64 uses
 ``math.tanh``. Fast-math flags exclude "no NaNs / no infinities": a NaN must still reach the
-loss, where training reports it.
+loss, where training reports it. ``error_model="numpy"``: Numba's default checks every division
+for zero, and that check alone stops the vectorisation. For the same reason a branch that
+depends on the element (a mask) runs in a loop of its own.
 """
 
 from __future__ import annotations
