@@ -151,31 +151,31 @@ def lstm_backward_step(z_all, c_all, tanh_c_all, dh, dc, carry, peep, keep_all, 
 
 
 @_jit
-def _gru_row_forward(g, w, a_prev, a, r_in):
+def _gru_row_forward(g, w, b, a_prev, a, r_in):
     """One sequence's step of :func:`gru_forward_step` (a function of its own: the compiler
     vectorises this loop alone, not when it is nested in the loop over the batch)."""
     H = a.size
     for j in range(H):
-        gamma_r = HALF + HALF * _tanh(g[j] + w[j])
-        z = HALF + HALF * _tanh(g[H + j] + w[H + j])
-        c_tilde = _tanh(g[2 * H + j] + gamma_r * w[2 * H + j])  # Γr*(W_hn a<t-1> + b_hn)
+        gamma_r = HALF + HALF * _tanh(g[j] + w[j] + b[j])
+        z = HALF + HALF * _tanh(g[H + j] + w[H + j] + b[H + j])
+        r_in[j] = w[2 * H + j] + b[2 * H + j]  # W_hn a<t-1> + b_hn
+        c_tilde = _tanh(g[2 * H + j] + gamma_r * r_in[j])
         g[j], g[H + j], g[2 * H + j] = gamma_r, z, c_tilde
-        r_in[j] = w[2 * H + j]
         a[j] = c_tilde + z * (a_prev[j] - c_tilde)  # a<t> = c̃ + z*(a<t-1> - c̃)
 
 
 @_jit
-def gru_forward_step(gates, hw, h_prev, h, reset_in, out, keep):
+def gru_forward_step(gates, hw, b_hh, h_prev, h, reset_in, out, keep):
     """One step of :class:`rnnkit.loops.GRULoop` (reset after W_hn) after its product.
 
-    gates (N, 3H) holds the step's input projection and hw (N, 3H) W_hh a<t-1> + b_hh, both
-    with the Γr and z columns halved; the gates become Γr, z (= 1 - Γu), c̃. Writes a<t> to
-    ``h`` and the n block of hw to ``reset_in``. With a mask ``keep`` (N,), ``out`` takes the
-    masked output; both are empty otherwise.
+    gates (N, 3H) holds the step's input projection, hw (N, 3H) W_hh a<t-1> and b_hh (3H,) the
+    hidden bias, all with the Γr and z columns halved; the gates become Γr, z (= 1 - Γu), c̃.
+    Writes a<t> to ``h`` and W_hn a<t-1> + b_hn to ``reset_in``. With a mask ``keep`` (N,),
+    ``out`` takes the masked output; both are empty otherwise.
     """
     N = h_prev.shape[0]
     for i in range(N):
-        _gru_row_forward(gates[i], hw[i], h_prev[i], h[i], reset_in[i])
+        _gru_row_forward(gates[i], hw[i], b_hh, h_prev[i], h[i], reset_in[i])
         if keep.size > 0:
             out[i] = h[i] * keep[i]
             if not keep[i] > 0:  # a finished sequence keeps its state

@@ -112,10 +112,10 @@ def _transposed(w: np.ndarray, view: bool) -> np.ndarray:
 
 def _right_operand(w_hh: np.ndarray, halved_rows: list[slice], n: int) -> np.ndarray:
     """``W_hh.T`` (H, G*H) for ``a<t-1> @ W_hh.T`` with ``n`` rows, the given gate blocks halved."""
-    w = w_hh.copy()
+    w = w_hh.copy().T if n == 1 else _transposed(w_hh, view=False)  # one copy either way
     for rows in halved_rows:
-        w[rows] *= 0.5
-    return _transposed(w, view=n == 1)  # with one row the view is as fast: no copy
+        w[:, rows] *= 0.5
+    return w
 
 
 def _sigmoid_from_halved(block: np.ndarray) -> None:
@@ -649,13 +649,13 @@ class GRULoop:
         cache = {"gates": gates, "h_all": h_all, "reset_in": reset_in}
         if self.compiled():
             hw, empty = np.empty((N, G), dtype=dt), np.empty((0, 0), dtype=dt)
+            bias = np.zeros(G, dtype=dt) if b_hh is None else b_hh  # added by the kernel
             for t in range(T):
                 np.matmul(h_all[t], w_hh_t, out=hw)
-                if b_hh is not None:
-                    hw += b_hh
                 kernels.gru_forward_step(
                     gates[t],
                     hw,
+                    bias,
                     h_all[t],
                     h_all[t + 1],
                     reset_in[t],
