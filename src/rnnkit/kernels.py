@@ -89,17 +89,17 @@ else:
 
 
 @_jit
-def lstm_forward_step(zt, z_all, c_all, h_all, tanh_c_all, out_all, peep, keep_all, t):
+def lstm_forward_step(zt, z_all, c_all, h_all, tanh_c_all, out_all, peep, bias, keep_all, t):
     """Compiled twin of :func:`rnnkit.loops.lstm_forward_step` (same arguments)."""
     z, c_prev, h_prev, c, h = z_all[t], c_all[t], h_all[t], c_all[t + 1], h_all[t + 1]
     tanh_c, out, keep = tanh_c_all[t], out_all[t], keep_all[t]
     HN = c_prev.size
     has_peep, has_mask = peep.size > 0, keep.size > 0
     for k in range(HN):
-        z_i = zt[k] + z[k]
-        z_f = zt[HN + k] + z[HN + k]
-        z_g = zt[2 * HN + k] + z[2 * HN + k]
-        z_o = zt[3 * HN + k] + z[3 * HN + k]
+        z_i = zt[k] + z[k] + bias[k]
+        z_f = zt[HN + k] + z[HN + k] + bias[HN + k]
+        z_g = zt[2 * HN + k] + z[2 * HN + k] + bias[2 * HN + k]
+        z_o = zt[3 * HN + k] + z[3 * HN + k] + bias[3 * HN + k]
         if has_peep:
             z_i += peep[k] * c_prev[k]
             z_f += peep[HN + k] * c_prev[k]

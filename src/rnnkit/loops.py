@@ -365,14 +365,15 @@ def lstm_forward_step(
     tanh_c: np.ndarray,
     out: np.ndarray,
     peep: np.ndarray,
+    bias: np.ndarray,
     keep: np.ndarray,
     t: int,
 ) -> None:
     """LSTM step ``t`` on flat column blocks: each row of ``z (T, 4HN)``, ``c, h (T+1, HN)``,
     ``tanh_c (T, HN)`` is one step's block ``(G, H, N)`` or ``(H, N)`` raveled.
 
-    ``zt + z[t]`` (W_aa a<t-1> and the step's input projection) are the pre-activations;
-    ``z[t]`` becomes the gates Γu, Γf, c̃, Γo. Reads c<t-1>, a<t-1> from ``c[t], h[t]``, writes
+    ``zt + z[t] + bias`` (W_aa a<t-1>, the step's input projection and the biases, ``(4HN,)``)
+    are the pre-activations; ``z[t]`` becomes the gates Γu, Γf, c̃, Γo. Reads c<t-1>, a<t-1> from ``c[t], h[t]``, writes
     c<t>, a<t>, tanh(c<t>) to ``c[t+1], h[t+1], tanh_c[t]``. ``peep`` (3HN) and the rows of
     ``keep`` (the mask) have length 0 when absent; with a mask, ``out[t]`` takes the masked
     output.
@@ -380,6 +381,7 @@ def lstm_forward_step(
     c_prev, h_prev, c_new, h_new = c[t], h[t], c[t + 1], h[t + 1]
     HN = c_prev.size
     z[t] += zt
+    z[t] += bias
     gates = z[t].reshape(4, HN)  # rows: Γu, Γf, c̃, Γo
     if peep.size:
         peep3 = peep.reshape(3, HN)
@@ -517,10 +519,11 @@ class LSTMColumnLoop:
         spares = self.spares
         spares.start((T, N, H, dt))
         z = spares.take((T, 4 * H, N), dt)  # each step's input projection, then its gates
-        bias = np.zeros((4 * H, 1), dtype=dt)
+        bias = np.zeros(4 * H, dtype=dt)
         for b in (p.b_ih, p.b_hh):
             if b is not None:
-                bias[:, 0] += b
+                bias += b
+        bias = np.repeat(bias, N)  # over each step's columns, (4HN,): the step adds it
         # The projection goes by chunks of steps made just before they are needed, so that the
         # step reads them from the cache (with one sequence it is one product, all steps).
         chunk = T if N == 1 else max(1, 2**16 // (4 * H * N))
@@ -542,9 +545,8 @@ class LSTMColumnLoop:
             if t % chunk == 0:
                 steps = slice(t, t + chunk)
                 _per_step_columns(p.w_ih, x[steps], z[steps])  # W_ax x<t>
-                z[steps] += bias
             np.matmul(p.w_hh, h_all[t], out=zt)  # W_aa a<t-1> for the four gates
-            step(zt_, z_, c_, h_, tanh_c_, out_, peep, keep_, t)
+            step(zt_, z_, c_, h_, tanh_c_, out_, peep, bias, keep_, t)
         cols = h_all[1:] if mask is None else out
         output = np.ascontiguousarray(cols.transpose(0, 2, 1))  # (T, N, H)
         output.flags.writeable = False  # the backward pass reads a<t> from it
@@ -601,13 +603,16 @@ class LSTMColumnLoop:
                 [(z[:, s[g]] * c_all[:T]).sum(axis=(0, 2)) for g in ("i", "f", "o")]
             )
         del c_all, tanh_c  # freed before dx is made: the peak does not grow
-        # dW_hh = Σ_t dz<t> a<t-1>^T, with a<t-1> read from h_0 and the outputs (where they
-        # differ, past a sequence's end, dz is zero).
+        # dW_hh = Σ_t dz<t> a<t-1>^T, with a<t-1> read from the outputs (where they differ,
+        # past a sequence's end, dz is zero) and from h_0, skipped when zero, as it mostly is
+        # (with one state that term is an outer product, 2x the time of all the others).
         out_rows = cache["output"][:-1].reshape((T - 1) * N, H)
-        grads["w_hh"] = dz_cols[:, :N] @ cache["h0"] + dz_cols[:, N:] @ out_rows
+        grads["w_hh"] = dz_cols[:, N:] @ out_rows
+        if cache["h0"].any():
+            grads["w_hh"] += dz_cols[:, :N] @ cache["h0"]
         grads["w_ih"] = dz_cols @ x.reshape(T * N, D)
         if p.b_ih is not None:
-            grads["b_ih"] = dz_cols.sum(axis=1)
+            grads["b_ih"] = dz_cols @ np.ones(T * N, dtype=dt)  # Σ over steps: BLAS, 2-4x .sum
             grads["b_hh"] = grads["b_ih"].copy()
         dx = (dz_cols.T @ p.w_ih).reshape(T, N, D)
         self.spares.give(z, *([dz_cols] if N > 1 else []))  # the two largest, for next time
