@@ -373,10 +373,10 @@ def lstm_forward_step(
     ``tanh_c (T, HN)`` is one step's block ``(G, H, N)`` or ``(H, N)`` raveled.
 
     ``zt + z[t] + bias`` (W_aa a<t-1>, the step's input projection and the biases, ``(4HN,)``)
-    are the pre-activations; ``z[t]`` becomes the gates Γu, Γf, c̃, Γo. Reads c<t-1>, a<t-1> from ``c[t], h[t]``, writes
-    c<t>, a<t>, tanh(c<t>) to ``c[t+1], h[t+1], tanh_c[t]``. ``peep`` (3HN) and the rows of
-    ``keep`` (the mask) have length 0 when absent; with a mask, ``out[t]`` takes the masked
-    output.
+    are the pre-activations; ``z[t]`` becomes the gates Γu, Γf, c̃, Γo. Reads c<t-1>, a<t-1>
+    from ``c[t], h[t]``, writes c<t>, a<t>, tanh(c<t>) to ``c[t+1], h[t+1], tanh_c[t]``.
+    ``peep`` (3HN) and the rows of ``keep`` (the mask) have length 0 when absent; with a mask,
+    ``out[t]`` takes the masked output.
     """
     c_prev, h_prev, c_new, h_new = c[t], h[t], c[t + 1], h[t + 1]
     HN = c_prev.size
