@@ -83,6 +83,22 @@ def test_fast_loop_equals_reference(
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("N", [1, 4])
+def test_fast_loop_from_zero_state(step_code, variant, N):
+    """No initial state (zeros): the paths that skip the h0 terms of the weight gradients."""
+    rng = np.random.default_rng(0)
+    layer = VARIANTS[variant](rng=1, dtype=np.float64)
+    x = rng.normal(size=(7, N, D))
+    dout = rng.normal(size=(7, N, H))
+    fast = run(layer, "fast", x, None, None, dout, None)
+    ref = run(layer, "reference", x, None, None, dout, None)
+    for a, b in zip([fast[0], fast[2], *flat(fast[3])], [ref[0], ref[2], *flat(ref[3])]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    for name in ref[4]:
+        np.testing.assert_allclose(fast[4][name], ref[4][name], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_fast_cache_serves_one_backward_pass(step_code, variant):
     layer = VARIANTS[variant](rng=0)
     out, _, cache = layer.forward(np.ones((3, 2, D)))
