@@ -140,3 +140,24 @@ def test_kept_buffers_never_alias_live_ones(step_code, N):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for out, copy in kept:
         np.testing.assert_array_equal(out, copy)
+
+
+@pytest.mark.parametrize("N", [1, 4])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_forward_only_buffers_never_alias_outputs(step_code, N, num_layers):
+    """A forward pass whose cache is dropped unused (inference) gives its buffers back for the
+    next call: outputs and final states handed out before must not change, and every call
+    must still match the reference."""
+    rng = np.random.default_rng(0)
+    layer = rnnkit.LSTM(D, H, num_layers=num_layers, rng=1)
+    xs = [rng.normal(size=(7, N, D)).astype(np.float32) for _ in range(4)]
+    kept = []
+    for x in xs:
+        out, (h, c), _ = layer.forward(x)  # the cache is dropped at once
+        kept.append([(a, a.copy()) for a in (out, h, c)])
+    layer.backend = "reference"
+    for x, got in zip(xs, kept):
+        out, (h, c), _ = layer.forward(x)
+        for (a, copy), want in zip(got, (out, h, c)):
+            np.testing.assert_array_equal(a, copy)
+            np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-5)

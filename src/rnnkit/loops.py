@@ -25,6 +25,8 @@ and reset-before GRUs keep their NumPy steps.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from . import kernels
@@ -472,9 +474,11 @@ class _Spares:
 
     A fresh large array costs a page fault per 4 KiB the first time it is written (the system
     hands out zeroed pages, and glibc returns large freed ones): 5% to 15% of an LSTM training
-    step. Only the two largest buffers (the gates and their gradients, which never leave the
-    loop) are kept, from the end of a backward pass, where they are alive anyway (so the peak
-    memory does not grow), and only for the last shape asked for.
+    step, and half of a forward pass alone. Buffers that never leave the loop are kept, only
+    for the last shape asked for, and only where they are alive anyway, so that the peak
+    memory does not grow: the two largest (the gates and their gradients) from the end of a
+    backward pass, and every buffer of a forward pass whose cache is dropped unused (in
+    inference), when it is dropped.
     """
 
     def __init__(self):
@@ -493,6 +497,21 @@ class _Spares:
     def give(self, *arrays: np.ndarray) -> None:
         for a in arrays:
             self.free.setdefault((a.shape, a.dtype), []).append(a)
+
+    def give_when_dropped(self, cache: object, *arrays: np.ndarray) -> weakref.finalize:
+        """Keep ``arrays`` for later once ``cache``, which alone holds them, is dropped; the
+        backward pass that uses the cache detaches this first."""
+        back = weakref.finalize(cache, self._give_if_current, self.key, arrays)
+        back.atexit = False
+        return back
+
+    def _give_if_current(self, key: tuple, arrays: tuple) -> None:
+        if key == self.key:
+            self.give(*arrays)
+
+
+class _LoopCache(dict):
+    """A loop's cache: a dict that can be weakly referenced (a plain one cannot)."""
 
 
 class LSTMColumnLoop:
@@ -527,10 +546,10 @@ class LSTMColumnLoop:
         # The projection goes by chunks of steps made just before they are needed, so that the
         # step reads them from the cache (with one sequence it is one product, all steps).
         chunk = T if N == 1 else max(1, 2**16 // (4 * H * N))
-        h_all = np.empty((T + 1, H, N), dtype=dt)  # h_all[t] is a<t-1>, carried
-        c_all = np.empty((T + 1, H, N), dtype=dt)
+        h_all = spares.take((T + 1, H, N), dt)  # h_all[t] is a<t-1>, carried
+        c_all = spares.take((T + 1, H, N), dt)
         h_all[0], c_all[0] = state[0].T, state[1].T
-        tanh_c = np.empty((T, H, N), dtype=dt)
+        tanh_c = spares.take((T, H, N), dt)
         out = None if mask is None else np.empty((T, H, N), dtype=dt)
         # Each step's blocks as flat rows for the step function; rows of length 0 when absent.
         none = np.empty((T, 0), dtype=dt)
@@ -548,11 +567,12 @@ class LSTMColumnLoop:
             np.matmul(p.w_hh, h_all[t], out=zt)  # W_aa a<t-1> for the four gates
             step(zt_, z_, c_, h_, tanh_c_, out_, peep, bias, keep_, t)
         cols = h_all[1:] if mask is None else out
-        output = np.ascontiguousarray(cols.transpose(0, 2, 1))  # (T, N, H)
+        output = cols.transpose(0, 2, 1).copy()  # (T, N, H), never a view of a kept buffer
         output.flags.writeable = False  # the backward pass reads a<t> from it
         final = (h_all[T].T.copy(), c_all[T].T.copy())
-        cache = {"gates": z, "c_all": c_all, "tanh_c": tanh_c, "output": output}
+        cache = _LoopCache(gates=z, c_all=c_all, tanh_c=tanh_c, output=output)
         cache["h0"] = np.array(state[0])  # (N, H), a copy
+        cache["unused"] = spares.give_when_dropped(cache, z, h_all, c_all, tanh_c)
         return output, final, cache
 
     def backward_x(
@@ -568,6 +588,7 @@ class LSTMColumnLoop:
         every parameter (input side included)."""
         # Taken out of the (single-use) cache: c_all and tanh_c are freed after the loop, the
         # gates kept for the next call.
+        cache.pop("unused").detach()
         z, c_all, tanh_c = cache.pop("gates"), cache.pop("c_all"), cache.pop("tanh_c")
         T, N, H = dout.shape
         D = x.shape[2]
