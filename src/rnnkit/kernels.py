@@ -87,31 +87,45 @@ else:
 
 # ---------------------------------------------------------------- LSTM, one step of columns
 
+# The gate buffer's offsets are unsigned: with signed ones Numba guards every index against a
+# negative value, and that guard alone stopped the vectorisation of the strided rows (10x).
+_u = numba.uint64 if numba is not None else int
+
 
 @_jit
-def lstm_forward_step(zt, z_all, c_all, h_all, tanh_c_all, out_all, peep, bias, keep_all, t):
+def lstm_forward_step(zt, z, rows, start, stride, c_all, h_all, tanh_c_all, out_all, peep, bias,
+                      keep_all, t):  # fmt: skip
     """Compiled twin of :func:`rnnkit.loops.lstm_forward_step` (same arguments)."""
-    z, c_prev, h_prev, c, h = z_all[t], c_all[t], h_all[t], c_all[t + 1], h_all[t + 1]
+    c_prev, h_prev, c, h = c_all[t], h_all[t], c_all[t + 1], h_all[t + 1]
     tanh_c, out, keep = tanh_c_all[t], out_all[t], keep_all[t]
-    HN = c_prev.size
+    HN, rows, start, stride = _u(c_prev.size), _u(rows), _u(start), _u(stride)
+    width = HN // rows
+    # Offsets of the four gates, in (4, H, N) and in z; all unsigned (mixed with signed ones
+    # Numba would compute in float64).
+    g1, g2, g3 = HN, HN + HN, HN + HN + HN
+    z1 = rows * stride  # from one gate's rows in z to the next's
+    z2, z3 = z1 + z1, z1 + z1 + z1
     has_peep, has_mask = peep.size > 0, keep.size > 0
-    for k in range(HN):
-        z_i = zt[k] + z[k] + bias[k]
-        z_f = zt[HN + k] + z[HN + k] + bias[HN + k]
-        z_g = zt[2 * HN + k] + z[2 * HN + k] + bias[2 * HN + k]
-        z_o = zt[3 * HN + k] + z[3 * HN + k] + bias[3 * HN + k]
-        if has_peep:
-            z_i += peep[k] * c_prev[k]
-            z_f += peep[HN + k] * c_prev[k]
-            z_o += peep[2 * HN + k] * c_prev[k]
-        gamma_u = HALF + HALF * _tanh(HALF * z_i)  # σ(x) = (1 + tanh(x/2)) / 2
-        gamma_f = HALF + HALF * _tanh(HALF * z_f)
-        c_tilde = _tanh(z_g)
-        gamma_o = HALF + HALF * _tanh(HALF * z_o)
-        c[k] = gamma_f * c_prev[k] + gamma_u * c_tilde  # c<t> = Γf*c<t-1> + Γu*c̃<t>
-        tanh_c[k] = _tanh(c[k])
-        h[k] = gamma_o * tanh_c[k]  # a<t> = Γo*tanh(c<t>)
-        z[k], z[HN + k], z[2 * HN + k], z[3 * HN + k] = gamma_u, gamma_f, c_tilde, gamma_o
+    for i in range(rows):
+        row = start + i * stride
+        for n in range(width):
+            k, r = i * width + n, row + n  # k: the element in (H, N); r: its place in z
+            z_i = zt[k] + z[r] + bias[k]
+            z_f = zt[g1 + k] + z[z1 + r] + bias[g1 + k]
+            z_g = zt[g2 + k] + z[z2 + r] + bias[g2 + k]
+            z_o = zt[g3 + k] + z[z3 + r] + bias[g3 + k]
+            if has_peep:
+                z_i += peep[k] * c_prev[k]
+                z_f += peep[g1 + k] * c_prev[k]
+                z_o += peep[g2 + k] * c_prev[k]
+            gamma_u = HALF + HALF * _tanh(HALF * z_i)  # σ(x) = (1 + tanh(x/2)) / 2
+            gamma_f = HALF + HALF * _tanh(HALF * z_f)
+            c_tilde = _tanh(z_g)
+            gamma_o = HALF + HALF * _tanh(HALF * z_o)
+            c[k] = gamma_f * c_prev[k] + gamma_u * c_tilde  # c<t> = Γf*c<t-1> + Γu*c̃<t>
+            tanh_c[k] = _tanh(c[k])
+            h[k] = gamma_o * tanh_c[k]  # a<t> = Γo*tanh(c<t>)
+            z[r], z[z1 + r], z[z2 + r], z[z3 + r] = gamma_u, gamma_f, c_tilde, gamma_o
     if has_mask:  # a loop of its own: a branch in the loop above stops its vectorisation
         for k in range(HN):
             out[k] = h[k] * keep[k]
@@ -120,28 +134,36 @@ def lstm_forward_step(zt, z_all, c_all, h_all, tanh_c_all, out_all, peep, bias, 
 
 
 @_jit
-def lstm_backward_step(z_all, c_all, tanh_c_all, dh, dc, carry, peep, keep_all, t):
+def lstm_backward_step(z, rows, start, stride, c_all, tanh_c_all, dh, dc, carry, peep, keep_all,
+                       t):  # fmt: skip
     """Compiled twin of :func:`rnnkit.loops.lstm_backward_step` (same arguments)."""
-    dz, c_prev, tanh_c, keep = z_all[t], c_all[t], tanh_c_all[t], keep_all[t]
-    HN = c_prev.size
+    c_prev, tanh_c, keep = c_all[t], tanh_c_all[t], keep_all[t]
+    HN, rows, start, stride = _u(c_prev.size), _u(rows), _u(start), _u(stride)
+    width = HN // rows
+    g1, g2 = HN, HN + HN  # peephole offsets, as in lstm_forward_step
+    z1 = rows * stride
+    z2, z3 = z1 + z1, z1 + z1 + z1
     has_peep, has_mask = peep.size > 0, keep.size > 0
     if has_mask:  # loops of their own: a branch in the loop below made it 5x slower
         for k in range(HN):  # a finished sequence passes its gradients straight through
             carry[0, k], carry[1, k] = dh[k] * (ONE - keep[k]), dc[k] * (ONE - keep[k])
             dh[k], dc[k] = dh[k] * keep[k], dc[k] * keep[k]
-    for k in range(HN):
-        da, dc_t = dh[k], dc[k]
-        gamma_u, gamma_f, c_tilde, gamma_o = dz[k], dz[HN + k], dz[2 * HN + k], dz[3 * HN + k]
-        dc_t += da * gamma_o * (ONE - tanh_c[k] * tanh_c[k])  # through a<t> = Γo*tanh(c<t>)
-        dz_i = dc_t * c_tilde * gamma_u * (ONE - gamma_u)  # σ' = σ(1 - σ)
-        dz_f = dc_t * c_prev[k] * gamma_f * (ONE - gamma_f)
-        dz_g = dc_t * gamma_u * (ONE - c_tilde * c_tilde)  # tanh' = 1 - tanh²
-        dz_o = da * tanh_c[k] * gamma_o * (ONE - gamma_o)
-        dc_prev = dc_t * gamma_f  # dc<t-1> = dc<t> * Γf
-        if has_peep:
-            dc_prev += dz_i * peep[k] + dz_f * peep[HN + k] + dz_o * peep[2 * HN + k]
-        dc[k] = dc_prev
-        dz[k], dz[HN + k], dz[2 * HN + k], dz[3 * HN + k] = dz_i, dz_f, dz_g, dz_o
+    for i in range(rows):
+        row = start + i * stride
+        for n in range(width):
+            k, r = i * width + n, row + n
+            da, dc_t = dh[k], dc[k]
+            gamma_u, gamma_f, c_tilde, gamma_o = z[r], z[z1 + r], z[z2 + r], z[z3 + r]
+            dc_t += da * gamma_o * (ONE - tanh_c[k] * tanh_c[k])  # through a<t> = Γo*tanh(c<t>)
+            dz_i = dc_t * c_tilde * gamma_u * (ONE - gamma_u)  # σ' = σ(1 - σ)
+            dz_f = dc_t * c_prev[k] * gamma_f * (ONE - gamma_f)
+            dz_g = dc_t * gamma_u * (ONE - c_tilde * c_tilde)  # tanh' = 1 - tanh²
+            dz_o = da * tanh_c[k] * gamma_o * (ONE - gamma_o)
+            dc_prev = dc_t * gamma_f  # dc<t-1> = dc<t> * Γf
+            if has_peep:
+                dc_prev += dz_i * peep[k] + dz_f * peep[g1 + k] + dz_o * peep[g2 + k]
+            dc[k] = dc_prev
+            z[r], z[z1 + r], z[z2 + r], z[z3 + r] = dz_i, dz_f, dz_g, dz_o
     if has_mask:
         for k in range(HN):
             dc[k] += carry[1, k]

@@ -359,9 +359,23 @@ class LSTMLoop:
         return dz, (dh, dc), grads
 
 
+def _step_block(z: np.ndarray, rows: int, start: int, HN: int):
+    """The pre-activations of one step in the flat gate buffer ``z`` (see LSTMColumnLoop):
+    ``4*rows`` rows of ``HN // rows`` values, row ``i`` at ``z[start + i*stride]``. Returns the
+    block (a view) and, when its rows are apart (``rows > 1``, ``z`` a ``(4H, T*N)`` matrix),
+    a contiguous ``(4, HN)`` copy to work on, else None."""
+    if rows == 1:  # one row a gate, the four adjacent
+        return z[start : start + 4 * HN].reshape(4, HN), None
+    block = z.reshape(4 * rows, -1)[:, start : start + HN // rows]
+    return block, block.reshape(4, HN)  # reshape copies a strided block
+
+
 def lstm_forward_step(
     zt: np.ndarray,
     z: np.ndarray,
+    rows: int,
+    start: int,
+    stride: int,
     c: np.ndarray,
     h: np.ndarray,
     tanh_c: np.ndarray,
@@ -371,20 +385,22 @@ def lstm_forward_step(
     keep: np.ndarray,
     t: int,
 ) -> None:
-    """LSTM step ``t`` on flat column blocks: each row of ``z (T, 4HN)``, ``c, h (T+1, HN)``,
-    ``tanh_c (T, HN)`` is one step's block ``(G, H, N)`` or ``(H, N)`` raveled.
+    """LSTM step ``t`` in the column layout: ``c, h (T+1, HN)`` and ``tanh_c (T, HN)`` hold each
+    step's ``(H, N)`` block raveled; the step's pre-activations are ``4*rows`` rows of the flat
+    gate buffer ``z``, row ``i`` beginning at ``z[start + i*stride]`` (see LSTMColumnLoop).
 
-    ``zt + z[t] + bias`` (W_aa a<t-1>, the step's input projection and the biases, ``(4HN,)``)
-    are the pre-activations; ``z[t]`` becomes the gates Γu, Γf, c̃, Γo. Reads c<t-1>, a<t-1>
+    ``zt + block + bias`` (W_aa a<t-1>, the step's input projection and the biases, ``(4HN,)``)
+    are the pre-activations; the block becomes the gates Γu, Γf, c̃, Γo. Reads c<t-1>, a<t-1>
     from ``c[t], h[t]``, writes c<t>, a<t>, tanh(c<t>) to ``c[t+1], h[t+1], tanh_c[t]``.
     ``peep`` (3HN) and the rows of ``keep`` (the mask) have length 0 when absent; with a mask,
     ``out[t]`` takes the masked output.
     """
     c_prev, h_prev, c_new, h_new = c[t], h[t], c[t + 1], h[t + 1]
     HN = c_prev.size
-    z[t] += zt
-    z[t] += bias
-    gates = z[t].reshape(4, HN)  # rows: Γu, Γf, c̃, Γo
+    block, work = _step_block(z, rows, start, HN)
+    gates = block if work is None else work  # rows: Γu, Γf, c̃, Γo
+    gates += zt.reshape(4, HN)
+    gates += bias.reshape(4, HN)
     if peep.size:
         peep3 = peep.reshape(3, HN)
         gates[:2] += peep3[:2] * c_prev
@@ -399,6 +415,8 @@ def lstm_forward_step(
     c_new += tanh_c[t]
     np.tanh(c_new, out=tanh_c[t])
     np.multiply(gates[3], tanh_c[t], out=h_new)  # a<t> = Γo*tanh(c<t>)
+    if work is not None:
+        block[...] = work.reshape(block.shape)
     if keep[t].size:
         np.multiply(h_new, keep[t], out=out[t])
         finished = keep[t] == 0  # a finished sequence keeps its state
@@ -408,6 +426,9 @@ def lstm_forward_step(
 
 def lstm_backward_step(
     z: np.ndarray,
+    rows: int,
+    start: int,
+    stride: int,
     c: np.ndarray,
     tanh_c: np.ndarray,
     dh: np.ndarray,
@@ -417,18 +438,19 @@ def lstm_backward_step(
     keep: np.ndarray,
     t: int,
 ) -> None:
-    """LSTM step ``t`` backward on the flat rows of :func:`lstm_forward_step`, before the
-    product W_aa^T dz.
+    """LSTM step ``t`` backward in the layout of :func:`lstm_forward_step`, before the product
+    W_aa^T dz.
 
-    ``z[t]`` holds the step's gates and takes their pre-activation gradients; ``dh`` (HN)
-    holds da<t> (output gradient included); ``dc`` holds dc<t> and takes dc<t-1>. With a mask
-    (``keep``), what a finished sequence carries straight to a<t-1> and c<t-1> goes to
+    The step's block of ``z`` holds its gates and takes their pre-activation gradients; ``dh``
+    (HN) holds da<t> (output gradient included); ``dc`` holds dc<t> and takes dc<t-1>. With a
+    mask (``keep``), what a finished sequence carries straight to a<t-1> and c<t-1> goes to
     ``carry (2, HN)``: ``carry[0]`` is for the caller to add to da<t-1>. ``peep`` (3HN) is the
     peephole weight.
     """
     c_prev, m = c[t], keep[t]
     HN = c_prev.size
-    gates = z[t].reshape(4, HN)
+    block, work = _step_block(z, rows, start, HN)
+    gates = block if work is None else work
     gamma_u, gamma_f, c_tilde, gamma_o = (g.copy() for g in gates)
     if m.size:  # a finished sequence passes its gradients straight through
         np.multiply(dh, 1 - m, out=carry[0])
@@ -447,6 +469,8 @@ def lstm_backward_step(
         dc += gates[0] * peep3[0] + gates[1] * peep3[1] + gates[3] * peep3[2]
     if m.size:
         dc += carry[1]
+    if work is not None:
+        block[...] = work.reshape(block.shape)
 
 
 def _mask_columns(mask: np.ndarray, H: int) -> np.ndarray:
@@ -459,16 +483,6 @@ def _spread(peep: np.ndarray, n: int) -> np.ndarray:
     return np.repeat(peep[:, :, None], n, axis=2).reshape(-1)
 
 
-def _per_step_columns(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``w @ x[t].T`` for every step into ``out (T, G*H, N)``, each step's block contiguous."""
-    T, N, D = x.shape
-    if N == 1:  # the columns of one sequence are its rows: one product
-        np.matmul(x.reshape(T, D), w.T, out=out.reshape(T, -1))
-    else:
-        np.matmul(w, x.transpose(0, 2, 1), out=out)
-    return out
-
-
 class _Spares:
     """Internal buffers of one shape kept from one call for the next.
 
@@ -476,7 +490,7 @@ class _Spares:
     hands out zeroed pages, and glibc returns large freed ones): 5% to 15% of an LSTM training
     step, and half of a forward pass alone. Buffers that never leave the loop are kept, only
     for the last shape asked for, and only where they are alive anyway, so that the peak
-    memory does not grow: the two largest (the gates and their gradients) from the end of a
+    memory does not grow: the largest (the gates, then their gradients) from the end of a
     backward pass, and every buffer of a forward pass whose cache is dropped unused (in
     inference), when it is dropped.
     """
@@ -518,15 +532,28 @@ class LSTMColumnLoop:
     """The same LSTM with states as columns, ``a<t>`` of shape ``(H, N)`` as the notes write it.
 
     OpenBLAS computes the recurrent product ``W_hh @ a<t-1>`` 1.4x to 2x faster in this layout
-    than ``a<t-1> @ W_hh.T`` once N is a few dozen, and each step's block of every buffer
-    (gates ``(T, 4H, N)``, states ``(T+1, H, N)``) is contiguous, so the step's elementwise
-    work runs over flat arrays: :func:`lstm_forward_step`, or its compiled twin in
-    :mod:`rnnkit.kernels` when Numba is installed. It takes the layer input ``x`` itself
-    (``forward_x`` / ``backward_x``) and does the products over all steps too.
+    than ``a<t-1> @ W_hh.T`` once N is a few dozen. The states ``(T+1, H, N)`` keep each step's
+    block contiguous. The gates of all steps are one ``(4H, T*N)`` matrix, step t in columns
+    ``t*N`` to ``t*N + N``: the input projection of all steps is one product into it, the
+    backward pass turns the gates into dz in place, and the weight gradients are products
+    over it, with no copy; a step's gates are then 4H rows of N apart, which the compiled
+    step reads where they are. With one sequence the matrix is stored transposed, ``(T, 4H)``,
+    so that each step's gates are adjacent. The step's elementwise work is
+    :func:`lstm_forward_step`, or its compiled twin in :mod:`rnnkit.kernels` when Numba is
+    installed. It takes the layer input ``x`` itself (``forward_x`` / ``backward_x``) and does
+    the products over all steps too.
     """
 
     def __init__(self):
         self.spares = _Spares()
+
+    @staticmethod
+    def _gate_layout(T: int, N: int, H: int) -> tuple[tuple, int, int, int]:
+        """The gate buffer's shape, and the step functions' ``rows, stride`` and the distance
+        between two steps' ``start``."""
+        if N == 1:
+            return (T, 4 * H), 1, H, 4 * H
+        return (4 * H, T * N), H, T * N, N
 
     def forward_x(
         self, x: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
@@ -537,15 +564,17 @@ class LSTMColumnLoop:
         dt = x.dtype
         spares = self.spares
         spares.start((T, N, H, dt))
-        z = spares.take((T, 4 * H, N), dt)  # each step's input projection, then its gates
+        shape, rows, stride, step = self._gate_layout(T, N, H)
+        z = spares.take(shape, dt)
+        if N == 1:  # W_ax x<t> for every step, one product
+            np.matmul(x.reshape(T, D), p.w_ih.T, out=z)
+        else:
+            np.matmul(p.w_ih, x.reshape(T * N, D).T, out=z)
         bias = np.zeros(4 * H, dtype=dt)
         for b in (p.b_ih, p.b_hh):
             if b is not None:
                 bias += b
         bias = np.repeat(bias, N)  # over each step's columns, (4HN,): the step adds it
-        # The projection goes by chunks of steps made just before they are needed, so that the
-        # step reads them from the cache (with one sequence it is one product, all steps).
-        chunk = T if N == 1 else max(1, 2**16 // (4 * H * N))
         h_all = spares.take((T + 1, H, N), dt)  # h_all[t] is a<t-1>, carried
         c_all = spares.take((T + 1, H, N), dt)
         h_all[0], c_all[0] = state[0].T, state[1].T
@@ -553,19 +582,17 @@ class LSTMColumnLoop:
         out = None if mask is None else np.empty((T, H, N), dtype=dt)
         # Each step's blocks as flat rows for the step function; rows of length 0 when absent.
         none = np.empty((T, 0), dtype=dt)
-        z_, h_, c_, tanh_c_ = (a.reshape(len(a), -1) for a in (z, h_all, c_all, tanh_c))
+        h_, c_, tanh_c_ = (a.reshape(len(a), -1) for a in (h_all, c_all, tanh_c))
         out_ = none if mask is None else out.reshape(T, -1)
         keep_ = none if mask is None else _mask_columns(mask, H)
         peep = none[0] if p.w_peep is None else _spread(p.w_peep, N)
-        step = kernels.lstm_forward_step if kernels.AVAILABLE else lstm_forward_step
+        run_step = kernels.lstm_forward_step if kernels.AVAILABLE else lstm_forward_step
+        z_ = z.reshape(-1)
         zt = np.empty((4 * H, N), dtype=dt)
         zt_ = zt.reshape(-1)
         for t in range(T):
-            if t % chunk == 0:
-                steps = slice(t, t + chunk)
-                _per_step_columns(p.w_ih, x[steps], z[steps])  # W_ax x<t>
             np.matmul(p.w_hh, h_all[t], out=zt)  # W_aa a<t-1> for the four gates
-            step(zt_, z_, c_, h_, tanh_c_, out_, peep, bias, keep_, t)
+            run_step(zt_, z_, rows, t * step, stride, c_, h_, tanh_c_, out_, peep, bias, keep_, t)
         cols = h_all[1:] if mask is None else out
         output = cols.transpose(0, 2, 1).copy()  # (T, N, H), never a view of a kept buffer
         output.flags.writeable = False  # the backward pass reads a<t> from it
@@ -592,7 +619,7 @@ class LSTMColumnLoop:
         z, c_all, tanh_c = cache.pop("gates"), cache.pop("c_all"), cache.pop("tanh_c")
         T, N, H = dout.shape
         D = x.shape[2]
-        s = gate_slices(LSTM_GATES, H)
+        _, rows, stride, step = self._gate_layout(T, N, H)
         dt = dout.dtype
         if mask is not None:
             dout = dout * mask  # a padded position's output is a constant zero
@@ -601,42 +628,39 @@ class LSTMColumnLoop:
         # W_aa^T dz 1.4x faster (24 against 33 us), which repays it within 50 steps.
         w_hh_t = _transposed(p.w_hh, view=N == 1 and H < 256)
         none = np.empty((T, 0), dtype=dt)
-        z_, c_, tanh_c_ = (a.reshape(len(a), -1) for a in (z, c_all, tanh_c))
+        c_, tanh_c_ = (a.reshape(len(a), -1) for a in (c_all, tanh_c))
         keep_ = none if mask is None else _mask_columns(mask, H)
         peep = none[0] if p.w_peep is None else _spread(p.w_peep, N)
         carry = np.empty((2, 0 if mask is None else H * N), dtype=dt)  # see lstm_backward_step
         dh_, dc_ = dh.reshape(-1), dc.reshape(-1)
-        # The products over all steps want dz as (4H, T*N): for one sequence that is a view
-        # of the gate buffer, else each step's block is copied there.
-        dz_cols = z.reshape(T, 4 * H).T if N == 1 else self.spares.take((4 * H, T * N), dt)
-        step = kernels.lstm_backward_step if kernels.AVAILABLE else lstm_backward_step
+        dz = z.T if N == 1 else z  # (4H, T*N), dz<t> in columns t*N to t*N + N
+        run_step = kernels.lstm_backward_step if kernels.AVAILABLE else lstm_backward_step
+        z_ = z.reshape(-1)
         for t in reversed(range(T)):
             dh += dout[t].T  # da<t>
-            step(z_, c_, tanh_c_, dh_, dc_, carry, peep, keep_, t)
-            np.matmul(w_hh_t, z[t], out=dh)  # da<t-1> = W_aa^T dz
+            run_step(z_, rows, t * step, stride, c_, tanh_c_, dh_, dc_, carry, peep, keep_, t)
+            np.matmul(w_hh_t, dz[:, t * N : (t + 1) * N], out=dh)  # da<t-1> = W_aa^T dz
             if mask is not None:
                 dh += carry[0].reshape(H, N)
-            if N > 1:
-                dz_cols[:, t * N : (t + 1) * N] = z[t]
         grads = {}
-        if p.w_peep is not None:
-            grads["w_peep"] = np.stack(
-                [(z[:, s[g]] * c_all[:T]).sum(axis=(0, 2)) for g in ("i", "f", "o")]
-            )
+        if p.w_peep is not None:  # Σ over steps and sequences of dz<t> * c<t-1>, for Γu, Γf, Γo
+            dz4 = dz.reshape(4, H, T, N)
+            c_prev = c_all[:T].transpose(1, 0, 2)  # (H, T, N)
+            grads["w_peep"] = np.stack([(dz4[g] * c_prev).sum(axis=(1, 2)) for g in (0, 1, 3)])
         del c_all, tanh_c  # freed before dx is made: the peak does not grow
         # dW_hh = Σ_t dz<t> a<t-1>^T, with a<t-1> read from the outputs (where they differ,
         # past a sequence's end, dz is zero) and from h_0, skipped when zero, as it mostly is
         # (with one state that term is an outer product, 2x the time of all the others).
         out_rows = cache["output"][:-1].reshape((T - 1) * N, H)
-        grads["w_hh"] = dz_cols[:, N:] @ out_rows
+        grads["w_hh"] = dz[:, N:] @ out_rows
         if cache["h0"].any():
-            grads["w_hh"] += dz_cols[:, :N] @ cache["h0"]
-        grads["w_ih"] = dz_cols @ x.reshape(T * N, D)
+            grads["w_hh"] += dz[:, :N] @ cache["h0"]
+        grads["w_ih"] = dz @ x.reshape(T * N, D)
         if p.b_ih is not None:
-            grads["b_ih"] = dz_cols @ np.ones(T * N, dtype=dt)  # Σ over steps: BLAS, 2-4x .sum
+            grads["b_ih"] = dz @ np.ones(T * N, dtype=dt)  # Σ over steps: BLAS, 2-4x .sum
             grads["b_hh"] = grads["b_ih"].copy()
-        dx = (dz_cols.T @ p.w_ih).reshape(T, N, D)
-        self.spares.give(z, *([dz_cols] if N > 1 else []))  # the two largest, for next time
+        dx = (dz.T @ p.w_ih).reshape(T, N, D)
+        self.spares.give(z)  # for next time
         return dx, (dh.T.copy(), dc.T.copy()), grads
 
 
