@@ -118,13 +118,14 @@ def test_unknown_backend():
         layer.forward(np.ones((3, 2, D)))
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("N", [1, 4])
-def test_kept_buffers_never_alias_live_ones(step_code, N):
-    """The LSTM keeps its largest buffers from one backward pass for the next call of the same
-    shape: two layers of one shape, their passes interleaved, must still match the reference,
-    and an output handed out earlier must not change."""
+def test_kept_buffers_never_alias_live_ones(step_code, variant, N):
+    """The fast loops keep their internal buffers from one backward pass for the next call of
+    the same shape: two layers of one shape, their passes interleaved, must still match the
+    reference, and an output handed out earlier must not change."""
     rng = np.random.default_rng(0)
-    layers = [rnnkit.LSTM(D, H, num_layers=2, bidirectional=True, rng=k) for k in (1, 2)]
+    layers = [VARIANTS[variant](num_layers=2, bidirectional=True, rng=k) for k in (1, 2)]
     x = [rng.normal(size=(7, N, D)).astype(np.float32) for _ in range(3)]
     dout = rng.normal(size=(7, N, 2 * H)).astype(np.float32)
     kept = []
@@ -142,22 +143,23 @@ def test_kept_buffers_never_alias_live_ones(step_code, N):
         np.testing.assert_array_equal(out, copy)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("N", [1, 4])
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_forward_only_buffers_never_alias_outputs(step_code, N, num_layers):
+def test_forward_only_buffers_never_alias_outputs(step_code, variant, N, num_layers):
     """A forward pass whose cache is dropped unused (inference) gives its buffers back for the
     next call: outputs and final states handed out before must not change, and every call
     must still match the reference."""
     rng = np.random.default_rng(0)
-    layer = rnnkit.LSTM(D, H, num_layers=num_layers, rng=1)
+    layer = VARIANTS[variant](num_layers=num_layers, rng=1)
     xs = [rng.normal(size=(7, N, D)).astype(np.float32) for _ in range(4)]
     kept = []
     for x in xs:
-        out, (h, c), _ = layer.forward(x)  # the cache is dropped at once
-        kept.append([(a, a.copy()) for a in (out, h, c)])
+        out, final, _ = layer.forward(x)  # the cache is dropped at once
+        kept.append([(a, a.copy()) for a in (out, *flat(final))])
     layer.backend = "reference"
     for x, got in zip(xs, kept):
-        out, (h, c), _ = layer.forward(x)
-        for (a, copy), want in zip(got, (out, h, c)):
+        out, final, _ = layer.forward(x)
+        for (a, copy), want in zip(got, (out, *flat(final))):
             np.testing.assert_array_equal(a, copy)
             np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-5)

@@ -30,7 +30,7 @@ import weakref
 import numpy as np
 
 from . import kernels
-from .cells import CellKind, CellParams
+from .cells import CellKind, CellParams, input_projection_backward
 from .gates import GRU_GATES, LSTM_GATES, SIMPLE_GRU_GATES, gate_slices
 
 # ---------------------------------------------------------------- the reference loop
@@ -154,13 +154,107 @@ def _recurrent_weight_grads(dhw: np.ndarray, h_in: np.ndarray, has_bias: bool) -
     return grads
 
 
+class _Spares:
+    """Internal buffers of one shape kept from one call for the next.
+
+    A fresh large array costs a page fault per 4 KiB the first time it is written (the system
+    hands out zeroed pages, and glibc returns large freed ones): 5% to 15% of an LSTM training
+    step, and half of a forward pass alone. So the buffers that never leave the loop (gates,
+    states) are kept, for the last shape asked for only: a forward pass's go back at the end of
+    its backward pass, or when its cache is dropped unused (in inference). Keeping the states
+    to the end of the backward pass, past their last use, raises the peak of a training step
+    by about a tenth; it stays well below PyTorch's at every benchmark point.
+    """
+
+    def __init__(self):
+        self.key: tuple | None = None
+        self.free: dict[tuple, list[np.ndarray]] = {}
+
+    def start(self, key: tuple) -> None:
+        """A call for ``key`` begins: spares of any other shape are dropped."""
+        if key != self.key:
+            self.key, self.free = key, {}
+
+    def take(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        stack = self.free.get((shape, np.dtype(dtype)))
+        return stack.pop() if stack else np.empty(shape, dtype=dtype)
+
+    def give(self, *arrays: np.ndarray) -> None:
+        for a in arrays:
+            self.free.setdefault((a.shape, a.dtype), []).append(a)
+
+    def give_when_dropped(self, cache: object, *arrays: np.ndarray) -> weakref.finalize:
+        """Keep ``arrays`` for later once ``cache``, which alone holds them, is dropped; the
+        backward pass that uses the cache detaches this first."""
+        back = weakref.finalize(cache, self._give_if_current, self.key, arrays)
+        back.atexit = False
+        return back
+
+    def _give_if_current(self, key: tuple, arrays: tuple) -> None:
+        if key == self.key:
+            self.give(*arrays)
+
+
+class _LoopCache(dict):
+    """A loop's cache: a dict that can be weakly referenced (a plain one cannot)."""
+
+
+class _ProjectingLoop:
+    """``forward_x`` / ``backward_x`` for a row loop: the input projection of all steps, one
+    product, goes into a kept buffer (see :class:`_Spares`), which the loop then uses as its
+    gate buffer, and the cache's ``kept`` buffers return to the pool after the backward pass
+    (or when the cache is dropped unused)."""
+
+    kept: tuple[str, ...] = ()  # the cache entries that never leave the loop
+
+    def __init__(self):
+        self.spares = _Spares()
+
+    def forward_x(
+        self, x: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, tuple, dict]:
+        """The whole sequence forward from the layer input ``x (T, N, D)``."""
+        T, N, D = x.shape
+        G, dt = p.w_ih.shape[0], x.dtype
+        self.spares.start((T, N, G, dt))
+        xw = self.spares.take((T, N, G), dt)
+        np.matmul(x.reshape(T * N, D), p.w_ih.T, out=xw.reshape(T * N, G))  # W_ax x<t>, all t
+        if p.b_ih is not None:
+            xw += p.b_ih
+        out, final, cache = self.forward(xw, state, p, mask)
+        cache = _LoopCache(cache)
+        kept = [cache[name] for name in self.kept]
+        cache["unused"] = self.spares.give_when_dropped(cache, *kept)
+        return out, final, cache
+
+    def backward_x(
+        self,
+        x: np.ndarray,
+        dout: np.ndarray,
+        dstate: tuple,
+        cache: dict,
+        p: CellParams,
+        mask: np.ndarray | None,
+    ) -> tuple[np.ndarray, tuple, dict]:
+        """Backpropagation through the sequence; returns ``(dx, dstate0, grads)``, the grads of
+        every parameter (input side included)."""
+        _, _, (_, kept), _ = cache.pop("unused").detach()
+        dxw, dstate, grads = self.backward(dout, dstate, cache, p, mask)
+        dx, input_grads = input_projection_backward(dxw, x, p)  # all steps in one product
+        self.spares.give(*kept)
+        return dx, dstate, {**grads, **input_grads}
+
+
 # ---------------------------------------------------------------- vanilla RNN
 
 
-class RNNLoop:
+class RNNLoop(_ProjectingLoop):
     """a<t> = g(W_aa a<t-1> + xw<t> + b_hh), g = tanh or relu."""
 
+    kept = ("a",)
+
     def __init__(self, nonlinearity: str):
+        super().__init__()
         self.relu = nonlinearity == "relu"
 
     def forward(
@@ -483,51 +577,6 @@ def _spread(peep: np.ndarray, n: int) -> np.ndarray:
     return np.repeat(peep[:, :, None], n, axis=2).reshape(-1)
 
 
-class _Spares:
-    """Internal buffers of one shape kept from one call for the next.
-
-    A fresh large array costs a page fault per 4 KiB the first time it is written (the system
-    hands out zeroed pages, and glibc returns large freed ones): 5% to 15% of an LSTM training
-    step, and half of a forward pass alone. So the buffers that never leave the loop (gates,
-    states) are kept, for the last shape asked for only: a forward pass's go back at the end of
-    its backward pass, or when its cache is dropped unused (in inference). Keeping the states
-    to the end of the backward pass, past their last use, raises the peak of a training step
-    by about a tenth; it stays well below PyTorch's at every benchmark point.
-    """
-
-    def __init__(self):
-        self.key: tuple | None = None
-        self.free: dict[tuple, list[np.ndarray]] = {}
-
-    def start(self, key: tuple) -> None:
-        """A call for ``key`` begins: spares of any other shape are dropped."""
-        if key != self.key:
-            self.key, self.free = key, {}
-
-    def take(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        stack = self.free.get((shape, np.dtype(dtype)))
-        return stack.pop() if stack else np.empty(shape, dtype=dtype)
-
-    def give(self, *arrays: np.ndarray) -> None:
-        for a in arrays:
-            self.free.setdefault((a.shape, a.dtype), []).append(a)
-
-    def give_when_dropped(self, cache: object, *arrays: np.ndarray) -> weakref.finalize:
-        """Keep ``arrays`` for later once ``cache``, which alone holds them, is dropped; the
-        backward pass that uses the cache detaches this first."""
-        back = weakref.finalize(cache, self._give_if_current, self.key, arrays)
-        back.atexit = False
-        return back
-
-    def _give_if_current(self, key: tuple, arrays: tuple) -> None:
-        if key == self.key:
-            self.give(*arrays)
-
-
-class _LoopCache(dict):
-    """A loop's cache: a dict that can be weakly referenced (a plain one cannot)."""
-
-
 class LSTMColumnLoop:
     """The same LSTM with states as columns, ``a<t>`` of shape ``(H, N)`` as the notes write it.
 
@@ -665,10 +714,13 @@ class LSTMColumnLoop:
 # ---------------------------------------------------------------- GRU
 
 
-class GRULoop:
+class GRULoop(_ProjectingLoop):
     """The full GRU of :func:`rnnkit.cells.gru_step_forward`, reset after or before W_hn."""
 
+    kept = ("gates", "reset_in")
+
     def __init__(self, reset_after: bool):
+        super().__init__()
         self.reset_after = reset_after
 
     def compiled(self) -> bool:
@@ -692,7 +744,7 @@ class GRULoop:
         b_hh = _halved(p.b_hh, [rz])
         h_all = np.empty((T + 1, N, H), dtype=dt)
         h_all[0] = state[0]
-        reset_in = np.empty((T, N, H), dtype=dt)  # W_hn a + b_hn (after), or Γr*a (before)
+        reset_in = self.spares.take((T, N, H), dt)  # W_hn a + b_hn (after), or Γr*a (before)
         out = _output_buffer(h_all, mask)
         cache = {"gates": gates, "h_all": h_all, "reset_in": reset_in}
         if self.compiled():
@@ -831,8 +883,10 @@ class GRULoop:
         return dxw, (dh,), grads
 
 
-class SimpleGRULoop:
+class SimpleGRULoop(_ProjectingLoop):
     """The course's simplified GRU of :func:`rnnkit.cells.simple_gru_step_forward`."""
+
+    kept = ("gates",)
 
     def forward(
         self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
