@@ -170,20 +170,8 @@ def lstm_backward_step(z, rows, start, stride, c_all, tanh_c_all, dh, dc, carry,
 
 
 # ---------------------------------------------------------------- GRU (reset after), rows
-
-
-@_jit
-def _gru_row_forward(g, w, b, a_prev, a, r_in):
-    """One sequence's step of :func:`gru_forward_step` (a function of its own: the compiler
-    vectorises this loop alone, not when it is nested in the loop over the batch)."""
-    H = a.size
-    for j in range(H):
-        gamma_r = HALF + HALF * _tanh(g[j] + w[j] + b[j])
-        z = HALF + HALF * _tanh(g[H + j] + w[H + j] + b[H + j])
-        r_in[j] = w[2 * H + j] + b[2 * H + j]  # W_hn a<t-1> + b_hn
-        c_tilde = _tanh(g[2 * H + j] + gamma_r * r_in[j])
-        g[j], g[H + j], g[2 * H + j] = gamma_r, z, c_tilde
-        a[j] = c_tilde + z * (a_prev[j] - c_tilde)  # a<t> = c̃ + z*(a<t-1> - c̃)
+# Each gate of a row is a slice of its own: with the three read and written through one array
+# at offsets H apart, the compiler could not tell them apart and left the loop scalar (8x).
 
 
 @_jit
@@ -195,28 +183,24 @@ def gru_forward_step(gates, hw, b_hh, h_prev, h, reset_in, out, keep):
     Writes a<t> to ``h`` and W_hn a<t-1> + b_hn to ``reset_in``. With a mask ``keep`` (N,),
     ``out`` takes the masked output; both are empty otherwise.
     """
-    N = h_prev.shape[0]
+    N, H = h_prev.shape
+    b_r, b_z, b_n = b_hh[:H], b_hh[H : 2 * H], b_hh[2 * H :]
     for i in range(N):
-        _gru_row_forward(gates[i], hw[i], b_hh, h_prev[i], h[i], reset_in[i])
-        if keep.size > 0:
+        g, w, a_prev, a, r_in = gates[i], hw[i], h_prev[i], h[i], reset_in[i]
+        g_r, g_z, g_n = g[:H], g[H : 2 * H], g[2 * H :]
+        w_r, w_z, w_n = w[:H], w[H : 2 * H], w[2 * H :]
+        for j in range(H):
+            gamma_r = HALF + HALF * _tanh(g_r[j] + w_r[j] + b_r[j])
+            z = HALF + HALF * _tanh(g_z[j] + w_z[j] + b_z[j])
+            r_in[j] = w_n[j] + b_n[j]  # W_hn a<t-1> + b_hn
+            c_tilde = _tanh(g_n[j] + gamma_r * r_in[j])
+            g_r[j], g_z[j], g_n[j] = gamma_r, z, c_tilde
+            a[j] = c_tilde + z * (a_prev[j] - c_tilde)  # a<t> = c̃ + z*(a<t-1> - c̃)
+    if keep.size > 0:  # a loop of its own, as in lstm_forward_step
+        for i in range(N):
             out[i] = h[i] * keep[i]
             if not keep[i] > 0:  # a finished sequence keeps its state
                 h[i] = h_prev[i]
-
-
-@_jit
-def _gru_row_backward(g, dhid, a_prev, r_in, dh, d_out, dh_direct, m):
-    """One sequence's step of :func:`gru_backward_step`; ``m`` is its mask value."""
-    H = dh.size
-    for j in range(H):
-        da = (dh[j] + d_out[j]) * m
-        gamma_r, z, c_tilde = g[j], g[H + j], g[2 * H + j]
-        dn = da * (ONE - z) * (ONE - c_tilde * c_tilde)  # dc̃ = da*Γu, tanh' = 1 - c̃²
-        dr = dn * r_in[j] * gamma_r * (ONE - gamma_r)  # σ' = σ(1 - σ)
-        dz = da * (a_prev[j] - c_tilde) * z * (ONE - z)
-        g[j], g[H + j], g[2 * H + j] = dr, dz, dn
-        dhid[j], dhid[H + j], dhid[2 * H + j] = dr, dz, dn * gamma_r
-        dh_direct[j] = da * z + dh[j] * (ONE - m)  # through z*a<t-1>, and what is carried
 
 
 @_jit
@@ -228,12 +212,22 @@ def gru_backward_step(gates, h_prev, reset_in, d_out, dh, d_hidden, dh_direct, k
     b_hh`` (N, 3H) to ``d_hidden``, and the rest of da<t-1> (through z*a<t-1>, and what a
     finished sequence carries) to ``dh_direct``.
     """
-    N = h_prev.shape[0]
+    N, H = h_prev.shape
     for i in range(N):
-        m = keep[i] if keep.size > 0 else ONE
-        _gru_row_backward(
-            gates[i], d_hidden[i], h_prev[i], reset_in[i], dh[i], d_out[i], dh_direct[i], m
-        )
+        m = keep[i] if keep.size > 0 else ONE  # the sequence's mask value
+        g, dhid, a_prev, r_in = gates[i], d_hidden[i], h_prev[i], reset_in[i]
+        dh_i, d_out_i, direct = dh[i], d_out[i], dh_direct[i]
+        g_r, g_z, g_n = g[:H], g[H : 2 * H], g[2 * H :]
+        d_r, d_z, d_n = dhid[:H], dhid[H : 2 * H], dhid[2 * H :]
+        for j in range(H):
+            da = (dh_i[j] + d_out_i[j]) * m
+            gamma_r, z, c_tilde = g_r[j], g_z[j], g_n[j]
+            dn = da * (ONE - z) * (ONE - c_tilde * c_tilde)  # dc̃ = da*Γu, tanh' = 1 - c̃²
+            dr = dn * r_in[j] * gamma_r * (ONE - gamma_r)  # σ' = σ(1 - σ)
+            dz = da * (a_prev[j] - c_tilde) * z * (ONE - z)
+            g_r[j], g_z[j], g_n[j] = dr, dz, dn
+            d_r[j], d_z[j], d_n[j] = dr, dz, dn * gamma_r
+            direct[j] = da * z + dh_i[j] * (ONE - m)  # through z*a<t-1>, and what is carried
 
 
 # ---------------------------------------------------------------- vanilla RNN, rows
