@@ -175,25 +175,26 @@ def lstm_backward_step(z, rows, start, stride, c_all, tanh_c_all, dh, dc, carry,
 
 
 @_jit
-def gru_forward_step(gates, hw, b_hh, h_prev, h, reset_in, out, keep):
+def gru_forward_step(gates, hw, b_x, b_hn, h_prev, h, reset_in, out, keep):
     """One step of :class:`rnnkit.loops.GRULoop` (reset after W_hn) after its product.
 
-    gates (N, 3H) holds the step's input projection, hw (N, 3H) W_hh a<t-1> and b_hh (3H,) the
-    hidden bias, all with the Γr and z columns halved; the gates become Γr, z (= 1 - Γu), c̃.
+    gates (N, 3H) holds the step's input projection W_x x<t>, hw (N, 3H) W_hh a<t-1>; b_x (3H,)
+    is the bias outside the reset (b_ir + b_hr, b_iz + b_hz, b_in), b_hn (H,) the one inside.
+    The gates become Γr, z (= 1 - Γu), c̃.
     Writes a<t> to ``h`` and W_hn a<t-1> + b_hn to ``reset_in``. With a mask ``keep`` (N,),
     ``out`` takes the masked output; both are empty otherwise.
     """
     N, H = h_prev.shape
-    b_r, b_z, b_n = b_hh[:H], b_hh[H : 2 * H], b_hh[2 * H :]
+    b_r, b_z, b_n = b_x[:H], b_x[H : 2 * H], b_x[2 * H :]
     for i in range(N):
         g, w, a_prev, a, r_in = gates[i], hw[i], h_prev[i], h[i], reset_in[i]
         g_r, g_z, g_n = g[:H], g[H : 2 * H], g[2 * H :]
         w_r, w_z, w_n = w[:H], w[H : 2 * H], w[2 * H :]
         for j in range(H):
-            gamma_r = HALF + HALF * _tanh(g_r[j] + w_r[j] + b_r[j])
-            z = HALF + HALF * _tanh(g_z[j] + w_z[j] + b_z[j])
-            r_in[j] = w_n[j] + b_n[j]  # W_hn a<t-1> + b_hn
-            c_tilde = _tanh(g_n[j] + gamma_r * r_in[j])
+            gamma_r = HALF + HALF * _tanh(HALF * (g_r[j] + w_r[j] + b_r[j]))  # σ via tanh
+            z = HALF + HALF * _tanh(HALF * (g_z[j] + w_z[j] + b_z[j]))
+            r_in[j] = w_n[j] + b_hn[j]  # W_hn a<t-1> + b_hn
+            c_tilde = _tanh(g_n[j] + b_n[j] + gamma_r * r_in[j])
             g_r[j], g_z[j], g_n[j] = gamma_r, z, c_tilde
             a[j] = c_tilde + z * (a_prev[j] - c_tilde)  # a<t> = c̃ + z*(a<t-1> - c̃)
     if keep.size > 0:  # a loop of its own, as in lstm_forward_step

@@ -9,6 +9,11 @@ so it is theirs to overwrite), and return the same things:
   holds ``w_hh``, ``b_hh`` (and ``w_peep``), the input-side gradients being left to one product
   over all steps in the layer.
 
+The fast loops are called through ``forward_x(x, state0, p, mask)`` and ``backward_x(x, dout,
+dfinal, cache, p, mask) -> (dx, dstate0, grads)`` instead, which do the products over all steps
+themselves, into buffers kept from call to call, and may add the biases where it costs least
+(``input_bias``: the RNN's ``xw`` includes b_hh too, the compiled GRU's neither).
+
 The reference loop calls the step functions of :mod:`rnnkit.cells` once per step. The fast
 loops compute the same equations with what the notes leave out: every buffer allocated once,
 ``out=`` everywhere, one ``tanh`` over a whole block of gates (σ(x) = (1 + tanh(x/2)) / 2, with
@@ -144,6 +149,11 @@ def _carry(new: np.ndarray, old: np.ndarray, keep_new: np.ndarray) -> np.ndarray
     return out
 
 
+def _bias_sum(p: CellParams) -> np.ndarray | None:
+    """``b_ih + b_hh``, or None for a layer without biases."""
+    return None if p.b_ih is None else p.b_ih + p.b_hh
+
+
 def _recurrent_weight_grads(dhw: np.ndarray, h_in: np.ndarray, has_bias: bool) -> dict:
     """dW_hh and db_hh over all steps in one product each."""
     G = dhw.shape[-1]
@@ -210,6 +220,10 @@ class _ProjectingLoop:
     def __init__(self):
         self.spares = _Spares()
 
+    def input_bias(self, p: CellParams) -> np.ndarray | None:
+        """What ``forward`` expects added to the projection: ``b_ih``."""
+        return p.b_ih
+
     def forward_x(
         self, x: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
     ) -> tuple[np.ndarray, tuple, dict]:
@@ -219,8 +233,9 @@ class _ProjectingLoop:
         self.spares.start((T, N, G, dt))
         xw = self.spares.take((T, N, G), dt)
         np.matmul(x.reshape(T * N, D), p.w_ih.T, out=xw.reshape(T * N, G))  # W_ax x<t>, all t
-        if p.b_ih is not None:
-            xw += p.b_ih
+        bias = self.input_bias(p)
+        if bias is not None:
+            xw += bias
         out, final, cache = self.forward(xw, state, p, mask)
         cache = _LoopCache(cache)
         kept = [cache[name] for name in self.kept]
@@ -257,6 +272,10 @@ class RNNLoop(_ProjectingLoop):
         super().__init__()
         self.relu = nonlinearity == "relu"
 
+    def input_bias(self, p: CellParams) -> np.ndarray | None:
+        """Both biases: they enter the same sum, so one pass adds them (``xw`` includes b_hh)."""
+        return _bias_sum(p)
+
     def forward(
         self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
     ) -> tuple[np.ndarray, tuple, dict]:
@@ -264,9 +283,7 @@ class RNNLoop(_ProjectingLoop):
         T, N, H = xw.shape
         h_all = np.empty((T + 1, N, H), dtype=xw.dtype)  # h_all[t] is a<t-1>, the step's input
         h_all[0] = state[0]
-        z = xw  # (T, N, H) pre-activations, then activations
-        if p.b_hh is not None:
-            z += p.b_hh
+        z = xw  # (T, N, H) pre-activations (b_hh included), then activations
         w_hh_t = _right_operand(p.w_hh, [], N)
         out = _output_buffer(h_all, mask)
         hw = np.empty((N, H), dtype=xw.dtype)
@@ -727,6 +744,11 @@ class GRULoop(_ProjectingLoop):
         """Whether the step's gate arithmetic runs in :mod:`rnnkit.kernels` (reset after)."""
         return kernels.AVAILABLE and self.reset_after
 
+    def input_bias(self, p: CellParams) -> np.ndarray | None:
+        """``b_ih``, but for the compiled step, which adds all biases itself (``xw`` is then
+        ``W_x x`` alone)."""
+        return None if self.compiled() else p.b_ih
+
     def forward(
         self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
     ) -> tuple[np.ndarray, tuple, dict]:
@@ -736,12 +758,15 @@ class GRULoop(_ProjectingLoop):
         s = gate_slices(GRU_GATES, H)
         rz, n = slice(0, 2 * H), s["n"]
         dt = xw.dtype
-        gates = _halved(xw, [rz], copy=False)  # (T, N, 3H): Γr, z (= 1 - Γu), c̃
-        w_hh_t = _right_operand(p.w_hh, [rz], N)  # (H, 3H)
+        # With the NumPy step the Γr and z blocks are halved here (once, in the projection and
+        # the weights); the compiled step halves its own sums.
+        halve = [] if self.compiled() else [rz]
+        gates = _halved(xw, halve, copy=False)  # (T, N, 3H): Γr, z (= 1 - Γu), c̃
+        w_hh_t = _right_operand(p.w_hh, halve, N)  # (H, 3H)
         if not self.reset_after:
             w_rz_t = np.ascontiguousarray(w_hh_t[:, rz])
             w_n_t = np.ascontiguousarray(w_hh_t[:, n])
-        b_hh = _halved(p.b_hh, [rz])
+        b_hh = _halved(p.b_hh, halve)
         h_all = np.empty((T + 1, N, H), dtype=dt)
         h_all[0] = state[0]
         reset_in = self.spares.take((T, N, H), dt)  # W_hn a + b_hn (after), or Γr*a (before)
@@ -749,13 +774,18 @@ class GRULoop(_ProjectingLoop):
         cache = {"gates": gates, "h_all": h_all, "reset_in": reset_in}
         if self.compiled():
             hw, empty = np.empty((N, G), dtype=dt), np.empty((0, 0), dtype=dt)
-            bias = np.zeros(G, dtype=dt) if b_hh is None else b_hh  # added by the kernel
+            b_x, b_hn = np.zeros(G, dtype=dt), np.zeros(H, dtype=dt)  # added by the kernel
+            if p.b_ih is not None:
+                b_x += p.b_ih
+                b_x[rz] += p.b_hh[rz]
+                b_hn += p.b_hh[n]
             for t in range(T):
                 np.matmul(h_all[t], w_hh_t, out=hw)
                 kernels.gru_forward_step(
                     gates[t],
                     hw,
-                    bias,
+                    b_x,
+                    b_hn,
                     h_all[t],
                     h_all[t + 1],
                     reset_in[t],
@@ -888,6 +918,10 @@ class SimpleGRULoop(_ProjectingLoop):
 
     kept = ("gates",)
 
+    def input_bias(self, p: CellParams) -> np.ndarray | None:
+        """Both biases, as for :class:`RNNLoop` (``xw`` includes b_hh)."""
+        return _bias_sum(p)
+
     def forward(
         self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
     ) -> tuple[np.ndarray, tuple, dict]:
@@ -897,8 +931,6 @@ class SimpleGRULoop(_ProjectingLoop):
         s = gate_slices(SIMPLE_GRU_GATES, H)
         dt = xw.dtype
         gates = _halved(xw, [s["z"]], copy=False)  # (T, N, 2H): z (= 1 - Γu), c̃
-        if p.b_hh is not None:
-            gates += _halved(p.b_hh, [s["z"]])
         w_hh_t = _right_operand(p.w_hh, [s["z"]], N)
         h_all = np.empty((T + 1, N, H), dtype=dt)
         h_all[0] = state[0]
