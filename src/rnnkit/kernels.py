@@ -279,3 +279,94 @@ def rnn_backward_step(a, d_out, dh, carry, keep, relu):
         return
     for i in range(a.shape[0]):
         _rnn_span_backward(a[i], d_out[i], dh[i], carry[i], keep[i], relu)
+
+
+# ---------------------------------------------------------------- one sequence, all steps
+# With one sequence a step is a vector-matrix product and a few hundred values of gate
+# arithmetic, ~2 us of work; the Python around them (a product call, a kernel call) costs as
+# much again. These run the whole time loop compiled, calling the step kernels above. Their
+# product is written here: for the small weights they are used with (up to 1 MiB), it is as fast
+# as NumPy's BLAS call, without the call.
+
+
+@_jit
+def _vec_mat(v, m, out):
+    """``out = v @ m`` for ``v (K,)`` and ``m (K, M)``: rows of ``m`` added up, the form that
+    vectorises (a dot product per output would end each in a horizontal sum)."""
+    for k in range(out.size):
+        out[k] = 0
+    for j in range(v.size):
+        v_j, row = v[j], m[j]
+        for k in range(out.size):
+            out[k] += v_j * row[k]
+
+
+@_jit
+def rnn_sequence_forward(z, w_t, h_all, out, keep, relu):
+    """All steps of :class:`rnnkit.loops.RNNLoop` for one sequence: :func:`rnn_forward_step`
+    after ``a<t-1> @ W_aa^T`` for each t. ``z, out (T, 1, H)``, ``h_all (T+1, 1, H)``, ``keep
+    (T, 1)``; ``w_t = W_aa^T``; without a mask ``out`` is ``(T, 0, 0)`` and ``keep (T, 0)``."""
+    hw = np.empty_like(h_all[0])
+    for t in range(z.shape[0]):
+        _vec_mat(h_all[t, 0], w_t, hw[0])
+        rnn_forward_step(z[t], hw, h_all[t], h_all[t + 1], out[t], keep[t], relu)
+
+
+@_jit
+def rnn_sequence_backward(a, dout, w, dh, keep, relu):
+    """All steps backward of :func:`rnn_sequence_forward`; ``dh (1, H)`` takes da<0>."""
+    carry = np.empty_like(dh)
+    for t in range(a.shape[0] - 1, -1, -1):
+        rnn_backward_step(a[t], dout[t], dh, carry, keep[t], relu)
+        _vec_mat(a[t, 0], w, dh[0])  # da<t-1> = dz W_aa
+        if keep.shape[1] > 0:
+            dh += carry
+
+
+@_jit
+def gru_sequence_forward(gates, w_t, b_x, b_hn, h_all, reset_in, out, keep):
+    """All steps of :func:`gru_forward_step` for one sequence (shapes as for
+    :func:`rnn_sequence_forward`; ``w_t = W_hh^T (H, 3H)``)."""
+    hw = np.empty_like(gates[0])
+    for t in range(gates.shape[0]):
+        _vec_mat(h_all[t, 0], w_t, hw[0])
+        gru_forward_step(gates[t], hw, b_x, b_hn, h_all[t], h_all[t + 1], reset_in[t], out[t],
+                         keep[t])  # fmt: skip
+
+
+@_jit
+def gru_sequence_backward(gates, h_all, reset_in, dout, dh, d_hidden, w, keep):
+    """All steps backward of :func:`gru_sequence_forward`; ``dh (1, H)`` takes da<0>."""
+    dh_direct = np.empty_like(dh)
+    for t in range(gates.shape[0] - 1, -1, -1):
+        gru_backward_step(gates[t], h_all[t], reset_in[t], dout[t], dh, d_hidden[t], dh_direct,
+                          keep[t])  # fmt: skip
+        _vec_mat(d_hidden[t, 0], w, dh[0])  # da<t-1> through the hidden side
+        dh += dh_direct
+
+
+@_jit
+def lstm_sequence_forward(w_t, z, c_all, h_all, tanh_c_all, out_all, peep, bias, keep_all):
+    """All steps of :func:`lstm_forward_step` for one sequence, its gates ``(T, 4H)`` raveled
+    in ``z``; ``w_t = W_aa^T (H, 4H)``; the other arguments as there."""
+    HN = c_all.shape[1]
+    zt = np.empty(4 * HN, dtype=z.dtype)
+    for t in range(tanh_c_all.shape[0]):
+        _vec_mat(h_all[t], w_t, zt)
+        lstm_forward_step(zt, z, 1, t * 4 * HN, HN, c_all, h_all, tanh_c_all, out_all, peep,
+                          bias, keep_all, t)  # fmt: skip
+
+
+@_jit
+def lstm_sequence_backward(w, z, c_all, tanh_c_all, dout, dh, dc, carry, peep, keep_all):
+    """All steps backward of :func:`lstm_sequence_forward`: ``dout (T, H)``, ``dh, dc (H,)``
+    take da<0>, dc<0>; ``w = W_aa (4H, H)``; the other arguments as in
+    :func:`lstm_backward_step`."""
+    HN = c_all.shape[1]
+    for t in range(tanh_c_all.shape[0] - 1, -1, -1):
+        dh += dout[t]  # da<t>
+        lstm_backward_step(z, 1, t * 4 * HN, HN, c_all, tanh_c_all, dh, dc, carry, peep,
+                           keep_all, t)  # fmt: skip
+        _vec_mat(z[t * 4 * HN : (t + 1) * 4 * HN], w, dh)  # da<t-1> = W_aa^T dz
+        if carry.shape[1] > 0:
+            dh += carry[0]

@@ -149,6 +149,18 @@ def _carry(new: np.ndarray, old: np.ndarray, keep_new: np.ndarray) -> np.ndarray
     return out
 
 
+def _one_sequence(N: int, G: int, H: int) -> bool:
+    """Whether the compiled loop over all steps of one sequence runs (``*_sequence_*`` in
+    :mod:`rnnkit.kernels`): one sequence, and recurrent weights of up to 1 MiB in float32, for
+    which its own vector-matrix product is as fast as BLAS's (beyond, BLAS is faster)."""
+    return kernels.AVAILABLE and N == 1 and G * H * H <= 2**18
+
+
+def _sequence_mask(mask: np.ndarray | None, T: int, dt: np.dtype) -> np.ndarray:
+    """The mask as the compiled sequence loops take it: ``(T, N)``, or ``(T, 0)`` for none."""
+    return np.empty((T, 0), dtype=dt) if mask is None else np.ascontiguousarray(mask[:, :, 0])
+
+
 def _bias_sum(p: CellParams) -> np.ndarray | None:
     """``b_ih + b_hh``, or None for a layer without biases."""
     return None if p.b_ih is None else p.b_ih + p.b_hh
@@ -287,6 +299,12 @@ class RNNLoop(_ProjectingLoop):
         w_hh_t = _right_operand(p.w_hh, [], N)
         out = _output_buffer(h_all, mask)
         hw = np.empty((N, H), dtype=xw.dtype)
+        if _one_sequence(N, 1, H):
+            out_ = np.empty((T, 0, 0), dtype=xw.dtype) if mask is None else out
+            w_t = _transposed(p.w_hh, view=False)
+            keep = _sequence_mask(mask, T, xw.dtype)
+            kernels.rnn_sequence_forward(z, w_t, h_all, out_, keep, self.relu)
+            return out, (h_all[T].copy(),), {"a": z, "h_all": h_all}
         if kernels.AVAILABLE:
             empty = np.empty((0, 0), dtype=xw.dtype)
             for t in range(T):
@@ -323,6 +341,11 @@ class RNNLoop(_ProjectingLoop):
         T, N, H = dout.shape
         dz = a  # the activations are overwritten by the gradients, step by step
         dh = dstate[0].copy()
+        if _one_sequence(N, 1, H):
+            keep = _sequence_mask(mask, T, dh.dtype)
+            dout = np.ascontiguousarray(dout)
+            kernels.rnn_sequence_backward(dz, dout, p.w_hh, dh, keep, self.relu)
+            return dz, (dh,), _recurrent_weight_grads(dz, h_all[:T], p.b_hh is not None)
         if kernels.AVAILABLE:
             dout, carry = np.ascontiguousarray(dout), np.empty_like(dh)
             no_mask = np.empty(0, dtype=dh.dtype)
@@ -654,11 +677,15 @@ class LSTMColumnLoop:
         peep = none[0] if p.w_peep is None else _spread(p.w_peep, N)
         run_step = kernels.lstm_forward_step if kernels.AVAILABLE else lstm_forward_step
         z_ = z.reshape(-1)
-        zt = np.empty((4 * H, N), dtype=dt)
-        zt_ = zt.reshape(-1)
-        for t in range(T):
-            np.matmul(p.w_hh, h_all[t], out=zt)  # W_aa a<t-1> for the four gates
-            run_step(zt_, z_, rows, t * step, stride, c_, h_, tanh_c_, out_, peep, bias, keep_, t)
+        states = (c_, h_, tanh_c_, out_, peep, bias, keep_)
+        if _one_sequence(N, 4, H):
+            kernels.lstm_sequence_forward(_transposed(p.w_hh, view=False), z_, *states)
+        else:
+            zt = np.empty((4 * H, N), dtype=dt)
+            zt_ = zt.reshape(-1)
+            for t in range(T):
+                np.matmul(p.w_hh, h_all[t], out=zt)  # W_aa a<t-1> for the four gates
+                run_step(zt_, z_, rows, t * step, stride, *states, t)
         cols = h_all[1:] if mask is None else out
         output = cols.transpose(0, 2, 1).copy()  # (T, N, H), never a view of a kept buffer
         output.flags.writeable = False  # the backward pass reads a<t> from it
@@ -689,9 +716,6 @@ class LSTMColumnLoop:
         if mask is not None:
             dout = dout * mask  # a padded position's output is a constant zero
         dh, dc = dstate[0].T.copy(), dstate[1].T.copy()  # (H, N)
-        # (H, 4H). With one state the view is as fast at H = 128, but at H = 512 a copy makes
-        # W_aa^T dz 1.4x faster (24 against 33 us), which repays it within 50 steps.
-        w_hh_t = _transposed(p.w_hh, view=N == 1 and H < 256)
         none = np.empty((T, 0), dtype=dt)
         c_, tanh_c_ = (a.reshape(len(a), -1) for a in (c_all, tanh_c))
         keep_ = none if mask is None else _mask_columns(mask, H)
@@ -701,12 +725,20 @@ class LSTMColumnLoop:
         dz = z.T if N == 1 else z  # (4H, T*N), dz<t> in columns t*N to t*N + N
         run_step = kernels.lstm_backward_step if kernels.AVAILABLE else lstm_backward_step
         z_ = z.reshape(-1)
-        for t in reversed(range(T)):
-            dh += dout[t].T  # da<t>
-            run_step(z_, rows, t * step, stride, c_, tanh_c_, dh_, dc_, carry, peep, keep_, t)
-            np.matmul(w_hh_t, dz[:, t * N : (t + 1) * N], out=dh)  # da<t-1> = W_aa^T dz
-            if mask is not None:
-                dh += carry[0].reshape(H, N)
+        if _one_sequence(N, 4, H):
+            dout_ = np.ascontiguousarray(dout).reshape(T, H)
+            grads_in = (c_, tanh_c_, dout_, dh_, dc_, carry, peep, keep_)
+            kernels.lstm_sequence_backward(p.w_hh, z_, *grads_in)
+        else:
+            # (H, 4H). With one state the view is as fast at H = 128, but at H = 512 a copy
+            # makes W_aa^T dz 1.4x faster (24 against 33 us), which repays it within 50 steps.
+            w_hh_t = _transposed(p.w_hh, view=N == 1 and H < 256)
+            for t in reversed(range(T)):
+                dh += dout[t].T  # da<t>
+                run_step(z_, rows, t * step, stride, c_, tanh_c_, dh_, dc_, carry, peep, keep_, t)
+                np.matmul(w_hh_t, dz[:, t * N : (t + 1) * N], out=dh)  # da<t-1> = W_aa^T dz
+                if mask is not None:
+                    dh += carry[0].reshape(H, N)
         grads = {}
         if p.w_peep is not None:  # Σ over steps and sequences of dz<t> * c<t-1>, for Γu, Γf, Γo
             dz4 = dz.reshape(4, H, T, N)
@@ -779,6 +811,12 @@ class GRULoop(_ProjectingLoop):
                 b_x += p.b_ih
                 b_x[rz] += p.b_hh[rz]
                 b_hn += p.b_hh[n]
+            if _one_sequence(N, 3, H):
+                w_t = _transposed(p.w_hh, view=False)
+                out_ = np.empty((T, 0, 0), dtype=dt) if mask is None else out
+                keep = _sequence_mask(mask, T, dt)
+                kernels.gru_sequence_forward(gates, w_t, b_x, b_hn, h_all, reset_in, out_, keep)
+                return out, (h_all[T].copy(),), cache
             for t in range(T):
                 np.matmul(h_all[t], w_hh_t, out=hw)
                 kernels.gru_forward_step(
@@ -842,6 +880,12 @@ class GRULoop(_ProjectingLoop):
             dout = np.ascontiguousarray(dout)
             d_hidden = np.empty((T, N, 3 * H), dtype=dt)  # of W_hh a<t-1> + b_hh, every step
             dh, dh_direct = dstate[0].copy(), np.empty((N, H), dtype=dt)
+            if _one_sequence(N, 3, H):
+                keep = _sequence_mask(mask, T, dt)
+                w = p.w_hh
+                kernels.gru_sequence_backward(gates, h_all, reset_in, dout, dh, d_hidden, w, keep)
+                grads = _recurrent_weight_grads(d_hidden, h_all[:T], p.b_hh is not None)
+                return gates, (dh,), grads
             no_mask = np.empty(0, dtype=dt)
             for t in reversed(range(T)):
                 kernels.gru_backward_step(
