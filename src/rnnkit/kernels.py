@@ -205,19 +205,20 @@ def gru_forward_step(gates, hw, b_x, b_hn, h_prev, h, reset_in, out, keep):
 
 
 @_jit
-def gru_backward_step(gates, h_prev, reset_in, d_out, dh, d_hidden, dh_direct, keep):
+def gru_backward_step(gates, h_prev, reset_in, d_out, dh, d_hidden, dhn, dh_direct, keep):
     """One step backward of the GRU (reset after), before the product ``d_hidden @ W_hh``.
 
     Reads the gates from ``gates`` (N, 3H) and replaces them by the gradients of their input
     side; da<t> is ``dh + d_out``. Writes the gradient of the hidden side ``W_hh a<t-1> +
-    b_hh`` (N, 3H) to ``d_hidden``, and the rest of da<t-1> (through z*a<t-1>, and what a
+    b_hh`` (N, 3H) to ``d_hidden``, its n block also to ``dhn`` (N, H) (its Γr and z blocks
+    are those of the input side), and the rest of da<t-1> (through z*a<t-1>, and what a
     finished sequence carries) to ``dh_direct``.
     """
     N, H = h_prev.shape
     for i in range(N):
         m = keep[i] if keep.size > 0 else ONE  # the sequence's mask value
         g, dhid, a_prev, r_in = gates[i], d_hidden[i], h_prev[i], reset_in[i]
-        dh_i, d_out_i, direct = dh[i], d_out[i], dh_direct[i]
+        dh_i, d_out_i, direct, dhn_i = dh[i], d_out[i], dh_direct[i], dhn[i]
         g_r, g_z, g_n = g[:H], g[H : 2 * H], g[2 * H :]
         d_r, d_z, d_n = dhid[:H], dhid[H : 2 * H], dhid[2 * H :]
         for j in range(H):
@@ -228,6 +229,7 @@ def gru_backward_step(gates, h_prev, reset_in, d_out, dh, d_hidden, dh_direct, k
             dz = da * (a_prev[j] - c_tilde) * z * (ONE - z)
             g_r[j], g_z[j], g_n[j] = dr, dz, dn
             d_r[j], d_z[j], d_n[j] = dr, dz, dn * gamma_r
+            dhn_i[j] = dn * gamma_r
             direct[j] = da * z + dh_i[j] * (ONE - m)  # through z*a<t-1>, and what is carried
 
 
@@ -335,13 +337,14 @@ def gru_sequence_forward(gates, w_t, b_x, b_hn, h_all, reset_in, out, keep):
 
 
 @_jit
-def gru_sequence_backward(gates, h_all, reset_in, dout, dh, d_hidden, w, keep):
-    """All steps backward of :func:`gru_sequence_forward`; ``dh (1, H)`` takes da<0>."""
-    dh_direct = np.empty_like(dh)
+def gru_sequence_backward(gates, h_all, reset_in, dout, dh, dhn, w, keep):
+    """All steps backward of :func:`gru_sequence_forward`; ``dh (1, H)`` takes da<0>, ``dhn
+    (T, 1, H)`` the n block of each step's hidden-side gradient."""
+    dh_direct, d_hidden = np.empty_like(dh), np.empty_like(gates[0])
     for t in range(gates.shape[0] - 1, -1, -1):
-        gru_backward_step(gates[t], h_all[t], reset_in[t], dout[t], dh, d_hidden[t], dh_direct,
-                          keep[t])  # fmt: skip
-        _vec_mat(d_hidden[t, 0], w, dh[0])  # da<t-1> through the hidden side
+        gru_backward_step(gates[t], h_all[t], reset_in[t], dout[t], dh, d_hidden, dhn[t],
+                          dh_direct, keep[t])  # fmt: skip
+        _vec_mat(d_hidden[0], w, dh[0])  # da<t-1> through the hidden side
         dh += dh_direct
 
 

@@ -876,33 +876,26 @@ class GRULoop(_ProjectingLoop):
         s = gate_slices(GRU_GATES, H)
         rz, n = slice(0, 2 * H), s["n"]
         dt = dout.dtype
+        dxw = gates  # overwritten step by step
+        dhn_all = self.spares.take((T, N, H), dt)  # gradient of the n block's hidden product
         if self.compiled():
             dout = np.ascontiguousarray(dout)
-            d_hidden = np.empty((T, N, 3 * H), dtype=dt)  # of W_hh a<t-1> + b_hh, every step
+            d_hidden = np.empty((N, 3 * H), dtype=dt)  # of W_hh a<t-1> + b_hh, one step
             dh, dh_direct = dstate[0].copy(), np.empty((N, H), dtype=dt)
             if _one_sequence(N, 3, H):
                 keep = _sequence_mask(mask, T, dt)
-                w = p.w_hh
-                kernels.gru_sequence_backward(gates, h_all, reset_in, dout, dh, d_hidden, w, keep)
-                grads = _recurrent_weight_grads(d_hidden, h_all[:T], p.b_hh is not None)
-                return gates, (dh,), grads
-            no_mask = np.empty(0, dtype=dt)
-            for t in reversed(range(T)):
-                kernels.gru_backward_step(
-                    gates[t],
-                    h_all[t],
-                    reset_in[t],
-                    dout[t],
-                    dh,
-                    d_hidden[t],
-                    dh_direct,
-                    no_mask if mask is None else mask[t, :, 0],
+                kernels.gru_sequence_backward(
+                    gates, h_all, reset_in, dout, dh, dhn_all, p.w_hh, keep
                 )
-                np.matmul(d_hidden[t], p.w_hh, out=dh)  # da<t-1> through the hidden side
-                dh += dh_direct
-            return gates, (dh,), _recurrent_weight_grads(d_hidden, h_all[:T], p.b_hh is not None)
-        dxw = gates  # overwritten step by step
-        dhn_all = np.empty((T, N, H), dtype=dt)  # gradient of the n block's hidden product
+            else:
+                no_mask = np.empty(0, dtype=dt)
+                for t in reversed(range(T)):
+                    keep = no_mask if mask is None else mask[t, :, 0]
+                    steps = (gates[t], h_all[t], reset_in[t], dout[t])
+                    kernels.gru_backward_step(*steps, dh, d_hidden, dhn_all[t], dh_direct, keep)
+                    np.matmul(d_hidden, p.w_hh, out=dh)  # da<t-1> through the hidden side
+                    dh += dh_direct
+            return dxw, (dh,), self._hidden_grads(dxw, dhn_all, h_all, reset_in, p)
         dh = dstate[0].copy()
         dnew, tmp = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
         deriv = np.empty((N, 2 * H), dtype=dt)
@@ -943,18 +936,22 @@ class GRULoop(_ProjectingLoop):
                 dh += tmp
             if mask is not None:
                 dh += carry
-        G = 3 * H
-        d2 = dxw.reshape(-1, G)
+        return dxw, (dh,), self._hidden_grads(dxw, dhn_all, h_all, reset_in, p)
+
+    def _hidden_grads(self, dxw, dhn_all, h_all, reset_in, p: CellParams) -> dict:
+        """dW_hh and db_hh over all steps: the Γr and z blocks' gradients are the input side's
+        (``dxw``), the n block's ``dhn_all``, which goes back to the kept buffers after."""
+        T, N, H = dhn_all.shape
+        rz = slice(0, 2 * H)
+        d_rz, d_n = dxw.reshape(-1, 3 * H)[:, rz], dhn_all.reshape(-1, H)
         h_prev_all = h_all[:T].reshape(-1, H)
         n_input = h_prev_all if self.reset_after else reset_in.reshape(-1, H)
-        grads = {
-            "w_hh": np.concatenate([d2[:, rz].T @ h_prev_all, dhn_all.reshape(-1, H).T @ n_input])
-        }
+        grads = {"w_hh": np.concatenate([d_rz.T @ h_prev_all, d_n.T @ n_input])}
         if p.b_hh is not None:
-            grads["b_hh"] = np.concatenate(
-                [d2[:, rz].sum(axis=0), dhn_all.reshape(-1, H).sum(axis=0)]
-            )
-        return dxw, (dh,), grads
+            ones = np.ones(T * N, dtype=dhn_all.dtype)  # Σ over steps: BLAS, 2-4x .sum
+            grads["b_hh"] = np.concatenate([ones @ d_rz, ones @ d_n])
+        self.spares.give(dhn_all)
+        return grads
 
 
 class SimpleGRULoop(_ProjectingLoop):
