@@ -147,9 +147,9 @@ def test_kept_buffers_never_alias_live_ones(step_code, variant, N):
 @pytest.mark.parametrize("N", [1, 4])
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_forward_only_buffers_never_alias_outputs(step_code, variant, N, num_layers):
-    """A forward pass whose cache is dropped unused (inference) gives its buffers back for the
-    next call: outputs and final states handed out before must not change, and every call
-    must still match the reference."""
+    """Forward passes alone (inference), their caches dropped at once: outputs and final
+    states handed out before must not change with later calls (no buffer they share is reused),
+    and every call must still match the reference."""
     rng = np.random.default_rng(0)
     layer = VARIANTS[variant](num_layers=num_layers, rng=1)
     xs = [rng.normal(size=(7, N, D)).astype(np.float32) for _ in range(4)]

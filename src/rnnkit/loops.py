@@ -30,8 +30,6 @@ and reset-before GRUs keep their NumPy steps.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
 from . import kernels
@@ -181,11 +179,15 @@ class _Spares:
 
     A fresh large array costs a page fault per 4 KiB the first time it is written (the system
     hands out zeroed pages, and glibc returns large freed ones): 5% to 15% of an LSTM training
-    step, and half of a forward pass alone. So the buffers that never leave the loop (gates,
-    states) are kept, for the last shape asked for only: a forward pass's go back at the end of
-    its backward pass, or when its cache is dropped unused (in inference). Keeping the states
-    to the end of the backward pass, past their last use, raises the peak of a training step
-    by about a tenth; it stays well below PyTorch's at every benchmark point.
+    step. So the buffers that never leave the loop (gates, states) go back here at the end of
+    a backward pass, for the next call of the same shape (the last shape asked for only).
+    Keeping the states to the end of the backward pass, past their last use, raises the peak
+    of a training step by about a tenth; it stays well below PyTorch's at every benchmark point.
+
+    A forward pass alone (inference) gets no buffers back: handing them back when its cache is
+    dropped (a finalizer) made the allocator trim and regrow its heap every step of a whole
+    training loop: 3,500 to 6,400 page faults a step of the language model, 10% to 15% of its
+    time.
     """
 
     def __init__(self):
@@ -205,27 +207,12 @@ class _Spares:
         for a in arrays:
             self.free.setdefault((a.shape, a.dtype), []).append(a)
 
-    def give_when_dropped(self, cache: object, *arrays: np.ndarray) -> weakref.finalize:
-        """Keep ``arrays`` for later once ``cache``, which alone holds them, is dropped; the
-        backward pass that uses the cache detaches this first."""
-        back = weakref.finalize(cache, self._give_if_current, self.key, arrays)
-        back.atexit = False
-        return back
-
-    def _give_if_current(self, key: tuple, arrays: tuple) -> None:
-        if key == self.key:
-            self.give(*arrays)
-
-
-class _LoopCache(dict):
-    """A loop's cache: a dict that can be weakly referenced (a plain one cannot)."""
-
 
 class _ProjectingLoop:
     """``forward_x`` / ``backward_x`` for a row loop: the input projection of all steps, one
     product, goes into a kept buffer (see :class:`_Spares`), which the loop then uses as its
-    gate buffer, and the cache's ``kept`` buffers return to the pool after the backward pass
-    (or when the cache is dropped unused)."""
+    gate buffer, and the cache's ``kept`` buffers return to the pool after the backward
+    pass."""
 
     kept: tuple[str, ...] = ()  # the cache entries that never leave the loop
 
@@ -249,9 +236,6 @@ class _ProjectingLoop:
         if bias is not None:
             xw += bias
         out, final, cache = self.forward(xw, state, p, mask)
-        cache = _LoopCache(cache)
-        kept = [cache[name] for name in self.kept]
-        cache["unused"] = self.spares.give_when_dropped(cache, *kept)
         return out, final, cache
 
     def backward_x(
@@ -265,7 +249,7 @@ class _ProjectingLoop:
     ) -> tuple[np.ndarray, tuple, dict]:
         """Backpropagation through the sequence; returns ``(dx, dstate0, grads)``, the grads of
         every parameter (input side included)."""
-        _, _, (_, kept), _ = cache.pop("unused").detach()
+        kept = [cache[name] for name in self.kept]
         dxw, dstate, grads = self.backward(dout, dstate, cache, p, mask)
         dx, input_grads = input_projection_backward(dxw, x, p)  # all steps in one product
         self.spares.give(*kept)
@@ -690,9 +674,9 @@ class LSTMColumnLoop:
         output = cols.transpose(0, 2, 1).copy()  # (T, N, H), never a view of a kept buffer
         output.flags.writeable = False  # the backward pass reads a<t> from it
         final = (h_all[T].T.copy(), c_all[T].T.copy())
-        cache = _LoopCache(gates=z, c_all=c_all, tanh_c=tanh_c, output=output)
+        cache = {"gates": z, "c_all": c_all, "tanh_c": tanh_c, "output": output}
         cache["h0"] = np.array(state[0])  # (N, H), a copy
-        cache["unused"] = spares.give_when_dropped(cache, z, h_all, c_all, tanh_c)
+        cache["h_all"] = h_all  # unread, given back with the rest after the backward pass
         return output, final, cache
 
     def backward_x(
@@ -707,7 +691,7 @@ class LSTMColumnLoop:
         """Backpropagation through the sequence; returns ``(dx, dstate0, grads)``, the grads of
         every parameter (input side included)."""
         # Taken out of the (single-use) cache; all kept for the next call once used.
-        _, _, (_, (_, h_all, _, _)), _ = cache.pop("unused").detach()
+        h_all = cache.pop("h_all")
         z, c_all, tanh_c = cache.pop("gates"), cache.pop("c_all"), cache.pop("tanh_c")
         T, N, H = dout.shape
         D = x.shape[2]
