@@ -53,10 +53,12 @@ def make_torch(cell: str, H: int, layer):
 
 def rnnkit_steps(layer, x: np.ndarray, dout: np.ndarray):
     def train():
+        layer.train()
         out, _, cache = layer.forward(x)
         layer.backward(dout, cache)
 
-    def infer():
+    def infer():  # evaluation mode, as PyTorch runs under inference_mode: no backward follows
+        layer.eval()
         layer.forward(x)
 
     return train, infer

@@ -4,7 +4,9 @@ The same model (embedding -> recurrent layer -> linear head), batch and sequence
 same contiguous stream of characters (truncated BPTT, state carried), with Adam and global-norm
 clipping, float32. Reports training tokens per second of each and the ratio; writes
 benchmarks/results/train.json. The text is the Python standard library's own source, which is
-on every machine. Run with the OpenBLAS variables unset (see bench_layers.py):
+on every machine. Like the ``rnnkit`` command line, it first makes glibc keep freed memory for
+reuse (rnnkit.allocator; PyTorch's allocations in the same process gain from it too). Run
+with the OpenBLAS variables unset (see bench_layers.py):
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_train.py
 """
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from rnnkit import kernels
+from rnnkit.allocator import keep_freed_memory
 from rnnkit.models import LanguageModel
 from rnnkit.text import Vocabulary
 from rnnkit.train import StreamLMTask, TrainConfig, train
@@ -57,14 +60,18 @@ class Twin(torch.nn.Module):
 
 def main() -> int:
     compiled = f"Numba {kernels.numba.__version__}" if kernels.AVAILABLE else "off"
-    print(f"compiled kernels: {compiled}")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--default-allocator", action="store_true", help="leave glibc's malloc as it is")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     p.add_argument("--cells", default="lstm,gru,rnn")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=100)
     p.add_argument("--steps", type=int, default=40)
     args = p.parse_args()
+    # As `rnnkit train` does; both libraries share this process, and both gain.
+    kept = not args.default_allocator and keep_freed_memory()
+    print(f"compiled kernels: {compiled}; freed memory kept for reuse: {kept}")
     torch.set_num_threads(2)
     text = corpus(args.batch * args.seq_len * (args.steps + 2) + 1)
     vocab = Vocabulary.build([text], "char")
@@ -127,10 +134,16 @@ def main() -> int:
             f"{row['torch_last_loss']:.3f})",
             flush=True,
         )
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(
         json.dumps(
-            {"command": " ".join(sys.argv), "compiled_kernels": compiled, "rows": rows}, indent=1
+            {
+                "command": " ".join(sys.argv),
+                "compiled_kernels": compiled,
+                "freed_memory_kept": kept,
+                "rows": rows,
+            },
+            indent=1,
         )
         + "\n",
         encoding="utf-8",

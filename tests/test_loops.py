@@ -146,12 +146,14 @@ def test_kept_buffers_never_alias_live_ones(step_code, variant, N):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("N", [1, 4])
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_forward_only_buffers_never_alias_outputs(step_code, variant, N, num_layers):
-    """Forward passes alone (inference), their caches dropped at once: outputs and final
-    states handed out before must not change with later calls (no buffer they share is reused),
-    and every call must still match the reference."""
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_only_buffers_never_alias_outputs(step_code, variant, N, num_layers, training):
+    """Forward passes alone (inference), their caches dropped at once (in evaluation mode their
+    buffers then go back to the pool): outputs and final states handed out before must not
+    change with later calls, and every call must still match the reference."""
     rng = np.random.default_rng(0)
     layer = VARIANTS[variant](num_layers=num_layers, rng=1)
+    layer.train(training)
     xs = [rng.normal(size=(7, N, D)).astype(np.float32) for _ in range(4)]
     kept = []
     for x in xs:
@@ -163,3 +165,23 @@ def test_forward_only_buffers_never_alias_outputs(step_code, variant, N, num_lay
         for (a, copy), want in zip(got, (out, *flat(final))):
             np.testing.assert_array_equal(a, copy)
             np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("N", [1, 4])
+def test_backward_in_evaluation_mode(step_code, variant, N):
+    """In evaluation mode a cache gives its buffers back when dropped unused; one used by a
+    backward pass must not, and the gradients must match the reference. Forward passes
+    dropped unused in between exercise the pool."""
+    rng = np.random.default_rng(0)
+    layer = VARIANTS[variant](num_layers=2, rng=1, dtype=np.float64).eval()
+    x = rng.normal(size=(7, N, D))
+    dout = rng.normal(size=(7, N, H))
+    for _ in range(2):
+        layer.forward(x)  # dropped unused: its buffers go back
+        fast = run(layer, "fast", x, None, None, dout, None)
+    ref = run(layer, "reference", x, None, None, dout, None)
+    for a, b in zip([fast[0], fast[2], *flat(fast[3])], [ref[0], ref[2], *flat(ref[3])]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    for name in ref[4]:
+        np.testing.assert_allclose(fast[4][name], ref[4][name], rtol=1e-10, atol=1e-10)

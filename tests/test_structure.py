@@ -10,6 +10,7 @@ SRC = Path(rnnkit.__file__).parent
 # Each module may import only modules listed before it.
 ORDER = [
     "version",
+    "allocator",
     "functional",
     "init",
     "gates",

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import apps
+from .allocator import keep_freed_memory
 from .apps.datasets import DataError
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import StreamBatches
@@ -823,6 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    keep_freed_memory()  # this process is ours: training loops reuse their memory
     # Applications parse their own flags (--help included): hand them everything after the name.
     if argv[:1] == ["gradflow"]:
         return guarded("gradflow", lambda: apps.load("gradflow").main(argv[1:]))

@@ -30,6 +30,8 @@ and reset-before GRUs keep their NumPy steps.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from . import kernels
@@ -184,10 +186,12 @@ class _Spares:
     Keeping the states to the end of the backward pass, past their last use, raises the peak
     of a training step by about a tenth; it stays well below PyTorch's at every benchmark point.
 
-    A forward pass alone (inference) gets no buffers back: handing them back when its cache is
-    dropped (a finalizer) made the allocator trim and regrow its heap every step of a whole
-    training loop: 3,500 to 6,400 page faults a step of the language model, 10% to 15% of its
-    time.
+    A forward pass in evaluation mode (``layer.eval()``, where it is mostly not followed by a
+    backward pass) gets its buffers back when its cache is dropped unused, by a finalizer: a
+    fresh gate buffer made an LSTM forward pass 2x slower (N = 32, H = 128: 7.5 against 3.6
+    ms). Not in training mode: there the finalizers made the allocator trim and regrow its heap
+    every step of a whole training loop (3,500 to 6,400 page faults a step of the language
+    model, 10% to 15% of its time), for nothing, as the backward pass gives the buffers back.
     """
 
     def __init__(self):
@@ -207,6 +211,30 @@ class _Spares:
         for a in arrays:
             self.free.setdefault((a.shape, a.dtype), []).append(a)
 
+    def give_when_dropped(self, cache: dict, *arrays: np.ndarray) -> dict:
+        """``cache``, made one that gives ``arrays`` (which it alone holds) back when it is
+        dropped; a backward pass that uses it calls :func:`_keep_cache` first."""
+        cache = _LoopCache(cache)
+        back = weakref.finalize(cache, self._give_if_current, self.key, arrays)
+        back.atexit = False
+        cache["unused"] = back
+        return cache
+
+    def _give_if_current(self, key: tuple, arrays: tuple) -> None:
+        if key == self.key:
+            self.give(*arrays)
+
+
+class _LoopCache(dict):
+    """A loop's cache: a dict that can be weakly referenced (a plain one cannot)."""
+
+
+def _keep_cache(cache: dict) -> None:
+    """The backward pass is using ``cache``: it gives the buffers back itself."""
+    back = cache.pop("unused", None)
+    if back is not None:
+        back.detach()
+
 
 class _ProjectingLoop:
     """``forward_x`` / ``backward_x`` for a row loop: the input projection of all steps, one
@@ -224,9 +252,15 @@ class _ProjectingLoop:
         return p.b_ih
 
     def forward_x(
-        self, x: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
+        self,
+        x: np.ndarray,
+        state: tuple,
+        p: CellParams,
+        mask: np.ndarray | None,
+        recycle: bool = False,
     ) -> tuple[np.ndarray, tuple, dict]:
-        """The whole sequence forward from the layer input ``x (T, N, D)``."""
+        """The whole sequence forward from the layer input ``x (T, N, D)``; with ``recycle``
+        (evaluation mode) the buffers come back when the cache is dropped unused."""
         T, N, D = x.shape
         G, dt = p.w_ih.shape[0], x.dtype
         self.spares.start((T, N, G, dt))
@@ -236,6 +270,8 @@ class _ProjectingLoop:
         if bias is not None:
             xw += bias
         out, final, cache = self.forward(xw, state, p, mask)
+        if recycle:
+            cache = self.spares.give_when_dropped(cache, *(cache[name] for name in self.kept))
         return out, final, cache
 
     def backward_x(
@@ -249,6 +285,7 @@ class _ProjectingLoop:
     ) -> tuple[np.ndarray, tuple, dict]:
         """Backpropagation through the sequence; returns ``(dx, dstate0, grads)``, the grads of
         every parameter (input side included)."""
+        _keep_cache(cache)
         kept = [cache[name] for name in self.kept]
         dxw, dstate, grads = self.backward(dout, dstate, cache, p, mask)
         dx, input_grads = input_projection_backward(dxw, x, p)  # all steps in one product
@@ -629,9 +666,15 @@ class LSTMColumnLoop:
         return (4 * H, T * N), H, T * N, N
 
     def forward_x(
-        self, x: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
+        self,
+        x: np.ndarray,
+        state: tuple,
+        p: CellParams,
+        mask: np.ndarray | None,
+        recycle: bool = False,
     ) -> tuple[np.ndarray, tuple, dict]:
-        """The whole sequence forward from the layer input ``x (T, N, D)``."""
+        """The whole sequence forward from the layer input ``x (T, N, D)``; with ``recycle``
+        (evaluation mode) the buffers come back when the cache is dropped unused."""
         T, N, D = x.shape
         H = p.w_hh.shape[1]
         dt = x.dtype
@@ -677,6 +720,8 @@ class LSTMColumnLoop:
         cache = {"gates": z, "c_all": c_all, "tanh_c": tanh_c, "output": output}
         cache["h0"] = np.array(state[0])  # (N, H), a copy
         cache["h_all"] = h_all  # unread, given back with the rest after the backward pass
+        if recycle:
+            cache = spares.give_when_dropped(cache, z, h_all, c_all, tanh_c)
         return output, final, cache
 
     def backward_x(
@@ -691,6 +736,7 @@ class LSTMColumnLoop:
         """Backpropagation through the sequence; returns ``(dx, dstate0, grads)``, the grads of
         every parameter (input side included)."""
         # Taken out of the (single-use) cache; all kept for the next call once used.
+        _keep_cache(cache)
         h_all = cache.pop("h_all")
         z, c_all, tanh_c = cache.pop("gates"), cache.pop("c_all"), cache.pop("tanh_c")
         T, N, H = dout.shape

@@ -327,7 +327,7 @@ class RNNBase(Module):
         """One direction of one layer, forward in time. x is (T, N, D)."""
         loop = self._loop(x.shape[1])
         if hasattr(loop, "forward_x"):  # a loop that projects the inputs itself
-            return loop.forward_x(x, state, p, mask)
+            return loop.forward_x(x, state, p, mask, recycle=not self.training)
         xw = input_projection(x, p)  # (T, N, G*H): every step's input projection in one product
         if loop is None:
             return reference_forward(self.kind, xw, state, p, mask)
