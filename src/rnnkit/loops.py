@@ -317,14 +317,14 @@ class RNNLoop(_ProjectingLoop):
         h_all = np.empty((T + 1, N, H), dtype=xw.dtype)  # h_all[t] is a<t-1>, the step's input
         h_all[0] = state[0]
         z = xw  # (T, N, H) pre-activations (b_hh included), then activations
-        w_hh_t = _right_operand(p.w_hh, [], N)
+        sequence = _one_sequence(N, 1, H)
+        w_hh_t = _transposed(p.w_hh, view=False) if sequence else _right_operand(p.w_hh, [], N)
         out = _output_buffer(h_all, mask)
         hw = np.empty((N, H), dtype=xw.dtype)
-        if _one_sequence(N, 1, H):
+        if sequence:
             out_ = np.empty((T, 0, 0), dtype=xw.dtype) if mask is None else out
-            w_t = _transposed(p.w_hh, view=False)
             keep = _sequence_mask(mask, T, xw.dtype)
-            kernels.rnn_sequence_forward(z, w_t, h_all, out_, keep, self.relu)
+            kernels.rnn_sequence_forward(z, w_hh_t, h_all, out_, keep, self.relu)
             return out, (h_all[T].copy(),), {"a": z, "h_all": h_all}
         if kernels.AVAILABLE:
             empty = np.empty((0, 0), dtype=xw.dtype)
@@ -824,7 +824,10 @@ class GRULoop(_ProjectingLoop):
         # the weights); the compiled step halves its own sums.
         halve = [] if self.compiled() else [rz]
         gates = _halved(xw, halve, copy=False)  # (T, N, 3H): Γr, z (= 1 - Γu), c̃
-        w_hh_t = _right_operand(p.w_hh, halve, N)  # (H, 3H)
+        sequence = self.compiled() and _one_sequence(N, 3, H)
+        w_hh_t = (  # (H, 3H)
+            _transposed(p.w_hh, view=False) if sequence else _right_operand(p.w_hh, halve, N)
+        )
         if not self.reset_after:
             w_rz_t = np.ascontiguousarray(w_hh_t[:, rz])
             w_n_t = np.ascontiguousarray(w_hh_t[:, n])
@@ -841,11 +844,11 @@ class GRULoop(_ProjectingLoop):
                 b_x += p.b_ih
                 b_x[rz] += p.b_hh[rz]
                 b_hn += p.b_hh[n]
-            if _one_sequence(N, 3, H):
-                w_t = _transposed(p.w_hh, view=False)
+            if sequence:
                 out_ = np.empty((T, 0, 0), dtype=dt) if mask is None else out
                 keep = _sequence_mask(mask, T, dt)
-                kernels.gru_sequence_forward(gates, w_t, b_x, b_hn, h_all, reset_in, out_, keep)
+                args = (b_x, b_hn, h_all, reset_in, out_, keep)
+                kernels.gru_sequence_forward(gates, w_hh_t, *args)
                 return out, (h_all[T].copy(),), cache
             for t in range(T):
                 np.matmul(h_all[t], w_hh_t, out=hw)
