@@ -141,6 +141,20 @@ def test_embedding_forward_and_repeated_ids_accumulate():
     assert (ids == 3).sum() >= 2
 
 
+@pytest.mark.parametrize("vocab", [40, 5000])  # a one-hot product, and np.add.at beyond
+def test_embedding_gradient_both_ways(vocab):
+    rng = _rng(8)
+    emb = Embedding(vocab, 3, rng=rng, dtype=np.float64)
+    ids = rng.integers(0, 40, size=(30, 20))  # 600 ids, repeats certain
+    dy = rng.standard_normal((30, 20, 3))
+    emb.grads["weight"][:] = 1.0  # accumulates into what is there
+    emb.backward(dy, emb(ids)[1])
+    expected = np.ones((vocab, 3))
+    for idx in np.ndindex(ids.shape):
+        expected[ids[idx]] += dy[idx]
+    np.testing.assert_allclose(emb.grads["weight"], expected, rtol=1e-12, atol=1e-12)
+
+
 def test_embedding_output_is_a_copy():
     emb = Embedding(V, E, rng=0, dtype=np.float64)
     w0 = emb.params["weight"].copy()
