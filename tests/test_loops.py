@@ -32,6 +32,15 @@ def flat(value):
     return list(value) if isinstance(value, tuple) else [value]
 
 
+def assert_same_run(fast, ref, tol=1e-10):
+    """Outputs, input and state gradients, and parameter gradients of two ``run`` results
+    (started from a zero state, so without the final state's gradient) agree."""
+    for a, b in zip([fast[0], fast[2], *flat(fast[3])], [ref[0], ref[2], *flat(ref[3])]):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    for name in ref[4]:
+        np.testing.assert_allclose(fast[4][name], ref[4][name], rtol=tol, atol=tol, err_msg=name)
+
+
 @pytest.fixture(params=["numpy", "compiled"])
 def step_code(request, monkeypatch):
     """Each fast loop twice: with its NumPy step, and with the compiled kernels when Numba is
@@ -92,10 +101,7 @@ def test_fast_loop_from_zero_state(step_code, variant, N):
     dout = rng.normal(size=(7, N, H))
     fast = run(layer, "fast", x, None, None, dout, None)
     ref = run(layer, "reference", x, None, None, dout, None)
-    for a, b in zip([fast[0], fast[2], *flat(fast[3])], [ref[0], ref[2], *flat(ref[3])]):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
-    for name in ref[4]:
-        np.testing.assert_allclose(fast[4][name], ref[4][name], rtol=1e-10, atol=1e-10)
+    assert_same_run(fast, ref)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -181,7 +187,4 @@ def test_backward_in_evaluation_mode(step_code, variant, N):
         layer.forward(x)  # dropped unused: its buffers go back
         fast = run(layer, "fast", x, None, None, dout, None)
     ref = run(layer, "reference", x, None, None, dout, None)
-    for a, b in zip([fast[0], fast[2], *flat(fast[3])], [ref[0], ref[2], *flat(ref[3])]):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
-    for name in ref[4]:
-        np.testing.assert_allclose(fast[4][name], ref[4][name], rtol=1e-10, atol=1e-10)
+    assert_same_run(fast, ref)
