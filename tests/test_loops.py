@@ -41,13 +41,16 @@ def assert_same_run(fast, ref, tol=1e-10):
         np.testing.assert_allclose(fast[4][name], ref[4][name], rtol=tol, atol=tol, err_msg=name)
 
 
-@pytest.fixture(params=["numpy", "compiled"])
+@pytest.fixture(params=["numpy", "compiled", "compiled, own product"])
 def step_code(request, monkeypatch):
-    """Each fast loop twice: with its NumPy step, and with the compiled kernels when Numba is
-    installed (``rnnkit[fast]``)."""
-    if request.param == "compiled" and rnnkit.kernels.numba is None:
+    """Each fast loop with its NumPy step, and with the compiled kernels when Numba is
+    installed (``rnnkit[fast]``): their loops over one sequence with NumPy's BLAS where it is
+    found, and with their own product, as where it is not."""
+    if request.param != "numpy" and rnnkit.kernels.numba is None:
         pytest.skip("Numba is not installed")
-    monkeypatch.setattr(rnnkit.kernels, "AVAILABLE", request.param == "compiled")
+    monkeypatch.setattr(rnnkit.kernels, "AVAILABLE", request.param != "numpy")
+    if request.param == "compiled, own product":
+        monkeypatch.setattr(rnnkit.kernels, "BLAS", False)
     return request.param
 
 

@@ -5,7 +5,8 @@ variable ``RNNKIT_COMPILED=0``, :data:`AVAILABLE` is False and the fast loops ke
 code. Each kernel does, element by element, what the NumPy code of its step in
 :mod:`rnnkit.loops` does with whole arrays (same buffers, same layout), so the loops only swap
 the step body. With one sequence and small weights, the ``*_sequence_*`` kernels run the whole
-time loop, products included, in one call.
+time loop, products included, in one call; their product is NumPy's own BLAS where it is found
+(:data:`BLAS`).
 
 In float32, tanh is a rational approximation (max error 3e-7 against NumPy's) written so that
 the compiler vectorises it; NumPy's own ``np.tanh`` is vectorised, Numba's ``math.tanh`` is
@@ -18,8 +19,10 @@ depends on the element (a mask) runs in a loop of its own.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -284,12 +287,101 @@ def rnn_backward_step(a, d_out, dh, carry, keep, relu):
         _rnn_span_backward(a[i], d_out[i], dh[i], carry[i], keep[i], relu)
 
 
+# ---------------------------------------------------------------- NumPy's own BLAS
+# The sequence loops below call the matrix-vector product (gemv) of the OpenBLAS that NumPy's
+# wheels ship (scipy-openblas64): the library and thread pool of np.matmul, without the Python
+# around each call. Numba's own BLAS would be SciPy's, a second pool fighting the first for the
+# cores. The functions are bound under names of ours, so that Numba's on-disk cache does not
+# hold an address; where the library is not found, those names point at a stub that is never
+# called, and the loops use their own product.
+
+
+def _numpy_openblas() -> ctypes.CDLL | None:
+    """NumPy's OpenBLAS, when NumPy says it is built with scipy-openblas64 and the library is
+    where its wheels keep it; None otherwise."""
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        if blas["name"] != "scipy-openblas" or "USE64BITINT" not in blas["openblas configuration"]:
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    package = Path(np.__file__).parent
+    for folder in (package.parent / "numpy.libs", package / ".dylibs"):
+        for path in sorted(folder.glob("libscipy_openblas64_*")):
+            try:
+                library = ctypes.CDLL(str(path))  # already loaded by NumPy: the same handle
+                library.scipy_cblas_sgemv64_, library.scipy_cblas_dgemv64_  # noqa: B018
+                return library
+            except (OSError, AttributeError):
+                continue
+    return None
+
+
+def _bind_gemv() -> bool:
+    """Binds ``rnnkit_sgemv`` / ``rnnkit_dgemv`` for the compiled code; True if to NumPy's."""
+    library = _numpy_openblas() if AVAILABLE else None
+    for width, c_float in (("s", ctypes.c_float), ("d", ctypes.c_double)):
+        if library is not None:
+            function = getattr(library, f"scipy_cblas_{width}gemv64_")
+        else:
+            i64, ptr = ctypes.c_int64, ctypes.c_void_p
+            signature = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, i64, i64, c_float,
+                                         ptr, i64, ptr, i64, c_float, ptr, i64)  # fmt: skip
+            function = signature(lambda *args: None)
+            _STUBS.append(function)  # kept alive while the process runs
+        address = ctypes.cast(function, ctypes.c_void_p).value
+        llvm.add_symbol(f"rnnkit_{width}gemv", address)
+    return library is not None
+
+
+_STUBS: list = []
+BLAS = False  # whether the sequence loops' product is NumPy's BLAS (see above)
+
+if numba is not None:
+    from llvmlite import binding as llvm
+
+    BLAS = _bind_gemv()
+    _ROW_MAJOR, _NO_TRANS = 101, 111  # CBLAS's enums
+    _INTS = [types.intc, types.intc, types.int64, types.int64]
+
+    def _gemv_function(name, real):
+        pointer, i64 = types.voidptr, types.int64
+        return types.ExternalFunction(
+            name, types.void(*_INTS, real, pointer, i64, pointer, i64, real, pointer, i64)
+        )
+
+    _sgemv = _gemv_function("rnnkit_sgemv", types.float32)
+    _dgemv = _gemv_function("rnnkit_dgemv", types.float64)
+
+
+def _mat_vec(w, v, out):
+    """``out = w @ v`` by NumPy's BLAS, inside the kernels (dispatches on the width below)."""
+    return np.dot(w, v, out)
+
+
+if numba is not None:
+
+    @overload(_mat_vec)
+    def _mat_vec_by_width(w, v, out):
+        single = w.dtype.bitwidth == 32
+        gemv, one, zero = (_sgemv, ONE, np.float32(0)) if single else (_dgemv, 1.0, 0.0)
+
+        def call(w, v, out):
+            rows, cols = w.shape
+            lda, inc_v, inc_out = w.strides[0], v.strides[0], out.strides[0]  # in bytes
+            size = w.itemsize
+            gemv(_ROW_MAJOR, _NO_TRANS, rows, cols, one, w.ctypes, lda // size, v.ctypes,
+                 inc_v // size, zero, out.ctypes, inc_out // size)  # fmt: skip
+
+        return call
+
+
 # ---------------------------------------------------------------- one sequence, all steps
 # With one sequence a step is a vector-matrix product and a few hundred values of gate
-# arithmetic, ~2 us of work; the Python around them (a product call, a kernel call) costs as
-# much again. These run the whole time loop compiled, calling the step kernels above. Their
-# product is written here: for the small weights they are used with (up to 1 MiB), it is as fast
-# as NumPy's BLAS call, without the call.
+# arithmetic; at H = 128, ~2 us of work, and the Python around them (a product call, a kernel
+# call) cost as much again. These run the whole time loop compiled, calling the step kernels
+# above. Their product is NumPy's BLAS (``blas``), or else one written here, as fast as BLAS's
+# for weights up to 1 MiB.
 
 
 @_jit
@@ -305,72 +397,85 @@ def _vec_mat(v, m, out):
 
 
 @_jit
-def rnn_sequence_forward(z, w_t, h_all, out, keep, relu):
+def _product(w, v, out, blas):
+    """``out = W v``, the step's product: ``w`` is W for NumPy's BLAS (``blas``), else W^T for
+    :func:`_vec_mat`; each is the faster layout for its product."""
+    if blas:
+        _mat_vec(w, v, out)
+    else:
+        _vec_mat(v, w, out)
+
+
+@_jit
+def rnn_sequence_forward(z, w, h_all, out, keep, relu, blas):
     """All steps of :class:`rnnkit.loops.RNNLoop` for one sequence: :func:`rnn_forward_step`
-    after ``a<t-1> @ W_aa^T`` for each t. ``z, out (T, 1, H)``, ``h_all (T+1, 1, H)``, ``keep
-    (T, 1)``; ``w_t = W_aa^T``; without a mask ``out`` is ``(T, 0, 0)`` and ``keep (T, 0)``."""
+    after ``W_aa a<t-1>`` for each t. ``z, out (T, 1, H)``, ``h_all (T+1, 1, H)``, ``keep
+    (T, 1)``; without a mask ``out`` is ``(T, 0, 0)`` and ``keep (T, 0)``. ``w`` is W_aa with
+    NumPy's BLAS (``blas``), else W_aa^T (see :func:`_product`); in the backward loops, the
+    transpose of that."""
     hw = np.empty_like(h_all[0])
     for t in range(z.shape[0]):
-        _vec_mat(h_all[t, 0], w_t, hw[0])
+        _product(w, h_all[t, 0], hw[0], blas)
         rnn_forward_step(z[t], hw, h_all[t], h_all[t + 1], out[t], keep[t], relu)
 
 
 @_jit
-def rnn_sequence_backward(a, dout, w, dh, keep, relu):
+def rnn_sequence_backward(a, dout, w, dh, keep, relu, blas):
     """All steps backward of :func:`rnn_sequence_forward`; ``dh (1, H)`` takes da<0>."""
     carry = np.empty_like(dh)
     for t in range(a.shape[0] - 1, -1, -1):
         rnn_backward_step(a[t], dout[t], dh, carry, keep[t], relu)
-        _vec_mat(a[t, 0], w, dh[0])  # da<t-1> = dz W_aa
+        _product(w, a[t, 0], dh[0], blas)  # da<t-1> = W_aa^T dz
         if keep.shape[1] > 0:
             dh += carry
 
 
 @_jit
-def gru_sequence_forward(gates, w_t, b_x, b_hn, h_all, reset_in, out, keep):
-    """All steps of :func:`gru_forward_step` for one sequence (shapes as for
-    :func:`rnn_sequence_forward`; ``w_t = W_hh^T (H, 3H)``)."""
+def gru_sequence_forward(gates, w, b_x, b_hn, h_all, reset_in, out, keep, blas):
+    """All steps of :func:`gru_forward_step` for one sequence (shapes, ``w`` and ``blas`` as
+    for :func:`rnn_sequence_forward`, with W_hh)."""
     hw = np.empty_like(gates[0])
     for t in range(gates.shape[0]):
-        _vec_mat(h_all[t, 0], w_t, hw[0])
+        _product(w, h_all[t, 0], hw[0], blas)
         gru_forward_step(gates[t], hw, b_x, b_hn, h_all[t], h_all[t + 1], reset_in[t], out[t],
                          keep[t])  # fmt: skip
 
 
 @_jit
-def gru_sequence_backward(gates, h_all, reset_in, dout, dh, dhn, w, keep):
+def gru_sequence_backward(gates, h_all, reset_in, dout, dh, dhn, w, keep, blas):
     """All steps backward of :func:`gru_sequence_forward`; ``dh (1, H)`` takes da<0>, ``dhn
     (T, 1, H)`` the n block of each step's hidden-side gradient."""
     dh_direct, d_hidden = np.empty_like(dh), np.empty_like(gates[0])
     for t in range(gates.shape[0] - 1, -1, -1):
         gru_backward_step(gates[t], h_all[t], reset_in[t], dout[t], dh, d_hidden, dhn[t],
                           dh_direct, keep[t])  # fmt: skip
-        _vec_mat(d_hidden[0], w, dh[0])  # da<t-1> through the hidden side
+        _product(w, d_hidden[0], dh[0], blas)  # da<t-1> through the hidden side
         dh += dh_direct
 
 
 @_jit
-def lstm_sequence_forward(w_t, z, c_all, h_all, tanh_c_all, out_all, peep, bias, keep_all):
+def lstm_sequence_forward(w, z, c_all, h_all, tanh_c_all, out_all, peep, bias, keep_all, blas):
     """All steps of :func:`lstm_forward_step` for one sequence, its gates ``(T, 4H)`` raveled
-    in ``z``; ``w_t = W_aa^T (H, 4H)``; the other arguments as there."""
+    in ``z``; ``w`` and ``blas`` as for :func:`rnn_sequence_forward`, with W_aa (4H, H); the
+    other arguments as there."""
     HN = c_all.shape[1]
     zt = np.empty(4 * HN, dtype=z.dtype)
     for t in range(tanh_c_all.shape[0]):
-        _vec_mat(h_all[t], w_t, zt)
+        _product(w, h_all[t], zt, blas)
         lstm_forward_step(zt, z, 1, t * 4 * HN, HN, c_all, h_all, tanh_c_all, out_all, peep,
                           bias, keep_all, t)  # fmt: skip
 
 
 @_jit
-def lstm_sequence_backward(w, z, c_all, tanh_c_all, dout, dh, dc, carry, peep, keep_all):
+def lstm_sequence_backward(w, z, c_all, tanh_c_all, dout, dh, dc, carry, peep, keep_all, blas):
     """All steps backward of :func:`lstm_sequence_forward`: ``dout (T, H)``, ``dh, dc (H,)``
-    take da<0>, dc<0>; ``w = W_aa (4H, H)``; the other arguments as in
+    take da<0>, dc<0>; ``w``: W_aa^T with ``blas``, else W_aa; the other arguments as in
     :func:`lstm_backward_step`."""
     HN = c_all.shape[1]
     for t in range(tanh_c_all.shape[0] - 1, -1, -1):
         dh += dout[t]  # da<t>
         lstm_backward_step(z, 1, t * 4 * HN, HN, c_all, tanh_c_all, dh, dc, carry, peep,
                            keep_all, t)  # fmt: skip
-        _vec_mat(z[t * 4 * HN : (t + 1) * 4 * HN], w, dh)  # da<t-1> = W_aa^T dz
+        _product(w, z[t * 4 * HN : (t + 1) * 4 * HN], dh, blas)  # da<t-1> = W_aa^T dz
         if carry.shape[1] > 0:
             dh += carry[0]

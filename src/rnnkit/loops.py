@@ -151,9 +151,18 @@ def _carry(new: np.ndarray, old: np.ndarray, keep_new: np.ndarray) -> np.ndarray
 
 def _one_sequence(N: int, G: int, H: int) -> bool:
     """Whether the compiled loop over all steps of one sequence runs (``*_sequence_*`` in
-    :mod:`rnnkit.kernels`): one sequence, and recurrent weights of up to 1 MiB in float32, for
-    which its own vector-matrix product is as fast as BLAS's (beyond, BLAS is faster)."""
-    return kernels.AVAILABLE and N == 1 and G * H * H <= 2**18
+    :mod:`rnnkit.kernels`): one sequence, and its product NumPy's BLAS or, where that is not
+    found, recurrent weights of up to 1 MiB in float32, for which the kernels' own product is
+    as fast (beyond, BLAS's two threads are faster)."""
+    return kernels.AVAILABLE and N == 1 and (kernels.BLAS or G * H * H <= 2**18)
+
+
+def _sequence_weights(w_hh: np.ndarray, backward: bool) -> np.ndarray:
+    """``W_hh`` as the compiled sequence loops take it: with NumPy's BLAS, the matrix of their
+    product (W_hh forward, W_hh^T backward), else its transpose (see ``kernels._product``)."""
+    if backward == kernels.BLAS:
+        return _transposed(w_hh, view=False)
+    return np.ascontiguousarray(w_hh)
 
 
 def _sequence_mask(mask: np.ndarray | None, T: int, dt: np.dtype) -> np.ndarray:
@@ -317,15 +326,15 @@ class RNNLoop(_ProjectingLoop):
         h_all = np.empty((T + 1, N, H), dtype=xw.dtype)  # h_all[t] is a<t-1>, the step's input
         h_all[0] = state[0]
         z = xw  # (T, N, H) pre-activations (b_hh included), then activations
-        sequence = _one_sequence(N, 1, H)
-        w_hh_t = _transposed(p.w_hh, view=False) if sequence else _right_operand(p.w_hh, [], N)
         out = _output_buffer(h_all, mask)
-        hw = np.empty((N, H), dtype=xw.dtype)
-        if sequence:
+        if _one_sequence(N, 1, H):
             out_ = np.empty((T, 0, 0), dtype=xw.dtype) if mask is None else out
             keep = _sequence_mask(mask, T, xw.dtype)
-            kernels.rnn_sequence_forward(z, w_hh_t, h_all, out_, keep, self.relu)
+            w = _sequence_weights(p.w_hh, backward=False)
+            kernels.rnn_sequence_forward(z, w, h_all, out_, keep, self.relu, kernels.BLAS)
             return out, (h_all[T].copy(),), {"a": z, "h_all": h_all}
+        w_hh_t = _right_operand(p.w_hh, [], N)
+        hw = np.empty((N, H), dtype=xw.dtype)
         if kernels.AVAILABLE:
             empty = np.empty((0, 0), dtype=xw.dtype)
             for t in range(T):
@@ -365,7 +374,8 @@ class RNNLoop(_ProjectingLoop):
         if _one_sequence(N, 1, H):
             keep = _sequence_mask(mask, T, dh.dtype)
             dout = np.ascontiguousarray(dout)
-            kernels.rnn_sequence_backward(dz, dout, p.w_hh, dh, keep, self.relu)
+            w = _sequence_weights(p.w_hh, backward=True)
+            kernels.rnn_sequence_backward(dz, dout, w, dh, keep, self.relu, kernels.BLAS)
             return dz, (dh,), _recurrent_weight_grads(dz, h_all[:T], p.b_hh is not None)
         if kernels.AVAILABLE:
             dout, carry = np.ascontiguousarray(dout), np.empty_like(dh)
@@ -706,7 +716,8 @@ class LSTMColumnLoop:
         z_ = z.reshape(-1)
         states = (c_, h_, tanh_c_, out_, peep, bias, keep_)
         if _one_sequence(N, 4, H):
-            kernels.lstm_sequence_forward(_transposed(p.w_hh, view=False), z_, *states)
+            w = _sequence_weights(p.w_hh, backward=False)
+            kernels.lstm_sequence_forward(w, z_, *states, kernels.BLAS)
         else:
             zt = np.empty((4 * H, N), dtype=dt)
             zt_ = zt.reshape(-1)
@@ -758,7 +769,8 @@ class LSTMColumnLoop:
         if _one_sequence(N, 4, H):
             dout_ = np.ascontiguousarray(dout).reshape(T, H)
             grads_in = (c_, tanh_c_, dout_, dh_, dc_, carry, peep, keep_)
-            kernels.lstm_sequence_backward(p.w_hh, z_, *grads_in)
+            w = _sequence_weights(p.w_hh, backward=True)
+            kernels.lstm_sequence_backward(w, z_, *grads_in, kernels.BLAS)
         else:
             # (H, 4H). With one state the view is as fast at H = 128, but at H = 512 a copy
             # makes W_aa^T dz 1.4x faster (24 against 33 us), which repays it within 50 steps.
@@ -825,9 +837,10 @@ class GRULoop(_ProjectingLoop):
         halve = [] if self.compiled() else [rz]
         gates = _halved(xw, halve, copy=False)  # (T, N, 3H): Γr, z (= 1 - Γu), c̃
         sequence = self.compiled() and _one_sequence(N, 3, H)
-        w_hh_t = (  # (H, 3H)
-            _transposed(p.w_hh, view=False) if sequence else _right_operand(p.w_hh, halve, N)
-        )
+        if sequence:
+            w_hh_t = _sequence_weights(p.w_hh, backward=False)
+        else:
+            w_hh_t = _right_operand(p.w_hh, halve, N)  # (H, 3H)
         if not self.reset_after:
             w_rz_t = np.ascontiguousarray(w_hh_t[:, rz])
             w_n_t = np.ascontiguousarray(w_hh_t[:, n])
@@ -848,7 +861,7 @@ class GRULoop(_ProjectingLoop):
                 out_ = np.empty((T, 0, 0), dtype=dt) if mask is None else out
                 keep = _sequence_mask(mask, T, dt)
                 args = (b_x, b_hn, h_all, reset_in, out_, keep)
-                kernels.gru_sequence_forward(gates, w_hh_t, *args)
+                kernels.gru_sequence_forward(gates, w_hh_t, *args, kernels.BLAS)
                 return out, (h_all[T].copy(),), cache
             for t in range(T):
                 np.matmul(h_all[t], w_hh_t, out=hw)
@@ -917,9 +930,9 @@ class GRULoop(_ProjectingLoop):
             dh, dh_direct = dstate[0].copy(), np.empty((N, H), dtype=dt)
             if _one_sequence(N, 3, H):
                 keep = _sequence_mask(mask, T, dt)
-                kernels.gru_sequence_backward(
-                    gates, h_all, reset_in, dout, dh, dhn_all, p.w_hh, keep
-                )
+                w = _sequence_weights(p.w_hh, backward=True)
+                steps = (gates, h_all, reset_in, dout, dh, dhn_all, w, keep, kernels.BLAS)
+                kernels.gru_sequence_backward(*steps)
             else:
                 no_mask = np.empty(0, dtype=dt)
                 for t in reversed(range(T)):
