@@ -1,4 +1,5 @@
-"""The optional compiled kernels: their tanh, NaN propagation, and the switch back to NumPy.
+"""The optional compiled kernels: their tanh, NaN propagation, NumPy's BLAS inside them, and
+the switch back to NumPy.
 
 That they compute what the NumPy steps compute is held by ``tests/test_loops.py``, which runs
 every fast loop with and without them.
@@ -14,6 +15,7 @@ import rnnkit
 from rnnkit import kernels
 
 needs_numba = pytest.mark.skipif(kernels.numba is None, reason="Numba is not installed")
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 
 
 @needs_numba
@@ -97,3 +99,52 @@ def test_without_a_writable_cache_the_kernels_still_compile():
         "print(kernels.AVAILABLE, np.isfinite(out).all())"
     )
     assert run_python(code, RNNKIT_COMPILED="1") == "True True"
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_blas_products_inside_the_kernels(dtype):
+    """The products the compiled loops call (NumPy's own BLAS when found), on the operands they
+    get: a matrix times a vector, and a matrix times a block of columns of a wider matrix."""
+    if not kernels.BLAS:
+        pytest.skip("NumPy's OpenBLAS was not found; the loops use their own product")
+
+    @kernels.numba.njit
+    def products(w, v, wide, out_v, out_m):
+        kernels._mat_vec(w, v, out_v)
+        kernels._mat_mat(w, wide[:, 3:5], out_m)  # columns 3 and 4: rows 7 apart
+
+    rng = np.random.default_rng(0)
+    w, v, wide = rng.normal(size=(6, 4)), rng.normal(size=4), rng.normal(size=(4, 7))
+    w, v, wide = w.astype(dtype), v.astype(dtype), wide.astype(dtype)
+    out_v, out_m = np.empty(6, dtype=dtype), np.empty((6, 2), dtype=dtype)
+    products(w, v, wide, out_v, out_m)
+    tol = TOLERANCE[dtype]
+    np.testing.assert_allclose(out_v, w @ v, rtol=tol, atol=tol)
+    np.testing.assert_allclose(out_m, w @ wide[:, 3:5], rtol=tol, atol=tol)
+
+
+@needs_numba
+def test_without_numpys_blas_the_compiled_loops_use_their_own():
+    """Where NumPy's OpenBLAS is not found (another build of NumPy), BLAS is off, its names
+    point at stubs, and every loop still runs and matches the reference."""
+    code = (
+        "import numpy as np\n"
+        "np.show_config = lambda mode=None: {}\n"  # as a NumPy built against another BLAS
+        "import rnnkit\n"
+        "from rnnkit import kernels\n"
+        "worst = 0.0\n"
+        "for cls in (rnnkit.RNN, rnnkit.GRU, rnnkit.LSTM):\n"
+        "    for N in (1, 3):\n"
+        "        layer = cls(3, 4, rng=0, dtype=np.float64)\n"
+        "        x = np.random.default_rng(0).normal(size=(5, N, 3))\n"
+        "        runs = []\n"
+        "        for backend in ('fast', 'reference'):\n"
+        "            layer.backend = backend\n"
+        "            out, _, cache = layer.forward(x)\n"
+        "            dx, _ = layer.backward(np.ones_like(out), cache)\n"
+        "            runs.append((out, dx))\n"
+        "        worst = max(worst, *(abs(a - b).max() for a, b in zip(*runs)))\n"
+        "print(kernels.AVAILABLE, kernels.BLAS, worst < 1e-10)"
+    )
+    assert run_python(code, RNNKIT_COMPILED="1") == "True False True"

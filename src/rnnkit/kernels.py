@@ -288,12 +288,12 @@ def rnn_backward_step(a, d_out, dh, carry, keep, relu):
 
 
 # ---------------------------------------------------------------- NumPy's own BLAS
-# The sequence loops below call the matrix-vector product (gemv) of the OpenBLAS that NumPy's
+# The loops over all steps below call the products (gemv, gemm) of the OpenBLAS that NumPy's
 # wheels ship (scipy-openblas64): the library and thread pool of np.matmul, without the Python
 # around each call. Numba's own BLAS would be SciPy's, a second pool fighting the first for the
 # cores. The functions are bound under names of ours, so that Numba's on-disk cache does not
-# hold an address; where the library is not found, those names point at a stub that is never
-# called, and the loops use their own product.
+# hold an address; where the library is not found, those names point at stubs that are never
+# called (BLAS is False).
 
 
 def _numpy_openblas() -> ctypes.CDLL | None:
@@ -310,78 +310,119 @@ def _numpy_openblas() -> ctypes.CDLL | None:
         for path in sorted(folder.glob("libscipy_openblas64_*")):
             try:
                 library = ctypes.CDLL(str(path))  # already loaded by NumPy: the same handle
-                library.scipy_cblas_sgemv64_, library.scipy_cblas_dgemv64_  # noqa: B018
+                for name in _CBLAS:
+                    getattr(library, f"scipy_cblas_{name}64_")
                 return library
             except (OSError, AttributeError):
                 continue
     return None
 
 
-def _bind_gemv() -> bool:
-    """Binds ``rnnkit_sgemv`` / ``rnnkit_dgemv`` for the compiled code; True if to NumPy's."""
+def _cblas_signature(name: str) -> list:
+    """The C argument types of a CBLAS function: enums, sizes, then scalars and pointers."""
+    real = ctypes.c_float if name[0] == "s" else ctypes.c_double
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    if name.endswith("gemv"):  # order, trans, M, N, alpha, A, lda, x, incx, beta, y, incy
+        return [ctypes.c_int] * 2 + [i64] * 2 + [real, ptr, i64, ptr, i64, real, ptr, i64]
+    # gemm: order, trans A, trans B, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
+    return [ctypes.c_int] * 3 + [i64] * 3 + [real, ptr, i64, ptr, i64, real, ptr, i64]
+
+
+def _bind_cblas() -> bool:
+    """Binds ``rnnkit_sgemv`` and the others for the compiled code; True if to NumPy's."""
     library = _numpy_openblas() if AVAILABLE else None
-    for width, c_float in (("s", ctypes.c_float), ("d", ctypes.c_double)):
+    for name in _CBLAS:
         if library is not None:
-            function = getattr(library, f"scipy_cblas_{width}gemv64_")
+            function = getattr(library, f"scipy_cblas_{name}64_")
         else:
-            i64, ptr = ctypes.c_int64, ctypes.c_void_p
-            signature = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, i64, i64, c_float,
-                                         ptr, i64, ptr, i64, c_float, ptr, i64)  # fmt: skip
-            function = signature(lambda *args: None)
+            function = ctypes.CFUNCTYPE(None, *_cblas_signature(name))(lambda *args: None)
             _STUBS.append(function)  # kept alive while the process runs
-        address = ctypes.cast(function, ctypes.c_void_p).value
-        llvm.add_symbol(f"rnnkit_{width}gemv", address)
+        llvm.add_symbol(f"rnnkit_{name}", ctypes.cast(function, ctypes.c_void_p).value)
     return library is not None
 
 
+_CBLAS = ("sgemv", "dgemv", "sgemm", "dgemm")
 _STUBS: list = []
-BLAS = False  # whether the sequence loops' product is NumPy's BLAS (see above)
+BLAS = False  # whether the loops over all steps may use NumPy's BLAS (see above)
 
 if numba is not None:
     from llvmlite import binding as llvm
 
-    BLAS = _bind_gemv()
+    BLAS = _bind_cblas()
     _ROW_MAJOR, _NO_TRANS = 101, 111  # CBLAS's enums
-    _INTS = [types.intc, types.intc, types.int64, types.int64]
-
-    def _gemv_function(name, real):
-        pointer, i64 = types.voidptr, types.int64
-        return types.ExternalFunction(
-            name, types.void(*_INTS, real, pointer, i64, pointer, i64, real, pointer, i64)
+    _NUMBA_TYPES = {
+        ctypes.c_int: types.intc,
+        ctypes.c_int64: types.int64,
+        ctypes.c_float: types.float32,
+        ctypes.c_double: types.float64,
+        ctypes.c_void_p: types.voidptr,
+    }
+    _sgemv, _dgemv, _sgemm, _dgemm = (
+        types.ExternalFunction(
+            f"rnnkit_{name}", types.void(*(_NUMBA_TYPES[c] for c in _cblas_signature(name)))
         )
-
-    _sgemv = _gemv_function("rnnkit_sgemv", types.float32)
-    _dgemv = _gemv_function("rnnkit_dgemv", types.float64)
+        for name in _CBLAS
+    )
 
 
 def _mat_vec(w, v, out):
     """``out = w @ v`` by NumPy's BLAS, inside the kernels (dispatches on the width below)."""
-    return np.dot(w, v, out)
+    return np.matmul(w, v, out=out)
+
+
+def _mat_mat(a, b, out):
+    """``out = a @ b`` by NumPy's BLAS, inside the kernels; rows may be apart (views of
+    columns), elements of a row must be adjacent."""
+    return np.matmul(a, b, out=out)
 
 
 if numba is not None:
 
+    def _scalars(array_type):
+        if array_type.dtype.bitwidth == 32:
+            return np.float32(1), np.float32(0)
+        return 1.0, 0.0
+
     @overload(_mat_vec)
     def _mat_vec_by_width(w, v, out):
-        single = w.dtype.bitwidth == 32
-        gemv, one, zero = (_sgemv, ONE, np.float32(0)) if single else (_dgemv, 1.0, 0.0)
+        gemv = _sgemv if w.dtype.bitwidth == 32 else _dgemv
+        one, zero = _scalars(w)
 
         def call(w, v, out):
             rows, cols = w.shape
-            lda, inc_v, inc_out = w.strides[0], v.strides[0], out.strides[0]  # in bytes
-            size = w.itemsize
-            gemv(_ROW_MAJOR, _NO_TRANS, rows, cols, one, w.ctypes, lda // size, v.ctypes,
-                 inc_v // size, zero, out.ctypes, inc_out // size)  # fmt: skip
+            size = w.itemsize  # strides are in bytes, BLAS counts elements
+            ld_w, inc_v, inc_o = w.strides[0] // size, v.strides[0] // size, out.strides[0] // size
+            gemv(_ROW_MAJOR, _NO_TRANS, rows, cols, one, w.ctypes, ld_w, v.ctypes, inc_v, zero,
+                 out.ctypes, inc_o)  # fmt: skip
+
+        return call
+
+    @overload(_mat_mat)
+    def _mat_mat_by_width(a, b, out):
+        gemm = _sgemm if a.dtype.bitwidth == 32 else _dgemm
+        one, zero = _scalars(a)
+
+        def call(a, b, out):
+            rows, inner = a.shape
+            cols, size = b.shape[1], a.itemsize
+            ld_a, ld_b, ld_o = a.strides[0] // size, b.strides[0] // size, out.strides[0] // size
+            gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, rows, cols, inner, one, a.ctypes, ld_a,
+                 b.ctypes, ld_b, zero, out.ctypes, ld_o)  # fmt: skip
 
         return call
 
 
-# ---------------------------------------------------------------- one sequence, all steps
-# With one sequence a step is a vector-matrix product and a few hundred values of gate
-# arithmetic; at H = 128, ~2 us of work, and the Python around them (a product call, a kernel
-# call) cost as much again. These run the whole time loop compiled, calling the step kernels
-# above. Their product is NumPy's BLAS (``blas``), or else one written here, as fast as BLAS's
-# for weights up to 1 MiB.
+# ---------------------------------------------------------------- all steps in one call
+# A step is a product and the gate arithmetic; with one sequence at H = 128 that is ~2 us of
+# work, and the Python around them (a product call, a kernel call, slicing) cost as much again,
+# a few us a step at any size. These run the whole time loop compiled, calling the step kernels
+# above, with NumPy's BLAS for the products (``blas``). Without it they run for one sequence
+# only, with a product of their own, as fast as BLAS's for weights up to 1 MiB.
+#
+# Each product multiplies the states by a matrix P (W_aa forward, W_aa^T backward); ``w`` is P
+# or P^T, whichever is the faster operand of that product: P for BLAS's vector product (one
+# sequence) and for columns of states (the LSTM), P^T for rows of states (the RNN and the GRU,
+# ``a<t-1> @ P^T``) and for the own product (``_vec_mat``).
 
 
 @_jit
@@ -397,9 +438,8 @@ def _vec_mat(v, m, out):
 
 
 @_jit
-def _product(w, v, out, blas):
-    """``out = W v``, the step's product: ``w`` is W for NumPy's BLAS (``blas``), else W^T for
-    :func:`_vec_mat`; each is the faster layout for its product."""
+def _vector_product(w, v, out, blas):
+    """``out = P v`` for one sequence: ``w`` is P with ``blas``, else P^T."""
     if blas:
         _mat_vec(w, v, out)
     else:
@@ -407,75 +447,98 @@ def _product(w, v, out, blas):
 
 
 @_jit
+def _row_product(w, h, out, blas):
+    """``out = h P^T`` for the rows of ``h (N, K)``: ``w`` is P for one row with ``blas``,
+    else P^T."""
+    if blas and h.shape[0] > 1:
+        _mat_mat(h, w, out)
+    else:
+        for i in range(h.shape[0]):
+            _vector_product(w, h[i], out[i], blas)
+
+
+@_jit
 def rnn_sequence_forward(z, w, h_all, out, keep, relu, blas):
-    """All steps of :class:`rnnkit.loops.RNNLoop` for one sequence: :func:`rnn_forward_step`
-    after ``W_aa a<t-1>`` for each t. ``z, out (T, 1, H)``, ``h_all (T+1, 1, H)``, ``keep
-    (T, 1)``; without a mask ``out`` is ``(T, 0, 0)`` and ``keep (T, 0)``. ``w`` is W_aa with
-    NumPy's BLAS (``blas``), else W_aa^T (see :func:`_product`); in the backward loops, the
-    transpose of that."""
+    """All steps of :class:`rnnkit.loops.RNNLoop`: :func:`rnn_forward_step` after the product
+    for each t. ``z, out (T, N, H)``, ``h_all (T+1, N, H)``, ``keep (T, N)``; without a mask
+    ``out`` is ``(T, 0, 0)`` and ``keep (T, 0)``; ``w`` as above."""
     hw = np.empty_like(h_all[0])
     for t in range(z.shape[0]):
-        _product(w, h_all[t, 0], hw[0], blas)
+        _row_product(w, h_all[t], hw, blas)  # W_aa a<t-1>
         rnn_forward_step(z[t], hw, h_all[t], h_all[t + 1], out[t], keep[t], relu)
 
 
 @_jit
 def rnn_sequence_backward(a, dout, w, dh, keep, relu, blas):
-    """All steps backward of :func:`rnn_sequence_forward`; ``dh (1, H)`` takes da<0>."""
+    """All steps backward of :func:`rnn_sequence_forward`; ``dh (N, H)`` takes da<0>."""
     carry = np.empty_like(dh)
     for t in range(a.shape[0] - 1, -1, -1):
         rnn_backward_step(a[t], dout[t], dh, carry, keep[t], relu)
-        _product(w, a[t, 0], dh[0], blas)  # da<t-1> = W_aa^T dz
+        _row_product(w, a[t], dh, blas)  # da<t-1> = W_aa^T dz
         if keep.shape[1] > 0:
             dh += carry
 
 
 @_jit
 def gru_sequence_forward(gates, w, b_x, b_hn, h_all, reset_in, out, keep, blas):
-    """All steps of :func:`gru_forward_step` for one sequence (shapes, ``w`` and ``blas`` as
-    for :func:`rnn_sequence_forward`, with W_hh)."""
+    """All steps of :func:`gru_forward_step` (shapes and ``w`` as for
+    :func:`rnn_sequence_forward`, with W_hh)."""
     hw = np.empty_like(gates[0])
     for t in range(gates.shape[0]):
-        _product(w, h_all[t, 0], hw[0], blas)
+        _row_product(w, h_all[t], hw, blas)
         gru_forward_step(gates[t], hw, b_x, b_hn, h_all[t], h_all[t + 1], reset_in[t], out[t],
                          keep[t])  # fmt: skip
 
 
 @_jit
 def gru_sequence_backward(gates, h_all, reset_in, dout, dh, dhn, w, keep, blas):
-    """All steps backward of :func:`gru_sequence_forward`; ``dh (1, H)`` takes da<0>, ``dhn
-    (T, 1, H)`` the n block of each step's hidden-side gradient."""
+    """All steps backward of :func:`gru_sequence_forward`; ``dh (N, H)`` takes da<0>, ``dhn
+    (T, N, H)`` the n block of each step's hidden-side gradient."""
     dh_direct, d_hidden = np.empty_like(dh), np.empty_like(gates[0])
     for t in range(gates.shape[0] - 1, -1, -1):
         gru_backward_step(gates[t], h_all[t], reset_in[t], dout[t], dh, d_hidden, dhn[t],
                           dh_direct, keep[t])  # fmt: skip
-        _product(w, d_hidden[0], dh[0], blas)  # da<t-1> through the hidden side
+        _row_product(w, d_hidden, dh, blas)  # da<t-1> through the hidden side
         dh += dh_direct
 
 
 @_jit
-def lstm_sequence_forward(w, z, c_all, h_all, tanh_c_all, out_all, peep, bias, keep_all, blas):
-    """All steps of :func:`lstm_forward_step` for one sequence, its gates ``(T, 4H)`` raveled
-    in ``z``; ``w`` and ``blas`` as for :func:`rnn_sequence_forward`, with W_aa (4H, H); the
-    other arguments as there."""
-    HN = c_all.shape[1]
-    zt = np.empty(4 * HN, dtype=z.dtype)
+def lstm_sequence_forward(w, N, z, rows, stride, step, c_all, h_all, tanh_c_all, out_all, peep,
+                          bias, keep_all, blas):  # fmt: skip
+    """All steps of :func:`lstm_forward_step` for ``N`` sequences (its arguments; step t's
+    gates start at ``t * step`` in ``z``), after the product ``W_aa a<t-1>`` for each t (``w``
+    as above)."""
+    if N > 1 and not blas:
+        raise ValueError("the compiled loop over several sequences needs NumPy's BLAS")
+    H = c_all.shape[1] // N
+    zt = np.empty(4 * H * N, dtype=z.dtype)
     for t in range(tanh_c_all.shape[0]):
-        _product(w, h_all[t], zt, blas)
-        lstm_forward_step(zt, z, 1, t * 4 * HN, HN, c_all, h_all, tanh_c_all, out_all, peep,
+        if N == 1:
+            _vector_product(w, h_all[t], zt, blas)
+        else:
+            _mat_mat(w, h_all[t].reshape(H, N), zt.reshape(4 * H, N))
+        lstm_forward_step(zt, z, rows, t * step, stride, c_all, h_all, tanh_c_all, out_all, peep,
                           bias, keep_all, t)  # fmt: skip
 
 
 @_jit
-def lstm_sequence_backward(w, z, c_all, tanh_c_all, dout, dh, dc, carry, peep, keep_all, blas):
-    """All steps backward of :func:`lstm_sequence_forward`: ``dout (T, H)``, ``dh, dc (H,)``
-    take da<0>, dc<0>; ``w``: W_aa^T with ``blas``, else W_aa; the other arguments as in
-    :func:`lstm_backward_step`."""
-    HN = c_all.shape[1]
+def lstm_sequence_backward(w, N, z, rows, stride, step, c_all, tanh_c_all, dout, dh, dc, carry,
+                           peep, keep_all, blas):  # fmt: skip
+    """All steps backward of :func:`lstm_sequence_forward`: ``dout (T, N, H)``, ``dh, dc (HN,)``
+    (columns, flat) take da<0>, dc<0>; the other arguments as in :func:`lstm_backward_step`."""
+    if N > 1 and not blas:
+        raise ValueError("the compiled loop over several sequences needs NumPy's BLAS")
+    H = c_all.shape[1] // N
+    dz = z.reshape(4 * H, z.size // (4 * H))  # the gates as (4H, T*N), for N > 1
     for t in range(tanh_c_all.shape[0] - 1, -1, -1):
-        dh += dout[t]  # da<t>
-        lstm_backward_step(z, 1, t * 4 * HN, HN, c_all, tanh_c_all, dh, dc, carry, peep,
+        for i in range(H):  # da<t>, columns from the output's rows
+            for n in range(N):
+                dh[i * N + n] += dout[t, n, i]
+        lstm_backward_step(z, rows, t * step, stride, c_all, tanh_c_all, dh, dc, carry, peep,
                            keep_all, t)  # fmt: skip
-        _product(w, z[t * 4 * HN : (t + 1) * 4 * HN], dh, blas)  # da<t-1> = W_aa^T dz
+        if N == 1:  # da<t-1> = W_aa^T dz
+            _vector_product(w, z[t * step : t * step + 4 * H], dh, blas)
+        else:
+            _mat_mat(w, dz[:, t * N : (t + 1) * N], dh.reshape(H, N))
         if carry.shape[1] > 0:
             dh += carry[0]

@@ -149,18 +149,19 @@ def _carry(new: np.ndarray, old: np.ndarray, keep_new: np.ndarray) -> np.ndarray
     return out
 
 
-def _one_sequence(N: int, G: int, H: int) -> bool:
-    """Whether the compiled loop over all steps of one sequence runs (``*_sequence_*`` in
-    :mod:`rnnkit.kernels`): one sequence, and its product NumPy's BLAS or, where that is not
-    found, recurrent weights of up to 1 MiB in float32, for which the kernels' own product is
-    as fast (beyond, BLAS's two threads are faster)."""
-    return kernels.AVAILABLE and N == 1 and (kernels.BLAS or G * H * H <= 2**18)
+def _compiled_loop(N: int, G: int, H: int) -> bool:
+    """Whether the compiled loop over all steps runs (``*_sequence_*`` in :mod:`rnnkit.kernels`):
+    with NumPy's BLAS for its products, always; without, for one sequence with recurrent weights
+    of up to 1 MiB in float32, for which the kernels' own product is as fast (beyond, BLAS's
+    two threads are faster)."""
+    return kernels.AVAILABLE and (kernels.BLAS or (N == 1 and G * H * H <= 2**18))
 
 
-def _sequence_weights(w_hh: np.ndarray, backward: bool) -> np.ndarray:
-    """``W_hh`` as the compiled sequence loops take it: with NumPy's BLAS, the matrix of their
-    product (W_hh forward, W_hh^T backward), else its transpose (see ``kernels._product``)."""
-    if backward == kernels.BLAS:
+def _loop_weights(w_hh: np.ndarray, backward: bool, N: int, columns: bool = False) -> np.ndarray:
+    """``W_hh`` as the compiled loops take it: the matrix P of their product (W_hh forward,
+    W_hh^T backward) or P^T, whichever is the faster operand (see :mod:`rnnkit.kernels`)."""
+    p_transposed = (N == 1 and not kernels.BLAS) or (N > 1 and not columns)
+    if backward != p_transposed:
         return _transposed(w_hh, view=False)
     return np.ascontiguousarray(w_hh)
 
@@ -327,10 +328,10 @@ class RNNLoop(_ProjectingLoop):
         h_all[0] = state[0]
         z = xw  # (T, N, H) pre-activations (b_hh included), then activations
         out = _output_buffer(h_all, mask)
-        if _one_sequence(N, 1, H):
+        if _compiled_loop(N, 1, H):
             out_ = np.empty((T, 0, 0), dtype=xw.dtype) if mask is None else out
             keep = _sequence_mask(mask, T, xw.dtype)
-            w = _sequence_weights(p.w_hh, backward=False)
+            w = _loop_weights(p.w_hh, False, N)
             kernels.rnn_sequence_forward(z, w, h_all, out_, keep, self.relu, kernels.BLAS)
             return out, (h_all[T].copy(),), {"a": z, "h_all": h_all}
         w_hh_t = _right_operand(p.w_hh, [], N)
@@ -371,10 +372,10 @@ class RNNLoop(_ProjectingLoop):
         T, N, H = dout.shape
         dz = a  # the activations are overwritten by the gradients, step by step
         dh = dstate[0].copy()
-        if _one_sequence(N, 1, H):
+        if _compiled_loop(N, 1, H):
             keep = _sequence_mask(mask, T, dh.dtype)
             dout = np.ascontiguousarray(dout)
-            w = _sequence_weights(p.w_hh, backward=True)
+            w = _loop_weights(p.w_hh, True, N)
             kernels.rnn_sequence_backward(dz, dout, w, dh, keep, self.relu, kernels.BLAS)
             return dz, (dh,), _recurrent_weight_grads(dz, h_all[:T], p.b_hh is not None)
         if kernels.AVAILABLE:
@@ -715,9 +716,9 @@ class LSTMColumnLoop:
         run_step = kernels.lstm_forward_step if kernels.AVAILABLE else lstm_forward_step
         z_ = z.reshape(-1)
         states = (c_, h_, tanh_c_, out_, peep, bias, keep_)
-        if _one_sequence(N, 4, H):
-            w = _sequence_weights(p.w_hh, backward=False)
-            kernels.lstm_sequence_forward(w, z_, *states, kernels.BLAS)
+        if _compiled_loop(N, 4, H):
+            w = _loop_weights(p.w_hh, False, N, columns=True)
+            kernels.lstm_sequence_forward(w, N, z_, rows, stride, step, *states, kernels.BLAS)
         else:
             zt = np.empty((4 * H, N), dtype=dt)
             zt_ = zt.reshape(-1)
@@ -766,11 +767,11 @@ class LSTMColumnLoop:
         dz = z.T if N == 1 else z  # (4H, T*N), dz<t> in columns t*N to t*N + N
         run_step = kernels.lstm_backward_step if kernels.AVAILABLE else lstm_backward_step
         z_ = z.reshape(-1)
-        if _one_sequence(N, 4, H):
-            dout_ = np.ascontiguousarray(dout).reshape(T, H)
-            grads_in = (c_, tanh_c_, dout_, dh_, dc_, carry, peep, keep_)
-            w = _sequence_weights(p.w_hh, backward=True)
-            kernels.lstm_sequence_backward(w, z_, *grads_in, kernels.BLAS)
+        if _compiled_loop(N, 4, H):
+            layout = (N, z_, rows, stride, step)
+            grads_in = (c_, tanh_c_, np.ascontiguousarray(dout), dh_, dc_, carry, peep, keep_)
+            w = _loop_weights(p.w_hh, True, N, columns=True)
+            kernels.lstm_sequence_backward(w, *layout, *grads_in, kernels.BLAS)
         else:
             # (H, 4H). With one state the view is as fast at H = 128, but at H = 512 a copy
             # makes W_aa^T dz 1.4x faster (24 against 33 us), which repays it within 50 steps.
@@ -836,9 +837,9 @@ class GRULoop(_ProjectingLoop):
         # the weights); the compiled step halves its own sums.
         halve = [] if self.compiled() else [rz]
         gates = _halved(xw, halve, copy=False)  # (T, N, 3H): Γr, z (= 1 - Γu), c̃
-        sequence = self.compiled() and _one_sequence(N, 3, H)
+        sequence = self.compiled() and _compiled_loop(N, 3, H)
         if sequence:
-            w_hh_t = _sequence_weights(p.w_hh, backward=False)
+            w_hh_t = _loop_weights(p.w_hh, False, N)
         else:
             w_hh_t = _right_operand(p.w_hh, halve, N)  # (H, 3H)
         if not self.reset_after:
@@ -928,9 +929,9 @@ class GRULoop(_ProjectingLoop):
             dout = np.ascontiguousarray(dout)
             d_hidden = np.empty((N, 3 * H), dtype=dt)  # of W_hh a<t-1> + b_hh, one step
             dh, dh_direct = dstate[0].copy(), np.empty((N, H), dtype=dt)
-            if _one_sequence(N, 3, H):
+            if _compiled_loop(N, 3, H):
                 keep = _sequence_mask(mask, T, dt)
-                w = _sequence_weights(p.w_hh, backward=True)
+                w = _loop_weights(p.w_hh, True, N)
                 steps = (gates, h_all, reset_in, dout, dh, dhn_all, w, keep, kernels.BLAS)
                 kernels.gru_sequence_backward(*steps)
             else:
