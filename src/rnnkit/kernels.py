@@ -241,29 +241,23 @@ def gru_backward_step(gates, h_prev, reset_in, d_out, dh, d_hidden, dhn, dh_dire
 
 
 @_jit
-def _rnn_span_forward(z, hw, a, relu):
-    """:func:`rnn_forward_step` over flat spans: one row, or every row at once."""
-    for j in range(a.size):
-        v = z[j] + hw[j]
-        z[j] = a[j] = (v if v > 0 else v - v) if relu else _tanh(v)  # v - v: zero, same width
+def rnn_forward_step(z, hw, bias, h_prev, h, out, keep, relu):
+    """One step of :class:`rnnkit.loops.RNNLoop` after its product: a<t> = g(z + hw + b).
 
-
-@_jit
-def rnn_forward_step(z, hw, h_prev, h, out, keep, relu):
-    """One step of :class:`rnnkit.loops.RNNLoop` after its product: a<t> = g(z + hw).
-
-    z (N, H) holds the step's input projection (with b_hh) and becomes a<t>, also written to
-    ``h``; hw (N, H) is W_aa a<t-1>. With a mask ``keep`` (N,), ``out`` takes the masked
-    output and finished sequences keep a<t-1> in ``h``; both are empty otherwise.
+    z (N, H) holds the step's input projection and becomes a<t>, also written to ``h``; hw
+    (N, H) is W_aa a<t-1>, bias (H,) b_ih + b_hh. With a mask ``keep`` (N,), ``out`` takes the
+    masked output and finished sequences keep a<t-1> in ``h``; both are empty otherwise.
     """
-    if keep.size == 0:  # all rows as one span: longer vector loops
-        _rnn_span_forward(z.reshape(z.size), hw.reshape(hw.size), h.reshape(h.size), relu)
-        return
     for i in range(h.shape[0]):
-        _rnn_span_forward(z[i], hw[i], h[i], relu)
-        out[i] = h[i] * keep[i]
-        if not keep[i] > 0:
-            h[i] = h_prev[i]
+        z_i, hw_i, a = z[i], hw[i], h[i]
+        for j in range(a.size):
+            v = z_i[j] + hw_i[j] + bias[j]
+            z_i[j] = a[j] = (v if v > 0 else v - v) if relu else _tanh(v)  # v - v: zero, same width
+    if keep.size > 0:  # a loop of its own, as in lstm_forward_step
+        for i in range(h.shape[0]):
+            out[i] = h[i] * keep[i]
+            if not keep[i] > 0:
+                h[i] = h_prev[i]
 
 
 @_jit
@@ -458,14 +452,14 @@ def _row_product(w, h, out, blas):
 
 
 @_jit
-def rnn_sequence_forward(z, w, h_all, out, keep, relu, blas):
+def rnn_sequence_forward(z, w, bias, h_all, out, keep, relu, blas):
     """All steps of :class:`rnnkit.loops.RNNLoop`: :func:`rnn_forward_step` after the product
     for each t. ``z, out (T, N, H)``, ``h_all (T+1, N, H)``, ``keep (T, N)``; without a mask
     ``out`` is ``(T, 0, 0)`` and ``keep (T, 0)``; ``w`` as above."""
     hw = np.empty_like(h_all[0])
     for t in range(z.shape[0]):
         _row_product(w, h_all[t], hw, blas)  # W_aa a<t-1>
-        rnn_forward_step(z[t], hw, h_all[t], h_all[t + 1], out[t], keep[t], relu)
+        rnn_forward_step(z[t], hw, bias, h_all[t], h_all[t + 1], out[t], keep[t], relu)
 
 
 @_jit

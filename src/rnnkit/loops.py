@@ -12,7 +12,7 @@ so it is theirs to overwrite), and return the same things:
 The fast loops are called through ``forward_x(x, state0, p, mask)`` and ``backward_x(x, dout,
 dfinal, cache, p, mask) -> (dx, dstate0, grads)`` instead, which do the products over all steps
 themselves, into buffers kept from call to call, and may add the biases where it costs least
-(``input_bias``: the RNN's ``xw`` includes b_hh too, the compiled GRU's neither).
+(``input_bias``: the RNN's ``xw`` includes b_hh too, the compiled steps' neither).
 
 The reference loop calls the step functions of :mod:`rnnkit.cells` once per step. The fast
 loops compute the same equations with what the notes leave out: every buffer allocated once,
@@ -316,8 +316,9 @@ class RNNLoop(_ProjectingLoop):
         self.relu = nonlinearity == "relu"
 
     def input_bias(self, p: CellParams) -> np.ndarray | None:
-        """Both biases: they enter the same sum, so one pass adds them (``xw`` includes b_hh)."""
-        return _bias_sum(p)
+        """Both biases: they enter the same sum, so one pass adds them (``xw`` includes b_hh);
+        none for the compiled step, which adds them itself (``xw`` is then ``W_ax x`` alone)."""
+        return None if kernels.AVAILABLE else _bias_sum(p)
 
     def forward(
         self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
@@ -326,13 +327,17 @@ class RNNLoop(_ProjectingLoop):
         T, N, H = xw.shape
         h_all = np.empty((T + 1, N, H), dtype=xw.dtype)  # h_all[t] is a<t-1>, the step's input
         h_all[0] = state[0]
-        z = xw  # (T, N, H) pre-activations (b_hh included), then activations
+        z = xw  # (T, N, H) pre-activations, then activations
         out = _output_buffer(h_all, mask)
+        if kernels.AVAILABLE:
+            bias = _bias_sum(p)
+            bias = np.zeros(H, dtype=xw.dtype) if bias is None else bias
         if _compiled_loop(N, 1, H):
             out_ = np.empty((T, 0, 0), dtype=xw.dtype) if mask is None else out
             keep = _sequence_mask(mask, T, xw.dtype)
             w = _loop_weights(p.w_hh, False, N)
-            kernels.rnn_sequence_forward(z, w, h_all, out_, keep, self.relu, kernels.BLAS)
+            steps = (z, w, bias, h_all, out_, keep, self.relu, kernels.BLAS)
+            kernels.rnn_sequence_forward(*steps)
             return out, (h_all[T].copy(),), {"a": z, "h_all": h_all}
         w_hh_t = _right_operand(p.w_hh, [], N)
         hw = np.empty((N, H), dtype=xw.dtype)
@@ -343,6 +348,7 @@ class RNNLoop(_ProjectingLoop):
                 kernels.rnn_forward_step(
                     z[t],
                     hw,
+                    bias,
                     h_all[t],
                     h_all[t + 1],
                     empty if mask is None else out[t],
