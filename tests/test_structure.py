@@ -15,6 +15,7 @@ ORDER = [
     "init",
     "gates",
     "cells",
+    "blas",
     "kernels",
     "loops",
     "module",

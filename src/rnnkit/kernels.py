@@ -22,9 +22,10 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-from pathlib import Path
 
 import numpy as np
+
+from . import blas
 
 try:
     import numba
@@ -282,34 +283,10 @@ def rnn_backward_step(a, d_out, dh, carry, keep, relu):
 
 
 # ---------------------------------------------------------------- NumPy's own BLAS
-# The loops over all steps below call the products (gemv, gemm) of the OpenBLAS that NumPy's
-# wheels ship (scipy-openblas64): the library and thread pool of np.matmul, without the Python
-# around each call. Numba's own BLAS would be SciPy's, a second pool fighting the first for the
-# cores. The functions are bound under names of ours, so that Numba's on-disk cache does not
-# hold an address; where the library is not found, those names point at stubs that are never
-# called (BLAS is False).
-
-
-def _numpy_openblas() -> ctypes.CDLL | None:
-    """NumPy's OpenBLAS, when NumPy says it is built with scipy-openblas64 and the library is
-    where its wheels keep it; None otherwise."""
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        if blas["name"] != "scipy-openblas" or "USE64BITINT" not in blas["openblas configuration"]:
-            return None
-    except (KeyError, TypeError, ValueError):
-        return None
-    package = Path(np.__file__).parent
-    for folder in (package.parent / "numpy.libs", package / ".dylibs"):
-        for path in sorted(folder.glob("libscipy_openblas64_*")):
-            try:
-                library = ctypes.CDLL(str(path))  # already loaded by NumPy: the same handle
-                for name in _CBLAS:
-                    getattr(library, f"scipy_cblas_{name}64_")
-                return library
-            except (OSError, AttributeError):
-                continue
-    return None
+# The loops over all steps below call the products (gemv, gemm) of NumPy's own OpenBLAS
+# (:mod:`rnnkit.blas`), without the Python around each call. The functions are bound under
+# names of ours, so that Numba's on-disk cache does not hold an address; where the library is
+# not found, those names point at stubs that are never called (BLAS is False).
 
 
 def _cblas_signature(name: str) -> list:
@@ -324,8 +301,8 @@ def _cblas_signature(name: str) -> list:
 
 def _bind_cblas() -> bool:
     """Binds ``rnnkit_sgemv`` and the others for the compiled code; True if to NumPy's."""
-    library = _numpy_openblas() if AVAILABLE else None
-    for name in _CBLAS:
+    library = blas.library() if AVAILABLE else None
+    for name in blas.PRODUCTS:
         if library is not None:
             function = getattr(library, f"scipy_cblas_{name}64_")
         else:
@@ -335,7 +312,6 @@ def _bind_cblas() -> bool:
     return library is not None
 
 
-_CBLAS = ("sgemv", "dgemv", "sgemm", "dgemm")
 _STUBS: list = []
 BLAS = False  # whether the loops over all steps may use NumPy's BLAS (see above)
 
@@ -355,7 +331,7 @@ if numba is not None:
         types.ExternalFunction(
             f"rnnkit_{name}", types.void(*(_NUMBA_TYPES[c] for c in _cblas_signature(name)))
         )
-        for name in _CBLAS
+        for name in blas.PRODUCTS
     )
 
 
