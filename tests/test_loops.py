@@ -191,3 +191,16 @@ def test_backward_in_evaluation_mode(step_code, variant, N):
         fast = run(layer, "fast", x, None, None, dout, None)
     ref = run(layer, "reference", x, None, None, dout, None)
     assert_same_run(fast, ref)
+
+
+@pytest.mark.parametrize("cls,hidden", [(rnnkit.RNN, 520), (rnnkit.GRU, 300), (rnnkit.LSTM, 260)])
+def test_one_sequence_with_weights_past_1_mib(step_code, cls, hidden):
+    """One sequence runs its own product up to 1 MiB of recurrent weights in float32 and
+    NumPy's BLAS beyond (where found): the layer sizes here are just past that."""
+    rng = np.random.default_rng(0)
+    layer = cls(3, hidden, rng=1, dtype=np.float64)
+    x, dout = rng.normal(size=(4, 1, 3)), rng.normal(size=(4, 1, hidden))
+    assert_same_run(
+        run(layer, "fast", x, None, None, dout, None),
+        run(layer, "reference", x, None, None, dout, None),
+    )

@@ -386,8 +386,8 @@ if numba is not None:
 # A step is a product and the gate arithmetic; with one sequence at H = 128 that is ~2 us of
 # work, and the Python around them (a product call, a kernel call, slicing) cost as much again,
 # a few us a step at any size. These run the whole time loop compiled, calling the step kernels
-# above, with NumPy's BLAS for the products (``blas``). Without it they run for one sequence
-# only, with a product of their own, as fast as BLAS's for weights up to 1 MiB.
+# above. Their products are NumPy's BLAS (``blas``), or for one sequence with weights up to
+# 1 MiB, a product of their own, as fast as BLAS's there (:func:`rnnkit.loops._loop_product`).
 #
 # Each product multiplies the states by a matrix P (W_aa forward, W_aa^T backward); ``w`` is P
 # or P^T, whichever is the faster operand of that product: P for BLAS's vector product (one
