@@ -24,8 +24,10 @@ reference for every variant.
 
 With Numba installed (``rnnkit[fast]``), the elementwise work of a step (everything but its
 product) is one call to a compiled kernel of :mod:`rnnkit.kernels` instead of a dozen NumPy
-calls: the RNN, the LSTM and the GRU with the reset after W_hn (the default). The simplified
-and reset-before GRUs keep their NumPy steps.
+calls: the RNN, the LSTM and the GRU with the reset after W_hn (the default). With NumPy's own
+BLAS found (:mod:`rnnkit.blas`), or with one sequence and small weights, the whole loop over
+the steps, products included, is one compiled call. The simplified and reset-before GRUs keep
+their NumPy steps.
 """
 
 from __future__ import annotations
