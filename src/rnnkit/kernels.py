@@ -4,9 +4,9 @@ Optional: it needs Numba (``pip install 'rnnkit[fast]'``); without it, or with t
 variable ``RNNKIT_COMPILED=0``, :data:`AVAILABLE` is False and the fast loops keep their NumPy
 code. Each kernel does, element by element, what the NumPy code of its step in
 :mod:`rnnkit.loops` does with whole arrays (same buffers, same layout), so the loops only swap
-the step body. With one sequence and small weights, the ``*_sequence_*`` kernels run the whole
-time loop, products included, in one call; their product is NumPy's own BLAS where it is found
-(:data:`BLAS`).
+the step body. The ``*_sequence_*`` kernels run the whole time loop, products included, in
+one call: with NumPy's own BLAS where it is found (:data:`BLAS`), for any batch; without it,
+for one sequence with small weights, with a product of their own.
 
 In float32, tanh is a rational approximation (max error 3e-7 against NumPy's) written so that
 the compiler vectorises it; NumPy's own ``np.tanh`` is vectorised, Numba's ``math.tanh`` is

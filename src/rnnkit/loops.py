@@ -177,7 +177,7 @@ def _loop_product(
 
 
 def _sequence_mask(mask: np.ndarray | None, T: int, dt: np.dtype) -> np.ndarray:
-    """The mask as the compiled sequence loops take it: ``(T, N)``, or ``(T, 0)`` for none."""
+    """The mask as the compiled loops take it: ``(T, N)``, or ``(T, 0)`` for none."""
     return np.empty((T, 0), dtype=dt) if mask is None else np.ascontiguousarray(mask[:, :, 0])
 
 
@@ -853,8 +853,8 @@ class GRULoop(_ProjectingLoop):
         # the weights); the compiled step halves its own sums.
         halve = [] if self.compiled() else [rz]
         gates = _halved(xw, halve, copy=False)  # (T, N, 3H): Γr, z (= 1 - Γu), c̃
-        sequence = self.compiled() and _compiled_loop(N, 3, H)
-        if sequence:
+        whole_loop = self.compiled() and _compiled_loop(N, 3, H)
+        if whole_loop:
             w_hh_t, blas = _loop_product(p.w_hh, False, N)
         else:
             w_hh_t = _right_operand(p.w_hh, halve, N)  # (H, 3H)
@@ -874,7 +874,7 @@ class GRULoop(_ProjectingLoop):
                 b_x += p.b_ih
                 b_x[rz] += p.b_hh[rz]
                 b_hn += p.b_hh[n]
-            if sequence:
+            if whole_loop:
                 out_ = np.empty((T, 0, 0), dtype=dt) if mask is None else out
                 keep = _sequence_mask(mask, T, dt)
                 args = (b_x, b_hn, h_all, reset_in, out_, keep)
