@@ -105,23 +105,27 @@ def test_without_a_writable_cache_the_kernels_still_compile():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numpy_blas_products_inside_the_kernels(dtype):
     """The products the compiled loops call (NumPy's own BLAS when found), on the operands they
-    get: a matrix times a vector, and a matrix times a block of columns of a wider matrix."""
+    get: a matrix times a vector, a matrix times a block of columns of a wider matrix, and a
+    transposed copy."""
     if not kernels.BLAS:
         pytest.skip("NumPy's OpenBLAS was not found; the loops use their own product")
 
     @kernels.numba.njit
-    def products(w, v, wide, out_v, out_m):
+    def products(w, v, wide, out_v, out_m, out_t):
         kernels._mat_vec(w, v, out_v)
         kernels._mat_mat(w, wide[:, 3:5], out_m)  # columns 3 and 4: rows 7 apart
+        kernels._transpose(w, out_t)
 
     rng = np.random.default_rng(0)
     w, v, wide = rng.normal(size=(6, 4)), rng.normal(size=4), rng.normal(size=(4, 7))
     w, v, wide = w.astype(dtype), v.astype(dtype), wide.astype(dtype)
     out_v, out_m = np.empty(6, dtype=dtype), np.empty((6, 2), dtype=dtype)
-    products(w, v, wide, out_v, out_m)
+    out_t = np.empty((4, 6), dtype=dtype)
+    products(w, v, wide, out_v, out_m, out_t)
     tol = TOLERANCE[dtype]
     np.testing.assert_allclose(out_v, w @ v, rtol=tol, atol=tol)
     np.testing.assert_allclose(out_m, w @ wide[:, 3:5], rtol=tol, atol=tol)
+    np.testing.assert_array_equal(out_t, w.T)
 
 
 @needs_numba

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-# The CBLAS products the kernels call, as named in the library (``scipy_cblas_sgemv64_``, ...).
-PRODUCTS = ("sgemv", "dgemv", "sgemm", "dgemm")
+# The CBLAS functions the kernels call, as named in the library (``scipy_cblas_sgemv64_``, ...):
+# products, and omatcopy, a transposed copy.
+PRODUCTS = ("sgemv", "dgemv", "sgemm", "dgemm", "somatcopy", "domatcopy")
 
 
 @functools.cache

@@ -734,15 +734,16 @@ class LSTMColumnLoop:
         states = (c_, h_, tanh_c_, out_, peep, bias, keep_)
         if _compiled_loop(N, 4, H):
             w, blas = _loop_product(p.w_hh, False, N, columns=True)
-            kernels.lstm_sequence_forward(w, N, z_, rows, stride, step, *states, blas)
+            output = np.empty((T, N, H), dtype=dt)  # written by the loop, step by step
+            kernels.lstm_sequence_forward(w, N, z_, rows, stride, step, *states, output, blas)
         else:
             zt = np.empty((4 * H, N), dtype=dt)
             zt_ = zt.reshape(-1)
             for t in range(T):
                 np.matmul(p.w_hh, h_all[t], out=zt)  # W_aa a<t-1> for the four gates
                 run_step(zt_, z_, rows, t * step, stride, *states, t)
-        cols = h_all[1:] if mask is None else out
-        output = cols.transpose(0, 2, 1).copy()  # (T, N, H), never a view of a kept buffer
+            cols = h_all[1:] if mask is None else out
+            output = cols.transpose(0, 2, 1).copy()  # (T, N, H), never a view of a kept buffer
         output.flags.writeable = False  # the backward pass reads a<t> from it
         final = (h_all[T].T.copy(), c_all[T].T.copy())
         cache = {"gates": z, "c_all": c_all, "tanh_c": tanh_c, "output": output}
