@@ -105,27 +105,32 @@ def test_without_a_writable_cache_the_kernels_still_compile():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numpy_blas_products_inside_the_kernels(dtype):
     """The products the compiled loops call (NumPy's own BLAS when found), on the operands they
-    get: a matrix times a vector, a matrix times a block of columns of a wider matrix, and a
-    transposed copy."""
+    get: a matrix times a vector, a matrix times a block of columns of a wider matrix (also
+    added to such a block), and a transposed copy."""
     if not kernels.BLAS:
         pytest.skip("NumPy's OpenBLAS was not found; the loops use their own product")
 
     @kernels.numba.njit
-    def products(w, v, wide, out_v, out_m, out_t):
+    def products(w, v, wide, out_v, out_m, out_t, into):
         kernels._mat_vec(w, v, out_v)
         kernels._mat_mat(w, wide[:, 3:5], out_m)  # columns 3 and 4: rows 7 apart
         kernels._transpose(w, out_t)
+        kernels._mat_mat_add(w, wide[:, 3:5], into[:, 1:3])
 
     rng = np.random.default_rng(0)
     w, v, wide = rng.normal(size=(6, 4)), rng.normal(size=4), rng.normal(size=(4, 7))
     w, v, wide = w.astype(dtype), v.astype(dtype), wide.astype(dtype)
     out_v, out_m = np.empty(6, dtype=dtype), np.empty((6, 2), dtype=dtype)
     out_t = np.empty((4, 6), dtype=dtype)
-    products(w, v, wide, out_v, out_m, out_t)
+    into = rng.normal(size=(6, 5)).astype(dtype)
+    expected_into = into.copy()
+    expected_into[:, 1:3] += w @ wide[:, 3:5]
+    products(w, v, wide, out_v, out_m, out_t, into)
     tol = TOLERANCE[dtype]
     np.testing.assert_allclose(out_v, w @ v, rtol=tol, atol=tol)
     np.testing.assert_allclose(out_m, w @ wide[:, 3:5], rtol=tol, atol=tol)
     np.testing.assert_array_equal(out_t, w.T)
+    np.testing.assert_allclose(into, expected_into, rtol=tol, atol=tol)
 
 
 @needs_numba
@@ -152,3 +157,42 @@ def test_without_numpys_blas_the_compiled_loops_use_their_own():
         "print(kernels.AVAILABLE, kernels.BLAS, worst < 1e-10)"
     )
     assert run_python(code, RNNKIT_COMPILED="1") == "True False True"
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,peephole", [(1, False), (3, False), (3, True)])
+def test_lstm_step_with_the_product_already_in_the_gates(dtype, N, peephole):
+    """An empty ``zt`` means W_aa a<t-1> was added to the gates by the loop's product (as the
+    compiled loop over several sequences does): both step functions then give what the NumPy
+    step gives with ``zt`` apart."""
+    from rnnkit.loops import lstm_forward_step
+
+    H, T, t = 4, 2, 1
+    rng = np.random.default_rng(0)
+    rows, stride, step = (1, H, 4 * H) if N == 1 else (H, T * N, N)  # LSTMColumnLoop's layout
+
+    def normal(*shape):
+        return rng.normal(size=shape).astype(dtype)
+
+    z, zt, bias = normal(4 * H * T * N), normal(4 * H * N), normal(4 * H * N)
+    states = [normal(T + 1, H * N), normal(T + 1, H * N), normal(T, H * N)]  # c, h, tanh c
+    peep = normal(3 * H * N) if peephole else np.empty(0, dtype)
+    none = np.empty((T, 0), dtype)
+    z_added = z.copy()  # the block of step t with W_aa a<t-1> added
+    block = z_added.reshape(4 * H, -1) if N > 1 else z_added.reshape(T, 4 * H)
+    if N > 1:
+        block[:, t * N : (t + 1) * N] += zt.reshape(4 * H, N)
+    else:
+        block[t] += zt
+
+    def run(step_function, zt, z):
+        z, c, h, tanh_c = z.copy(), *(s.copy() for s in states)
+        step_function(zt, z, rows, t * step, stride, c, h, tanh_c, none, peep, bias, none, t)
+        return z, c, h, tanh_c
+
+    expected = run(lstm_forward_step, zt, z)
+    tol = TOLERANCE[dtype]
+    for step_function in (lstm_forward_step, kernels.lstm_forward_step):
+        for got, want in zip(run(step_function, np.empty(0, dtype), z_added), expected):
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)

@@ -571,8 +571,9 @@ def lstm_forward_step(
     step's ``(H, N)`` block raveled; the step's pre-activations are ``4*rows`` rows of the flat
     gate buffer ``z``, row ``i`` beginning at ``z[start + i*stride]`` (see LSTMColumnLoop).
 
-    ``zt + block + bias`` (W_aa a<t-1>, the step's input projection and the biases, ``(4HN,)``)
-    are the pre-activations; the block becomes the gates Γu, Γf, c̃, Γo. Reads c<t-1>, a<t-1>
+    ``block + zt + bias`` (the step's input projection, W_aa a<t-1> and the biases, ``(4HN,)``)
+    are the pre-activations, or ``block + bias`` where ``zt`` is empty, the product already
+    added to the block; the block becomes the gates Γu, Γf, c̃, Γo. Reads c<t-1>, a<t-1>
     from ``c[t], h[t]``, writes c<t>, a<t>, tanh(c<t>) to ``c[t+1], h[t+1], tanh_c[t]``.
     ``peep`` (3HN) and the rows of ``keep`` (the mask) have length 0 when absent; with a mask,
     ``out[t]`` takes the masked output.
@@ -581,7 +582,8 @@ def lstm_forward_step(
     HN = c_prev.size
     block, work = _step_block(z, rows, start, HN)
     gates = block if work is None else work  # rows: Γu, Γf, c̃, Γo
-    gates += zt.reshape(4, HN)
+    if zt.size:
+        gates += zt.reshape(4, HN)
     gates += bias.reshape(4, HN)
     if peep.size:
         peep3 = peep.reshape(3, HN)
