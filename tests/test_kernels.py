@@ -196,3 +196,28 @@ def test_lstm_step_with_the_product_already_in_the_gates(dtype, N, peephole):
     for step_function in (lstm_forward_step, kernels.lstm_forward_step):
         for got, want in zip(run(step_function, np.empty(0, dtype), z_added), expected):
             np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu", [False, True])
+def test_rnn_step_with_the_product_already_in_z(dtype, relu):
+    """``hw`` of width 0 means W_aa a<t-1> was added to z by the loop's product: the step then
+    gives what it gives with the product apart."""
+    rng = np.random.default_rng(1)
+    z, hw = rng.normal(size=(3, 4)).astype(dtype), rng.normal(size=(3, 4)).astype(dtype)
+    bias, h_prev = rng.normal(size=4).astype(dtype), rng.normal(size=(3, 4)).astype(dtype)
+    empty, none = np.empty((0, 0), dtype), np.empty(0, dtype)
+    runs = []
+    for z_in, hw_in in ((z.copy(), hw), (z + hw, np.empty((3, 0), dtype))):
+        h = np.empty_like(h_prev)
+        kernels.rnn_forward_step(z_in, hw_in, bias, h_prev, h, empty, none, relu)
+        runs.append((z_in, h))
+    for got, want in zip(*runs):
+        np.testing.assert_allclose(got, want, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+    np.testing.assert_allclose(
+        runs[0][1],
+        np.maximum(z + hw + bias, 0) if relu else np.tanh(z + hw + bias),
+        rtol=1e-5,
+        atol=1e-6,
+    )

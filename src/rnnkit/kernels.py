@@ -248,13 +248,15 @@ def rnn_forward_step(z, hw, bias, h_prev, h, out, keep, relu):
     """One step of :class:`rnnkit.loops.RNNLoop` after its product: a<t> = g(z + hw + b).
 
     z (N, H) holds the step's input projection and becomes a<t>, also written to ``h``; hw
-    (N, H) is W_aa a<t-1>, bias (H,) b_ih + b_hh. With a mask ``keep`` (N,), ``out`` takes the
-    masked output and finished sequences keep a<t-1> in ``h``; both are empty otherwise.
+    (N, H) is W_aa a<t-1>, or (N, 0) where the loop's product added it to z already; bias (H,)
+    b_ih + b_hh. With a mask ``keep`` (N,), ``out`` takes the masked output and finished
+    sequences keep a<t-1> in ``h``; both are empty otherwise.
     """
+    has_hw = hw.shape[1] > 0
     for i in range(h.shape[0]):
         z_i, hw_i, a = z[i], hw[i], h[i]
         for j in range(a.size):
-            v = z_i[j] + hw_i[j] + bias[j]
+            v = (z_i[j] + hw_i[j] if has_hw else z_i[j]) + bias[j]
             z_i[j] = a[j] = (v if v > 0 else v - v) if relu else _tanh(v)  # v - v: zero, same width
     if keep.size > 0:  # a loop of its own, as in lstm_forward_step
         for i in range(h.shape[0]):
@@ -468,9 +470,14 @@ def rnn_sequence_forward(z, w, bias, h_all, out, keep, relu, blas):
     """All steps of :class:`rnnkit.loops.RNNLoop`: :func:`rnn_forward_step` after the product
     for each t. ``z, out (T, N, H)``, ``h_all (T+1, N, H)``, ``keep (T, N)``; without a mask
     ``out`` is ``(T, 0, 0)`` and ``keep (T, 0)``; ``w`` as above."""
-    hw = np.empty_like(h_all[0])
+    N, H = h_all.shape[1:]
+    in_place = blas and N > 1  # the product adds W_aa a<t-1> to the step's z (1.0x-1.1x)
+    hw = np.empty((N, 0 if in_place else H), dtype=z.dtype)
     for t in range(z.shape[0]):
-        _row_product(w, h_all[t], hw, blas)  # W_aa a<t-1>
+        if in_place:
+            _mat_mat_add(h_all[t], w, z[t])
+        else:
+            _row_product(w, h_all[t], hw, blas)  # W_aa a<t-1>
         rnn_forward_step(z[t], hw, bias, h_all[t], h_all[t + 1], out[t], keep[t], relu)
 
 
