@@ -58,12 +58,15 @@ def input_projection(x_t: np.ndarray, p: CellParams) -> np.ndarray:
 
 
 def input_projection_backward(
-    dxw: np.ndarray, x: np.ndarray, p: CellParams
+    dxw: np.ndarray, x: np.ndarray, p: CellParams, bias_grad: np.ndarray | None = None
 ) -> tuple[np.ndarray, Grads]:
-    """Gradients of :func:`input_projection` for a step ``(N, .)`` or a sequence ``(T, N, .)``."""
+    """Gradients of :func:`input_projection` for a step ``(N, .)`` or a sequence ``(T, N, .)``;
+    ``bias_grad`` is b_ih's, Σ dxw, where the caller has it already."""
     dxw2 = dxw.reshape(-1, dxw.shape[-1])  # (T*N, G*H)
     grads = {"w_ih": dxw2.T @ x.reshape(-1, x.shape[-1])}  # dW_ax = dz x^T summed over t and N
-    if p.b_ih is not None:  # Σ over steps and sequences, as a product with ones (2-4x .sum)
+    if p.b_ih is not None and bias_grad is not None:
+        grads["b_ih"] = bias_grad
+    elif p.b_ih is not None:  # Σ over steps and sequences, as a product with ones (2-4x .sum)
         grads["b_ih"] = np.ones(len(dxw2), dtype=dxw2.dtype) @ dxw2
     dx = (dxw2 @ p.w_ih).reshape(*dxw.shape[:-1], -1)  # dx<t> = W_ax^T dz
     return dx, grads

@@ -187,12 +187,15 @@ def _bias_sum(p: CellParams) -> np.ndarray | None:
 
 
 def _recurrent_weight_grads(dhw: np.ndarray, h_in: np.ndarray, has_bias: bool) -> dict:
-    """dW_hh and db_hh over all steps in one product each."""
+    """dW_hh and the biases' gradients over all steps, one product each. For the cells whose
+    two biases enter one sum (the RNN, the LSTM, the simplified GRU) db_ih = db_hh = Σ dz: one
+    pass over the gradients serves both."""
     G = dhw.shape[-1]
     dhw2 = dhw.reshape(-1, G)
     grads = {"w_hh": dhw2.T @ h_in.reshape(-1, h_in.shape[-1])}
     if has_bias:
         grads["b_hh"] = np.ones(len(dhw2), dtype=dhw2.dtype) @ dhw2  # BLAS, 2-4x .sum
+        grads["b_ih"] = grads["b_hh"].copy()
     return grads
 
 
@@ -308,7 +311,7 @@ class _ProjectingLoop:
         _keep_cache(cache)
         kept = [cache[name] for name in self.kept]
         dxw, dstate, grads = self.backward(dout, dstate, cache, p, mask)
-        dx, input_grads = input_projection_backward(dxw, x, p)  # all steps in one product
+        dx, input_grads = input_projection_backward(dxw, x, p, grads.pop("b_ih", None))
         self.spares.give(*kept)
         return dx, dstate, {**grads, **input_grads}
 
@@ -1013,9 +1016,10 @@ class GRULoop(_ProjectingLoop):
         h_prev_all = h_all[:T].reshape(-1, H)
         n_input = h_prev_all if self.reset_after else reset_in.reshape(-1, H)
         grads = {"w_hh": np.concatenate([d_rz.T @ h_prev_all, d_n.T @ n_input])}
-        if p.b_hh is not None:
+        if p.b_hh is not None:  # db_ih, and db_hh's Γr and z blocks: Σ dxw
             ones = np.ones(T * N, dtype=dhn_all.dtype)  # Σ over steps: BLAS, 2-4x .sum
-            grads["b_hh"] = np.concatenate([ones @ d_rz, ones @ d_n])
+            grads["b_ih"] = ones @ dxw.reshape(-1, 3 * H)
+            grads["b_hh"] = np.concatenate([grads["b_ih"][rz], ones @ d_n])
         self.spares.give(dhn_all)
         return grads
 

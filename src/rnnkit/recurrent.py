@@ -404,7 +404,8 @@ class RNNBase(Module):
                 )
             else:
                 dxw, dstate, hidden_grads = loop.backward(dout, dstate, steps, p, cache.mask)
-            dx, input_grads = input_projection_backward(dxw, x, p)  # all steps in one product
+            db_ih = hidden_grads.pop("b_ih", None)  # where the loop has it already
+            dx, input_grads = input_projection_backward(dxw, x, p, db_ih)  # one product, all t
         sfx = self._suffixes(layer)[direction]
         for key, value in {**hidden_grads, **input_grads}.items():
             self.grads[_PARAM_NAMES[key] + sfx] += value
