@@ -64,10 +64,10 @@ def input_projection_backward(
     ``bias_grad`` is b_ih's, Σ dxw, where the caller has it already."""
     dxw2 = dxw.reshape(-1, dxw.shape[-1])  # (T*N, G*H)
     grads = {"w_ih": dxw2.T @ x.reshape(-1, x.shape[-1])}  # dW_ax = dz x^T summed over t and N
-    if p.b_ih is not None and bias_grad is not None:
+    if p.b_ih is not None and bias_grad is None:  # Σ over steps and sequences: BLAS, 2-4x .sum
+        bias_grad = np.ones(len(dxw2), dtype=dxw2.dtype) @ dxw2
+    if p.b_ih is not None:
         grads["b_ih"] = bias_grad
-    elif p.b_ih is not None:  # Σ over steps and sequences, as a product with ones (2-4x .sum)
-        grads["b_ih"] = np.ones(len(dxw2), dtype=dxw2.dtype) @ dxw2
     dx = (dxw2 @ p.w_ih).reshape(*dxw.shape[:-1], -1)  # dx<t> = W_ax^T dz
     return dx, grads
 
