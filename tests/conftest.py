@@ -20,6 +20,8 @@ VARIANTS: dict[str, tuple[type, dict]] = {
     "gru_simple": (rnnkit.GRU, {"simplified": True}),
     "lstm": (rnnkit.LSTM, {}),
     "lstm_peephole": (rnnkit.LSTM, {"peephole": True}),
+    "lstm_gers": (rnnkit.LSTM, {"peephole": "gers"}),
+    "lstm_proj": (rnnkit.LSTM, {"proj_size": 2}),
 }
 
 
@@ -35,10 +37,9 @@ def is_lstm(layer: rnnkit.RNNBase) -> bool:
 
 def random_state(layer: rnnkit.RNNBase, N: int, rng: np.random.Generator, scale: float = 0.5):
     """A random non-zero state ``h`` or ``(h, c)`` of the layer's shape and dtype."""
-    shape = (layer.num_layers * layer.num_directions, N, layer.hidden_size)
-    parts = [
-        (scale * rng.standard_normal(shape)).astype(layer.dtype) for _ in range(1 + is_lstm(layer))
-    ]
+    k = layer.num_layers * layer.num_directions
+    shapes = [(k, N, layer.output_size), (k, N, layer.hidden_size)][: 1 + is_lstm(layer)]
+    parts = [(scale * rng.standard_normal(shape)).astype(layer.dtype) for shape in shapes]
     return tuple(parts) if is_lstm(layer) else parts[0]
 
 

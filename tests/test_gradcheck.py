@@ -137,6 +137,14 @@ def test_gradcheck_batch_first_no_bias(variant):
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
+def test_gradcheck_reverse_only(variant):
+    """One direction that runs backwards in time (``reverse=True``), two layers, lengths."""
+    seed = [300, list(VARIANTS).index(variant)]
+    setup = _setup(variant, 2, False, True, seed, reverse=True)
+    _check_all_gradients(*setup)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_gradients_accumulate_and_zero_grad_clears(variant):
     layer, x, state, lengths, dout, dfinal = _setup(variant, 2, True, True, [200])
     _, _, cache = layer.forward(x, state, lengths)

@@ -1,10 +1,10 @@
-"""The optional compiled kernels: their tanh, NaN propagation, NumPy's BLAS inside them, and
-the switch back to NumPy.
+"""The compiled kernels' own pieces: their tanh, NaN propagation, the BLAS products they call,
+and the switch back to the reference loop.
 
-That they compute what the NumPy steps compute is held by ``tests/test_loops.py``, which runs
-every fast loop with and without them.
+That the compiled loops compute what the reference computes is held by tests/test_loops.py.
 """
 
+import os
 import subprocess
 import sys
 
@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 
 import rnnkit
-from rnnkit import kernels
+from rnnkit import blas, kernels, parallel
 
-needs_numba = pytest.mark.skipif(kernels.numba is None, reason="Numba is not installed")
-TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
+needs_compiled = pytest.mark.skipif(not kernels.AVAILABLE, reason="the compiled loop is off")
 
 
-@needs_numba
+@needs_compiled
 def test_float32_tanh_is_within_a_few_ulp_of_numpy():
     @kernels.numba.njit(fastmath=kernels._FLAGS, error_model="numpy")
     def tanh(x, out):
@@ -36,11 +35,10 @@ def test_float32_tanh_is_within_a_few_ulp_of_numpy():
     assert np.isnan(got[0])  # fast-math must not assume NaNs away
 
 
-@needs_numba
+@needs_compiled
 @pytest.mark.parametrize("cls", [rnnkit.RNN, rnnkit.GRU, rnnkit.LSTM])
-def test_a_nan_reaches_the_output_and_the_gradients(cls, monkeypatch):
+def test_a_nan_reaches_the_output_and_the_gradients(cls):
     """Training reports non-finite losses and gradients; the kernels must not hide one."""
-    monkeypatch.setattr(kernels, "AVAILABLE", True)
     layer = cls(3, 4, rng=0)
     layer.params["bias_ih_l0"][0] = np.nan  # one gate of one unit: a clamp could map it to ±1
     out, _, cache = layer.forward(np.ones((5, 2, 3), dtype=np.float32))
@@ -49,9 +47,61 @@ def test_a_nan_reaches_the_output_and_the_gradients(cls, monkeypatch):
     assert np.isnan(dx).all()
 
 
-def run_python(code: str, **env: str) -> str:
-    import os
+@needs_compiled
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_products_on_the_views_the_loops_pass(dtype):
+    """gemm, gemv and the transposed copy on blocks of wider matrices, row- and column-major,
+    with and without adding into the output (beta), as the compiled loops call them."""
 
+    @kernels.numba.njit
+    def call(a, b, c, beta, v, y, t_in, t_out):
+        blas.gemm(a, b, c, beta)
+        blas.gemv(a, v, y, beta)
+        blas.transpose_into(t_in, t_out)
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        M, N, K = rng.integers(1, 6, size=3)
+
+        def view(rows, cols):  # a block of a wider matrix, or the transpose of one
+            if rng.random() < 0.5:
+                return rng.normal(size=(rows + 2, cols + 3)).astype(dtype)[
+                    1 : 1 + rows, 2 : 2 + cols
+                ]
+            return rng.normal(size=(cols + 3, rows + 2)).astype(dtype)[2 : 2 + cols, 1 : 1 + rows].T
+
+        a, b, c = view(M, K), view(K, N), view(M, N)
+        v, y = rng.normal(size=2 * K).astype(dtype)[::2], rng.normal(size=3 * M).astype(dtype)[::3]
+        t_in = rng.normal(size=(M, K + 2)).astype(dtype)[:, 1 : 1 + K]
+        t_out = np.zeros((K, M + 1), dtype=dtype)[:, :M]
+        beta = float(trial % 2)
+        want_c, want_y = a @ b + beta * c, a @ v + beta * y
+        call(a, b, c, beta, v, y, t_in, t_out)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(c, want_c, rtol=tol, atol=tol)
+        np.testing.assert_allclose(y, want_y, rtol=tol, atol=tol)
+        np.testing.assert_array_equal(t_out, t_in.T)
+
+
+@pytest.mark.parametrize("total,parts,align", [(37, 2, 16), (32, 2, 16), (5, 3, 1), (3, 4, 8)])
+def test_spans_cover_everything_once(total, parts, align):
+    spans = parallel.spans(total, parts, align)
+    assert spans[0][0] == 0 and spans[-1][1] == total
+    assert all(a < b for a, b in spans) and all(s[1] == t[0] for s, t in zip(spans, spans[1:]))
+    assert len(spans) <= parts or len(spans) == 1
+
+
+def test_a_failing_piece_reaches_the_caller():
+    parallel.set_num_threads(2)
+
+    def fail():
+        raise KeyError("piece 2")
+
+    with pytest.raises(KeyError, match="piece 2"):
+        parallel.run([lambda: None, fail, lambda: None])
+
+
+def run_python(code: str, **env: str) -> str:
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -62,25 +112,33 @@ def run_python(code: str, **env: str) -> str:
     return result.stdout.strip()
 
 
-def test_the_environment_variable_turns_the_kernels_off():
-    code = "from rnnkit import kernels; print(kernels.AVAILABLE)"
-    assert run_python(code, RNNKIT_COMPILED="0") == "False"
+REFERENCE_MATCHES = (
+    "import numpy as np, rnnkit\n"
+    "from rnnkit import kernels\n"
+    "for cls in (rnnkit.RNN, rnnkit.GRU, rnnkit.LSTM):\n"
+    "    layer = cls(3, 4, rng=0, dtype=np.float64)\n"
+    "    x = np.random.default_rng(0).normal(size=(5, 3, 3))\n"
+    "    out, _, cache = layer.forward(x)\n"
+    "    dx, _ = layer.backward(np.ones_like(out), cache)\n"
+    "print(kernels.AVAILABLE, out.shape, dx.shape)"
+)
 
 
-def test_without_numba_the_numpy_path_runs():
-    code = (
-        "import sys; sys.modules['numba'] = None\n"  # makes `import numba` fail
-        "import numpy as np, rnnkit\n"
-        "from rnnkit import kernels\n"
-        "layer = rnnkit.LSTM(3, 4, rng=0)\n"
-        "out, _, cache = layer.forward(np.ones((5, 8, 3)))\n"
-        "dx, _ = layer.backward(np.ones_like(out), cache)\n"
-        "print(kernels.AVAILABLE, out.shape, dx.shape)"
-    )
-    assert run_python(code) == "False (5, 8, 4) (5, 8, 3)"
+def test_the_environment_variable_turns_the_compiled_loop_off():
+    assert run_python(REFERENCE_MATCHES, RNNKIT_COMPILED="0") == "False (5, 3, 4) (5, 3, 3)"
 
 
-@needs_numba
+def test_without_numba_the_reference_loop_runs():
+    code = "import sys; sys.modules['numba'] = None\n" + REFERENCE_MATCHES  # `import numba` fails
+    assert run_python(code) == "False (5, 3, 4) (5, 3, 3)"
+
+
+def test_without_numpys_openblas_the_reference_loop_runs():
+    code = "import numpy as np\nnp.show_config = lambda mode=None: {}\n" + REFERENCE_MATCHES
+    assert run_python(code, RNNKIT_COMPILED="1") == "False (5, 3, 4) (5, 3, 3)"
+
+
+@needs_compiled
 def test_without_a_writable_cache_the_kernels_still_compile():
     """Numba refuses ``cache=True`` when no folder it may write to exists (a read-only install
     and home); rnnkit must then compile in each process, not fail to import."""
@@ -99,125 +157,3 @@ def test_without_a_writable_cache_the_kernels_still_compile():
         "print(kernels.AVAILABLE, np.isfinite(out).all())"
     )
     assert run_python(code, RNNKIT_COMPILED="1") == "True True"
-
-
-@needs_numba
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_numpy_blas_products_inside_the_kernels(dtype):
-    """The products the compiled loops call (NumPy's own BLAS when found), on the operands they
-    get: a matrix times a vector, a matrix times a block of columns of a wider matrix (also
-    added to such a block), and a transposed copy."""
-    if not kernels.BLAS:
-        pytest.skip("NumPy's OpenBLAS was not found; the loops use their own product")
-
-    @kernels.numba.njit
-    def products(w, v, wide, out_v, out_m, out_t, into):
-        kernels._mat_vec(w, v, out_v)
-        kernels._mat_mat(w, wide[:, 3:5], out_m)  # columns 3 and 4: rows 7 apart
-        kernels._transpose(w, out_t)
-        kernels._mat_mat_add(w, wide[:, 3:5], into[:, 1:3])
-
-    rng = np.random.default_rng(0)
-    w, v, wide = rng.normal(size=(6, 4)), rng.normal(size=4), rng.normal(size=(4, 7))
-    w, v, wide = w.astype(dtype), v.astype(dtype), wide.astype(dtype)
-    out_v, out_m = np.empty(6, dtype=dtype), np.empty((6, 2), dtype=dtype)
-    out_t = np.empty((4, 6), dtype=dtype)
-    into = rng.normal(size=(6, 5)).astype(dtype)
-    expected_into = into.copy()
-    expected_into[:, 1:3] += w @ wide[:, 3:5]
-    products(w, v, wide, out_v, out_m, out_t, into)
-    tol = TOLERANCE[dtype]
-    np.testing.assert_allclose(out_v, w @ v, rtol=tol, atol=tol)
-    np.testing.assert_allclose(out_m, w @ wide[:, 3:5], rtol=tol, atol=tol)
-    np.testing.assert_array_equal(out_t, w.T)
-    np.testing.assert_allclose(into, expected_into, rtol=tol, atol=tol)
-
-
-@needs_numba
-def test_without_numpys_blas_the_compiled_loops_use_their_own():
-    """Where NumPy's OpenBLAS is not found (another build of NumPy), BLAS is off, its names
-    point at stubs, and every loop still runs and matches the reference."""
-    code = (
-        "import numpy as np\n"
-        "np.show_config = lambda mode=None: {}\n"  # as a NumPy built against another BLAS
-        "import rnnkit\n"
-        "from rnnkit import kernels\n"
-        "worst = 0.0\n"
-        "for cls in (rnnkit.RNN, rnnkit.GRU, rnnkit.LSTM):\n"
-        "    for N in (1, 3):\n"
-        "        layer = cls(3, 4, rng=0, dtype=np.float64)\n"
-        "        x = np.random.default_rng(0).normal(size=(5, N, 3))\n"
-        "        runs = []\n"
-        "        for backend in ('fast', 'reference'):\n"
-        "            layer.backend = backend\n"
-        "            out, _, cache = layer.forward(x)\n"
-        "            dx, _ = layer.backward(np.ones_like(out), cache)\n"
-        "            runs.append((out, dx))\n"
-        "        worst = max(worst, *(abs(a - b).max() for a, b in zip(*runs)))\n"
-        "print(kernels.AVAILABLE, kernels.BLAS, worst < 1e-10)"
-    )
-    assert run_python(code, RNNKIT_COMPILED="1") == "True False True"
-
-
-@needs_numba
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N,peephole", [(1, False), (3, False), (3, True)])
-def test_lstm_step_with_the_product_already_in_the_gates(dtype, N, peephole):
-    """An empty ``zt`` means W_aa a<t-1> was added to the gates by the loop's product (as the
-    compiled loop over several sequences does): both step functions then give what the NumPy
-    step gives with ``zt`` apart."""
-    from rnnkit.loops import lstm_forward_step
-
-    H, T, t = 4, 2, 1
-    rng = np.random.default_rng(0)
-    rows, stride, step = (1, H, 4 * H) if N == 1 else (H, T * N, N)  # LSTMColumnLoop's layout
-
-    def normal(*shape):
-        return rng.normal(size=shape).astype(dtype)
-
-    z, zt, bias = normal(4 * H * T * N), normal(4 * H * N), normal(4 * H * N)
-    states = [normal(T + 1, H * N), normal(T + 1, H * N), normal(T, H * N)]  # c, h, tanh c
-    peep = normal(3 * H * N) if peephole else np.empty(0, dtype)
-    none = np.empty((T, 0), dtype)
-    z_added = z.copy()  # the block of step t with W_aa a<t-1> added
-    block = z_added.reshape(4 * H, -1) if N > 1 else z_added.reshape(T, 4 * H)
-    if N > 1:
-        block[:, t * N : (t + 1) * N] += zt.reshape(4 * H, N)
-    else:
-        block[t] += zt
-
-    def run(step_function, zt, z):
-        z, c, h, tanh_c = z.copy(), *(s.copy() for s in states)
-        step_function(zt, z, rows, t * step, stride, c, h, tanh_c, none, peep, bias, none, t)
-        return z, c, h, tanh_c
-
-    expected = run(lstm_forward_step, zt, z)
-    tol = TOLERANCE[dtype]
-    for step_function in (lstm_forward_step, kernels.lstm_forward_step):
-        for got, want in zip(run(step_function, np.empty(0, dtype), z_added), expected):
-            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
-
-
-@needs_numba
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("relu", [False, True])
-def test_rnn_step_with_the_product_already_in_z(dtype, relu):
-    """``hw`` of width 0 means W_aa a<t-1> was added to z by the loop's product: the step then
-    gives what it gives with the product apart."""
-    rng = np.random.default_rng(1)
-    z, hw = rng.normal(size=(3, 4)).astype(dtype), rng.normal(size=(3, 4)).astype(dtype)
-    bias, h_prev = rng.normal(size=4).astype(dtype), rng.normal(size=(3, 4)).astype(dtype)
-    empty, none = np.empty((0, 0), dtype), np.empty(0, dtype)
-    runs = []
-    for z_in, hw_in in ((z.copy(), hw), (z + hw, np.empty((3, 0), dtype))):
-        h = np.empty_like(h_prev)
-        kernels.rnn_forward_step(z_in, hw_in, bias, h_prev, h, empty, none, relu)
-        runs.append((z_in, h))
-    for got, want in zip(*runs):
-        np.testing.assert_allclose(got, want, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
-    np.testing.assert_allclose(
-        runs[0][1],
-        np.maximum(z + hw + bias, 0) if relu else np.tanh(z + hw + bias),
-        rtol=1e-5,
-        atol=1e-6,
-    )

@@ -1,11 +1,14 @@
-"""The fast time loops against the reference loop over the cells, for every variant."""
+"""The compiled loop against the reference loop over the cells, for every variant, and the
+buffers and threads around it (rnnkit.loops, rnnkit.parallel)."""
 
 import itertools
+import threading
 
 import numpy as np
 import pytest
 
 import rnnkit
+from rnnkit import blas, kernels, loops, parallel
 
 D, H = 5, 6
 VARIANTS = {
@@ -16,8 +19,22 @@ VARIANTS = {
     "gru_simple": lambda **kw: rnnkit.GRU(D, H, simplified=True, **kw),
     "lstm": lambda **kw: rnnkit.LSTM(D, H, **kw),
     "lstm_peephole": lambda **kw: rnnkit.LSTM(D, H, peephole=True, **kw),
+    "lstm_gers": lambda **kw: rnnkit.LSTM(D, H, peephole="gers", **kw),
+    "lstm_proj": lambda **kw: rnnkit.LSTM(D, H, proj_size=4, **kw),
 }
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
+needs_compiled = pytest.mark.skipif(not kernels.AVAILABLE, reason="the compiled loop is off")
+
+
+@pytest.fixture
+def in_chunks(monkeypatch):
+    """Every batch of 2 or more sequences split into chunks on two threads, however small."""
+    monkeypatch.setattr(loops, "_PIECE", 1)
+    monkeypatch.setattr(parallel, "_MATMUL_PART", 1)
+    threads = parallel.num_threads()
+    parallel.set_num_threads(2)
+    yield
+    parallel.set_num_threads(threads)
 
 
 def run(layer, backend, x, state, lengths, dout, dfinal):
@@ -32,88 +49,73 @@ def flat(value):
     return list(value) if isinstance(value, tuple) else [value]
 
 
-def assert_same_run(fast, ref, tol=1e-10):
-    """Outputs, input and state gradients, and parameter gradients of two ``run`` results
-    (started from a zero state, so without the final state's gradient) agree."""
-    for a, b in zip([fast[0], fast[2], *flat(fast[3])], [ref[0], ref[2], *flat(ref[3])]):
+def random_state(layer, N, rng, dtype):
+    k = layer.num_layers * layer.num_directions
+    h = rng.normal(size=(k, N, layer.output_size)).astype(dtype)
+    return (h, rng.normal(size=(k, N, H)).astype(dtype)) if layer.mode == "lstm" else h
+
+
+def assert_same_run(compiled, ref, tol):
+    """Outputs, final states, input and state gradients, every parameter gradient."""
+    for a, b in zip(
+        [compiled[0], *flat(compiled[1]), compiled[2], *flat(compiled[3])],
+        [ref[0], *flat(ref[1]), ref[2], *flat(ref[3])],
+    ):
+        assert a.dtype == b.dtype
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
     for name in ref[4]:
-        np.testing.assert_allclose(fast[4][name], ref[4][name], rtol=tol, atol=tol, err_msg=name)
+        np.testing.assert_allclose(
+            compiled[4][name], ref[4][name], rtol=tol, atol=tol, err_msg=name
+        )
 
 
-@pytest.fixture(params=["numpy", "compiled", "compiled, own product"])
-def step_code(request, monkeypatch):
-    """Each fast loop with its NumPy step, and with the compiled kernels when Numba is
-    installed (``rnnkit[fast]``): their loops over one sequence with NumPy's BLAS where it is
-    found, and with their own product, as where it is not."""
-    if request.param != "numpy" and rnnkit.kernels.numba is None:
-        pytest.skip("Numba is not installed")
-    monkeypatch.setattr(rnnkit.kernels, "AVAILABLE", request.param != "numpy")
-    if request.param == "compiled, own product":
-        monkeypatch.setattr(rnnkit.kernels, "BLAS", False)
-    return request.param
-
-
+@needs_compiled
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [1, 4, 37])  # one sequence has a layout of its own; 37: 2 chunks
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize(
-    "variant,N",  # without Numba the LSTM runs in rows at N = 2 (H = 6), in columns from N = 4;
-    # one sequence takes paths of its own (transposed views, one product for the projection)
-    [(v, n) for n in (4, 1) for v in VARIANTS] + [("lstm", 2), ("lstm_peephole", 2)],
+    "num_layers,direction,with_lengths",
+    list(itertools.product([1, 2], ["forward", "bidirectional", "reverse"], [False, True])),
 )
-@pytest.mark.parametrize(
-    "num_layers,bidirectional,with_lengths",
-    list(itertools.product([1, 2], [False, True], [False, True])),
-)
-def test_fast_loop_equals_reference(
-    step_code, variant, dtype, num_layers, bidirectional, with_lengths, N
+def test_compiled_equals_reference(
+    in_chunks, variant, dtype, num_layers, direction, with_lengths, N
 ):
     rng = np.random.default_rng(0)
     T = 7
-    layer = VARIANTS[variant](
-        num_layers=num_layers, bidirectional=bidirectional, rng=1, dtype=dtype
-    )
-    k = num_layers * (2 if bidirectional else 1)
+    kw = {"bidirectional": direction == "bidirectional", "reverse": direction == "reverse"}
+    layer = VARIANTS[variant](num_layers=num_layers, rng=1, dtype=dtype, **kw)
     x = rng.normal(size=(T, N, D)).astype(dtype)
-    state = rng.normal(size=(k, N, H)).astype(dtype)
-    dfinal = rng.normal(size=(k, N, H)).astype(dtype)
-    if layer.mode == "lstm":
-        state = (state, rng.normal(size=(k, N, H)).astype(dtype))
-        dfinal = (dfinal, rng.normal(size=(k, N, H)).astype(dtype))
+    state, dfinal = random_state(layer, N, rng, dtype), random_state(layer, N, rng, dtype)
     lengths = np.resize([T, 3, 5, 1], N) if with_lengths else None
-    dout = rng.normal(size=(T, N, H * (2 if bidirectional else 1))).astype(dtype)
-    fast = run(layer, "fast", x, state, lengths, dout, dfinal)
+    dout = rng.normal(size=(T, N, layer.output_size * layer.num_directions)).astype(dtype)
+    compiled = run(layer, "fast", x, state, lengths, dout, dfinal)
     ref = run(layer, "reference", x, state, lengths, dout, dfinal)
-    tol = TOLERANCE[dtype]
-    for a, b in zip(
-        [fast[0], *flat(fast[1]), fast[2], *flat(fast[3])],
-        [ref[0], *flat(ref[1]), ref[2], *flat(ref[3])],
-    ):
-        assert a.dtype == dtype
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
-    for name in ref[4]:
-        np.testing.assert_allclose(fast[4][name], ref[4][name], rtol=tol, atol=tol, err_msg=name)
+    assert_same_run(compiled, ref, TOLERANCE[dtype])
 
 
+@needs_compiled
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("N", [1, 4])
-def test_fast_loop_from_zero_state(step_code, variant, N):
-    """No initial state (zeros): the paths that skip the h0 terms of the weight gradients."""
+def test_compiled_from_zero_state_without_biases(variant, N):
     rng = np.random.default_rng(0)
-    layer = VARIANTS[variant](rng=1, dtype=np.float64)
+    layer = VARIANTS[variant](bias=False, rng=1, dtype=np.float64)
     x = rng.normal(size=(7, N, D))
-    dout = rng.normal(size=(7, N, H))
-    fast = run(layer, "fast", x, None, None, dout, None)
-    ref = run(layer, "reference", x, None, None, dout, None)
-    assert_same_run(fast, ref)
+    dout = rng.normal(size=(7, N, layer.output_size))
+    assert_same_run(
+        run(layer, "fast", x, None, None, dout, None),
+        run(layer, "reference", x, None, None, dout, None),
+        1e-10,
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_fast_cache_serves_one_backward_pass(step_code, variant):
+def test_a_compiled_cache_serves_one_backward_pass(variant):
     layer = VARIANTS[variant](rng=0)
     out, _, cache = layer.forward(np.ones((3, 2, D)))
     layer.backward(np.ones_like(out), cache)
-    with pytest.raises(ValueError, match="already used by a backward pass.*run forward again"):
-        layer.backward(np.ones_like(out), cache)
+    if kernels.AVAILABLE:
+        with pytest.raises(ValueError, match="already used by a backward pass.*run forward again"):
+            layer.backward(np.ones_like(out), cache)
     layer.backend = "reference"
     out, _, cache = layer.forward(np.ones((3, 2, D)))
     layer.backward(np.ones_like(out), cache)
@@ -129,40 +131,36 @@ def test_unknown_backend():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("N", [1, 4])
-def test_kept_buffers_never_alias_live_ones(step_code, variant, N):
-    """The fast loops keep their internal buffers from one backward pass for the next call of
-    the same shape: two layers of one shape, their passes interleaved, must still match the
+def test_kept_buffers_never_alias_live_ones(variant, N):
+    """A layer keeps its buffers from one backward pass for its next call: two forward passes
+    before their backward passes, of sequences of different lengths, must still match the
     reference, and an output handed out earlier must not change."""
     rng = np.random.default_rng(0)
-    layers = [VARIANTS[variant](num_layers=2, bidirectional=True, rng=k) for k in (1, 2)]
-    x = [rng.normal(size=(7, N, D)).astype(np.float32) for _ in range(3)]
-    dout = rng.normal(size=(7, N, 2 * H)).astype(np.float32)
+    layer = VARIANTS[variant](num_layers=2, bidirectional=True, rng=1)
     kept = []
-    for step in range(3):
-        runs = [layer.forward(x[step]) for layer in layers]  # both forwards, then both backwards
+    for T in (7, 4, 9):
+        x = [rng.normal(size=(T, N, D)).astype(np.float32) for _ in range(2)]
+        dout = rng.normal(size=(T, N, 2 * layer.output_size)).astype(np.float32)
+        runs = [layer.forward(xi) for xi in x]  # both forwards, then both backwards
         kept.append((runs[0][0], runs[0][0].copy()))
-        fast = [layer.backward(dout, run[2])[0] for layer, run in zip(layers, runs)]
-        for layer, got in zip(layers, fast):
-            layer.backend = "reference"
-            out, _, cache = layer.forward(x[step])
-            want = layer.backward(dout, cache)[0]
-            layer.backend = "fast"
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        got = [layer.backward(dout, r[2])[0] for r in runs]
+        layer.backend = "reference"
+        for xi, g in zip(x, got):
+            want = layer.backward(dout, layer.forward(xi)[2])[0]
+            np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
+        layer.backend = "fast"
     for out, copy in kept:
         np.testing.assert_array_equal(out, copy)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("N", [1, 4])
-@pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("training", [True, False])
-def test_forward_only_buffers_never_alias_outputs(step_code, variant, N, num_layers, training):
-    """Forward passes alone (inference), their caches dropped at once (in evaluation mode their
-    buffers then go back to the pool): outputs and final states handed out before must not
-    change with later calls, and every call must still match the reference."""
+def test_forward_only_buffers_never_alias_outputs(variant, N, training):
+    """Forward passes alone, their caches dropped at once (in evaluation mode their buffers
+    then go back to the layer): what was handed out before must not change."""
     rng = np.random.default_rng(0)
-    layer = VARIANTS[variant](num_layers=num_layers, rng=1)
-    layer.train(training)
+    layer = VARIANTS[variant](num_layers=2, rng=1).train(training)
     xs = [rng.normal(size=(7, N, D)).astype(np.float32) for _ in range(4)]
     kept = []
     for x in xs:
@@ -177,30 +175,72 @@ def test_forward_only_buffers_never_alias_outputs(step_code, variant, N, num_lay
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("N", [1, 4])
-def test_backward_in_evaluation_mode(step_code, variant, N):
+def test_backward_in_evaluation_mode(variant):
     """In evaluation mode a cache gives its buffers back when dropped unused; one used by a
-    backward pass must not, and the gradients must match the reference. Forward passes
-    dropped unused in between exercise the pool."""
+    backward pass must not (it gives them back itself), and the gradients must hold."""
     rng = np.random.default_rng(0)
     layer = VARIANTS[variant](num_layers=2, rng=1, dtype=np.float64).eval()
-    x = rng.normal(size=(7, N, D))
-    dout = rng.normal(size=(7, N, H))
+    x, dout = rng.normal(size=(7, 4, D)), rng.normal(size=(7, 4, layer.output_size))
     for _ in range(2):
         layer.forward(x)  # dropped unused: its buffers go back
-        fast = run(layer, "fast", x, None, None, dout, None)
-    ref = run(layer, "reference", x, None, None, dout, None)
-    assert_same_run(fast, ref)
+        compiled = run(layer, "fast", x, None, None, dout, None)
+    assert_same_run(compiled, run(layer, "reference", x, None, None, dout, None), 1e-10)
 
 
-@pytest.mark.parametrize("cls,hidden", [(rnnkit.RNN, 520), (rnnkit.GRU, 300), (rnnkit.LSTM, 260)])
-def test_one_sequence_with_weights_past_1_mib(step_code, cls, hidden):
-    """One sequence runs its own product up to 1 MiB of recurrent weights in float32 and
-    NumPy's BLAS beyond (where found): the layer sizes here are just past that."""
+@needs_compiled
+@pytest.mark.parametrize("variant", ["lstm", "gru", "rnn_tanh"])
+def test_layers_in_threads_of_their_own(in_chunks, variant):
+    """Two layers, and one layer, used from two threads at once: each call gets the numbers it
+    gets alone (no buffer, BLAS setting or pool is shared in a way that mixes them)."""
     rng = np.random.default_rng(0)
-    layer = cls(3, hidden, rng=1, dtype=np.float64)
-    x, dout = rng.normal(size=(4, 1, 3)), rng.normal(size=(4, 1, hidden))
-    assert_same_run(
-        run(layer, "fast", x, None, None, dout, None),
-        run(layer, "reference", x, None, None, dout, None),
-    )
+    layers = [VARIANTS[variant](num_layers=2, rng=k, dtype=np.float64) for k in (1, 2)]
+    shared = VARIANTS[variant](rng=3, dtype=np.float64)
+    inputs = [rng.normal(size=(T, 40, D)) for T in (9, 5)]
+    douts = [rng.normal(size=(x.shape[0], 40, layers[0].output_size)) for x in inputs]
+
+    def alone(layer, x, dout):
+        layer.backend = "reference"
+        result = run(layer, "reference", x, None, None, dout, None)
+        layer.backend = "fast"
+        return result
+
+    want = [alone(layer, x, d) for layer, x, d in zip(layers, inputs, douts)]
+    want_shared = [alone(shared, x, d)[:4] for x, d in zip(inputs, douts)]
+    got, errors = {}, []
+
+    def work(k):
+        try:
+            for _ in range(5):
+                got[k] = run(layers[k], "fast", inputs[k], None, None, douts[k], None)
+                out, _, cache = shared.forward(inputs[k])
+                dx, _ = shared.backward(douts[k], cache)
+                np.testing.assert_allclose(out, want_shared[k][0], atol=1e-10)
+                np.testing.assert_allclose(dx, want_shared[k][2], atol=1e-10)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k in (0, 1):
+        assert_same_run(got[k], want[k], 1e-10)
+
+
+@needs_compiled
+def test_numpys_blas_setting_comes_back_after_a_call():
+    """Inside a layer's call NumPy's BLAS runs on one thread; the caller's setting returns."""
+    seen = []
+    blas.set_threads(2)
+    real_product = blas.gemm
+    try:
+        blas.gemm = lambda *args: (seen.append(blas.threads()), real_product(*args))
+        layer = rnnkit.LSTM(D, 64)
+        out, _, cache = layer.forward(np.ones((50, 64, D)))
+        layer.backward(np.ones_like(out), cache)
+    finally:
+        blas.gemm = real_product
+    assert seen and set(seen) == {1}
+    assert blas.threads() == 2

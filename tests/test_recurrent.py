@@ -16,6 +16,8 @@ VARIANTS = {
     "gru_simple": lambda **kw: rnnkit.GRU(D, H, simplified=True, **kw),
     "lstm": lambda **kw: rnnkit.LSTM(D, H, **kw),
     "lstm_peephole": lambda **kw: rnnkit.LSTM(D, H, peephole=True, **kw),
+    "lstm_gers": lambda **kw: rnnkit.LSTM(D, H, peephole="gers", **kw),
+    "lstm_proj": lambda **kw: rnnkit.LSTM(D, H, proj_size=3, **kw),
 }
 
 
@@ -27,7 +29,7 @@ def cell_loop(layer, x, state):
     outs = []
     for t in range(x.shape[0]):
         if layer.mode == "lstm":
-            a, c, _ = cells.lstm_cell_forward(x[t], a, c, p)
+            a, c, _ = cells.lstm_cell_forward(x[t], a, c, p, gers=layer.peephole == "gers")
         elif layer.mode.startswith("rnn"):
             a, _ = cells.rnn_cell_forward(x[t], a, p, layer.nonlinearity)
         elif layer.mode == "gru_simple":
@@ -39,9 +41,9 @@ def cell_loop(layer, x, state):
 
 
 def random_state(layer, rng, n=N):
-    shape = (layer.num_layers * layer.num_directions, n, H)
+    shape = (layer.num_layers * layer.num_directions, n, layer.output_size)
     if layer.mode == "lstm":
-        return rng.normal(size=shape), rng.normal(size=shape)
+        return rng.normal(size=shape), rng.normal(size=shape[:2] + (H,))
     return rng.normal(size=shape)
 
 
@@ -88,7 +90,7 @@ def test_layer_backward_equals_loop_over_cell_backward(variant):
     step_caches = []
     for t in range(T):
         if layer.mode == "lstm":
-            a, c, sc = cells.lstm_cell_forward(x[t], a, c, p)
+            a, c, sc = cells.lstm_cell_forward(x[t], a, c, p, gers=layer.peephole == "gers")
         elif layer.mode.startswith("rnn"):
             a, sc = cells.rnn_cell_forward(x[t], a, p, layer.nonlinearity)
         elif layer.mode == "gru_simple":
@@ -96,7 +98,7 @@ def test_layer_backward_equals_loop_over_cell_backward(variant):
         else:
             a, sc = cells.gru_cell_forward(x[t], a, p, layer.reset_after)
         step_caches.append(sc)
-    da, dc = np.zeros((N, H)), np.zeros((N, H))
+    da, dc = np.zeros((N, layer.output_size)), np.zeros((N, H))
     total: dict[str, np.ndarray] = {}
     ref_dx = np.zeros_like(x)
     for t in reversed(range(T)):
@@ -114,7 +116,7 @@ def test_layer_backward_equals_loop_over_cell_backward(variant):
             total[k] = total.get(k, 0) + v
     np.testing.assert_allclose(dx, ref_dx, atol=1e-12)
     names = {"w_ih": "weight_ih_l0", "w_hh": "weight_hh_l0", "b_ih": "bias_ih_l0"}
-    names |= {"b_hh": "bias_hh_l0", "w_peep": "weight_peephole_l0"}
+    names |= {"b_hh": "bias_hh_l0", "w_peep": "weight_peephole_l0", "w_hr": "weight_hr_l0"}
     assert {names[k] for k in total} == set(layer.grads)
     for k, v in total.items():
         np.testing.assert_allclose(layer.grads[names[k]], v, atol=1e-12)
@@ -133,11 +135,85 @@ def test_reverse_direction_is_forward_on_flipped_sequence(variant):
     out, final, _ = bi.forward(x)
     out_f, final_f, _ = fwd.forward(x)
     out_r, final_r, _ = rev.forward(x[::-1])
-    np.testing.assert_allclose(out[..., :H], out_f, atol=1e-13)
-    np.testing.assert_allclose(out[..., H:], out_r[::-1], atol=1e-13)
+    P = bi.output_size
+    np.testing.assert_allclose(out[..., :P], out_f, atol=1e-13)
+    np.testing.assert_allclose(out[..., P:], out_r[::-1], atol=1e-13)
     h, h_f, h_r = (s[0] if isinstance(s, tuple) else s for s in (final, final_f, final_r))
     np.testing.assert_allclose(h[1], h_r[0], atol=1e-13)
     np.testing.assert_allclose(h[0], h_f[0], atol=1e-13)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_reverse_only_layer_is_forward_on_flipped_input(variant, num_layers):
+    """``reverse=True`` (ONNX's direction "reverse", Keras's go_backwards): a forward layer of
+    the same weights on each sequence reversed within its length, its outputs put back in the
+    input's time order; and the gradients likewise."""
+    rng = np.random.default_rng(4)
+    rev = VARIANTS[variant](num_layers=num_layers, reverse=True, rng=5, dtype=np.float64)
+    fwd = VARIANTS[variant](num_layers=num_layers, rng=6, dtype=np.float64)
+    fwd.load_state_dict(rev.state_dict())
+    lengths = np.array([T, 2, 5])
+    x = rng.normal(size=(T, N, D))
+    flip = np.where(
+        np.arange(T)[:, None] < lengths, lengths - 1 - np.arange(T)[:, None], np.arange(T)[:, None]
+    )
+    state = random_state(rev, rng)
+    out, final, dx, dstate, grads = run_loss(rev, x, state, lengths, np.random.default_rng(7))
+    dout = np.random.default_rng(7).normal(size=out.shape)
+    x_f = x[flip, np.arange(N)]  # each sequence reversed within its length
+    out_f, final_f, cache = fwd.forward(x_f, state, lengths)
+    np.testing.assert_allclose(out, out_f[flip, np.arange(N)], atol=1e-13)
+    for a, b in zip(
+        final if isinstance(final, tuple) else (final,),
+        final_f if isinstance(final_f, tuple) else (final_f,),
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-13)
+    fwd.zero_grad()
+    dx_f, _ = fwd.backward(dout[flip, np.arange(N)], cache)
+    np.testing.assert_allclose(dx, dx_f[flip, np.arange(N)], atol=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], fwd.grads[k], atol=1e-12, err_msg=k)
+    with pytest.raises(ValueError, match="bidirectional=True already has a reverse direction"):
+        VARIANTS[variant](reverse=True, bidirectional=True)
+
+
+def test_gers_peepholes_follow_their_equations():
+    """``peephole="gers"``: the input and forget gates see c<t-1>, the output gate the new c<t>
+    (Gers et al. 2002, ONNX's P input), written out here line by line."""
+    rng = np.random.default_rng(8)
+    layer = rnnkit.LSTM(D, H, peephole="gers", rng=9, dtype=np.float64)
+    p = layer.cell_params(0, 0)
+    x = rng.normal(size=(T, N, D))
+    h, c = rng.normal(size=(N, H)), rng.normal(size=(N, H))
+    out, (h_n, c_n), _ = layer.forward(x, (h[None], c[None]))
+
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
+
+    w = lambda g: (p.w_ih[g * H : (g + 1) * H], p.w_hh[g * H : (g + 1) * H])  # noqa: E731
+    b = lambda g: p.b_ih[g * H : (g + 1) * H] + p.b_hh[g * H : (g + 1) * H]  # noqa: E731
+    for t in range(T):
+        pre = [x[t] @ w(g)[0].T + h @ w(g)[1].T + b(g) for g in range(4)]  # i, f, g, o
+        i = sigmoid(pre[0] + p.w_peep[0] * c)
+        f = sigmoid(pre[1] + p.w_peep[1] * c)
+        c = f * c + i * np.tanh(pre[2])
+        o = sigmoid(pre[3] + p.w_peep[2] * c)  # the new cell state
+        h = o * np.tanh(c)
+        np.testing.assert_allclose(out[t], h, atol=1e-12)
+    np.testing.assert_allclose(h_n[0], h, atol=1e-12)
+    np.testing.assert_allclose(c_n[0], c, atol=1e-12)
+
+
+def test_projection_sizes_follow_pytorch():
+    layer = rnnkit.LSTM(D, H, num_layers=2, bidirectional=True, proj_size=2)
+    assert layer.params["weight_hh_l0"].shape == (4 * H, 2)
+    assert layer.params["weight_hr_l1_reverse"].shape == (2, H)
+    assert layer.params["weight_ih_l1"].shape == (4 * H, 4)  # both directions' projections
+    out, (h, c), _ = layer.forward(np.zeros((T, N, D)))
+    assert out.shape == (T, N, 4) and h.shape == (4, N, 2) and c.shape == (4, N, H)
+    with pytest.raises(ValueError, match="proj_size must be smaller than hidden_size"):
+        rnnkit.LSTM(D, H, proj_size=H)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -363,7 +439,10 @@ def test_gate_bias_options_shift_only_their_gate():
 
 @pytest.mark.parametrize("cls", [rnnkit.RNN, rnnkit.GRU, rnnkit.LSTM])
 def test_output_shared_with_the_cache_is_read_only(cls):
-    """Writing into an output the backward pass still needs would corrupt the gradients."""
+    """Writing into an output the backward pass still needs would corrupt the gradients (the
+    compiled loop reads a<t> from it; the reference loop keeps copies of its own)."""
+    if not rnnkit.kernels.AVAILABLE:
+        pytest.skip("the compiled loop is off; the reference shares nothing with its output")
     layer = cls(D, H, rng=0)
     out, _, cache = layer.forward(np.ones((T, N, D)))
     with pytest.raises(ValueError, match="read-only"):

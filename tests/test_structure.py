@@ -16,6 +16,7 @@ ORDER = [
     "gates",
     "cells",
     "blas",
+    "parallel",
     "kernels",
     "loops",
     "module",

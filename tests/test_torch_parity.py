@@ -17,7 +17,7 @@ from conftest import as_tuple, make_layer, random_lengths, random_state  # noqa:
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 T, N, D, H = 6, 3, 4, 5
-CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
+CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm", "lstm_proj"]
 TOLERANCE = {np.float64: 1e-9, np.float32: 1e-5}
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
 
@@ -29,6 +29,8 @@ def _torch_layer(layer, variant: str):
     kwargs = {}
     if variant.startswith("rnn"):
         kwargs["nonlinearity"] = variant[4:]
+    if variant == "lstm_proj":
+        kwargs["proj_size"] = layer.proj_size
     return cls(
         layer.input_size,
         layer.hidden_size,

@@ -5,7 +5,17 @@ notation of the Sequence Models course. See :mod:`rnnkit.course` for the course'
 """
 
 from .module import Module
+from .parallel import num_threads, set_num_threads
 from .recurrent import GRU, LSTM, RNN, RNNBase
 from .version import __version__
 
-__all__ = ["GRU", "LSTM", "RNN", "Module", "RNNBase", "__version__"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "Module",
+    "RNNBase",
+    "__version__",
+    "num_threads",
+    "set_num_threads",
+]

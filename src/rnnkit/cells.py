@@ -40,6 +40,7 @@ class CellParams(NamedTuple):
     b_ih: np.ndarray | None = None  # (G*H,)
     b_hh: np.ndarray | None = None  # (G*H,)
     w_peep: np.ndarray | None = None  # (3, H) LSTM peepholes for gates i, f, o
+    w_hr: np.ndarray | None = None  # (P, H) LSTM projection of the output (PyTorch's proj_size)
 
 
 # ---------------------------------------------------------------- input projection
@@ -115,45 +116,61 @@ def rnn_step_backward(
 
 
 def lstm_step_forward(
-    xw_t: np.ndarray, a_prev: np.ndarray, c_prev: np.ndarray, p: CellParams
+    xw_t: np.ndarray, a_prev: np.ndarray, c_prev: np.ndarray, p: CellParams, gers: bool = False
 ) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """One LSTM step; with ``p.w_peep`` the gates also see c<t-1> (peephole connections)."""
-    s = gate_slices(LSTM_GATES, a_prev.shape[1])
+    """One LSTM step. With ``p.w_peep`` the gates also see the cell state (peepholes): all
+    three see c<t-1>, as in the notes, or with ``gers`` the output gate sees the new c<t>, as
+    in Gers et al. (2002) and ONNX. With ``p.w_hr`` the output is projected (PyTorch's
+    ``proj_size``): a<t> = W_hr (Γo*tanh(c<t>)), and a<t-1> has the projection's size."""
+    s = gate_slices(LSTM_GATES, c_prev.shape[1])
     z = xw_t + _hidden_projection(a_prev, p.w_hh, p.b_hh)  # (N, 4H), gates i, f, g, o
-    if p.w_peep is not None:
-        z[:, s["i"]] += c_prev * p.w_peep[0]  # Γu also sees c<t-1>
-        z[:, s["f"]] += c_prev * p.w_peep[1]
-        z[:, s["o"]] += c_prev * p.w_peep[2]
+    peep = p.w_peep
+    if peep is not None:
+        z[:, s["i"]] += c_prev * peep[0]  # Γu also sees c<t-1>
+        z[:, s["f"]] += c_prev * peep[1]
     gamma_u = sigmoid(z[:, s["i"]])  # Γu = σ(W_u [a<t-1>, x<t>] + b_u)
     gamma_f = sigmoid(z[:, s["f"]])  # Γf = σ(W_f [a<t-1>, x<t>] + b_f)
     c_tilde = np.tanh(z[:, s["g"]])  # c̃<t> = tanh(W_c [a<t-1>, x<t>] + b_c)
-    gamma_o = sigmoid(z[:, s["o"]])  # Γo = σ(W_o [a<t-1>, x<t>] + b_o)
     c_t = gamma_f * c_prev + gamma_u * c_tilde  # c<t> = Γf*c<t-1> + Γu*c̃<t>
+    if peep is not None:
+        z[:, s["o"]] += (c_t if gers else c_prev) * peep[2]
+    gamma_o = sigmoid(z[:, s["o"]])  # Γo = σ(W_o [a<t-1>, x<t>] + b_o)
     tanh_c = np.tanh(c_t)
-    a_t = gamma_o * tanh_c  # a<t> = Γo*tanh(c<t>)
-    return a_t, c_t, (a_prev, c_prev, gamma_u, gamma_f, c_tilde, gamma_o, tanh_c)
+    m_t = gamma_o * tanh_c  # a<t> = Γo*tanh(c<t>)
+    a_t = m_t if p.w_hr is None else m_t @ p.w_hr.T  # a<t> = W_hr m<t> with a projection
+    return a_t, c_t, (a_prev, c_prev, gamma_u, gamma_f, c_tilde, gamma_o, tanh_c, c_t, m_t, gers)
 
 
 def lstm_step_backward(
     da_t: np.ndarray, dc_t: np.ndarray, cache: tuple, p: CellParams
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Grads]:
     """Returns ``(dxw_t, da_prev, dc_prev, grads)`` for :func:`lstm_step_forward`."""
-    a_prev, c_prev, gamma_u, gamma_f, c_tilde, gamma_o, tanh_c = cache
-    s = gate_slices(LSTM_GATES, a_prev.shape[1])
+    a_prev, c_prev, gamma_u, gamma_f, c_tilde, gamma_o, tanh_c, c_t, m_t, gers = cache
+    s = gate_slices(LSTM_GATES, c_prev.shape[1])
+    grads = {}
+    if p.w_hr is not None:
+        grads["w_hr"] = da_t.T @ m_t  # dW_hr = da<t> m<t>^T
+        da_t = da_t @ p.w_hr  # the gradient of m<t>
+    peep = p.w_peep
+    dz = np.empty((a_prev.shape[0], 4 * c_prev.shape[1]), dtype=a_prev.dtype)  # (N, 4H)
+    dz[:, s["o"]] = da_t * tanh_c * gamma_o * (1 - gamma_o)  # σ' = σ(1 - σ)
     dc = dc_t + da_t * gamma_o * (1 - tanh_c * tanh_c)  # a<t> = Γo*tanh(c<t>) feeds c<t> too
-    dz = np.empty((a_prev.shape[0], 4 * a_prev.shape[1]), dtype=a_prev.dtype)  # (N, 4H)
-    dz[:, s["i"]] = dc * c_tilde * gamma_u * (1 - gamma_u)  # σ' = σ(1 - σ)
+    if peep is not None and gers:
+        dc += dz[:, s["o"]] * peep[2]  # Γo saw c<t>
+    dz[:, s["i"]] = dc * c_tilde * gamma_u * (1 - gamma_u)
     dz[:, s["f"]] = dc * c_prev * gamma_f * (1 - gamma_f)
     dz[:, s["g"]] = dc * gamma_u * (1 - c_tilde * c_tilde)  # tanh' = 1 - tanh^2
-    dz[:, s["o"]] = da_t * tanh_c * gamma_o * (1 - gamma_o)
     dc_prev = dc * gamma_f  # dc<t-1> = dc<t> * Γf
     da_prev = dz @ p.w_hh
-    grads = _hidden_grads(dz, a_prev, p)
-    if p.w_peep is not None:
+    grads.update(_hidden_grads(dz, a_prev, p))
+    if peep is not None:
         dz_i, dz_f, dz_o = dz[:, s["i"]], dz[:, s["f"]], dz[:, s["o"]]
-        dc_prev += dz_i * p.w_peep[0] + dz_f * p.w_peep[1] + dz_o * p.w_peep[2]
+        dc_prev += dz_i * peep[0] + dz_f * peep[1]
+        if not gers:
+            dc_prev += dz_o * peep[2]
+        c_o = c_t if gers else c_prev
         grads["w_peep"] = np.stack(
-            [(dz_i * c_prev).sum(0), (dz_f * c_prev).sum(0), (dz_o * c_prev).sum(0)]
+            [(dz_i * c_prev).sum(0), (dz_f * c_prev).sum(0), (dz_o * c_o).sum(0)]
         )
     return dz, da_prev, dc_prev, grads
 
@@ -276,10 +293,10 @@ def rnn_cell_backward(
 
 
 def lstm_cell_forward(
-    x_t: np.ndarray, a_prev: np.ndarray, c_prev: np.ndarray, p: CellParams
+    x_t: np.ndarray, a_prev: np.ndarray, c_prev: np.ndarray, p: CellParams, gers: bool = False
 ) -> tuple[np.ndarray, np.ndarray, tuple]:
     """LSTM cell: returns ``(a_t, c_t, cache)``."""
-    a_t, c_t, cache = lstm_step_forward(input_projection(x_t, p), a_prev, c_prev, p)
+    a_t, c_t, cache = lstm_step_forward(input_projection(x_t, p), a_prev, c_prev, p, gers)
     return a_t, c_t, (x_t, cache)
 
 
@@ -361,9 +378,12 @@ def _one_state(step_forward: Callable, step_backward: Callable, **kw) -> tuple:
     return forward, backward
 
 
-def _lstm_forward(xw_t, state, p):
-    a_t, c_t, cache = lstm_step_forward(xw_t, state[0], state[1], p)
-    return (a_t, c_t), cache
+def _lstm(gers: bool) -> tuple:
+    def forward(xw_t, state, p):
+        a_t, c_t, cache = lstm_step_forward(xw_t, state[0], state[1], p, gers)
+        return (a_t, c_t), cache
+
+    return forward, _lstm_backward
 
 
 def _lstm_backward(dstate, cache, p):
@@ -384,7 +404,8 @@ CELL_KINDS: dict[str, CellKind] = {
         1,
         *_one_state(rnn_step_forward, rnn_step_backward, nonlinearity="relu"),
     ),
-    "lstm": CellKind("lstm", LSTM_GATES, 2, _lstm_forward, _lstm_backward),
+    "lstm": CellKind("lstm", LSTM_GATES, 2, *_lstm(gers=False)),
+    "lstm_gers": CellKind("lstm_gers", LSTM_GATES, 2, *_lstm(gers=True)),
     "gru": CellKind(
         "gru", GRU_GATES, 1, *_one_state(gru_step_forward, gru_step_backward, reset_after=True)
     ),

@@ -1,40 +1,44 @@
-"""Compiled gate arithmetic for the fast loops: one call per time step instead of a dozen.
+"""The compiled definition of every cell: its step forward and backward, and the loop over the
+steps of a chunk of sequences, products included (Numba, calling NumPy's BLAS, :mod:`.blas`).
 
-Optional: it needs Numba (``pip install 'rnnkit[fast]'``); without it, or with the environment
-variable ``RNNKIT_COMPILED=0``, :data:`AVAILABLE` is False and the fast loops keep their NumPy
-code. Each kernel does, element by element, what the NumPy code of its step in
-:mod:`rnnkit.loops` does with whole arrays (same buffers, same layout), so the loops only swap
-the step body. The ``*_sequence_*`` kernels run the whole time loop, products included, in
-one call: with NumPy's own BLAS where it is found (:data:`BLAS`), for any batch; without it,
-for one sequence with small weights, with a product of their own.
+:mod:`rnnkit.cells` is the same arithmetic to read; the tests hold the two equal. A layer runs a
+chunk of its batch through all T steps in one call of ``*_forward`` (and ``*_backward``), so
+that two chunks run on two threads with nothing to wait for between them (:mod:`.parallel`).
 
-In float32, tanh is a rational approximation (max error 3e-7 against NumPy's) written so that
-the compiler vectorises it; NumPy's own ``np.tanh`` is vectorised, Numba's ``math.tanh`` is
-not, and that was the difference between winning and losing to NumPy. float64 uses
-``math.tanh``. Fast-math flags exclude "no NaNs / no infinities": a NaN must still reach the
-loss, where training reports it. ``error_model="numpy"``: Numba's default checks every division
-for zero, and that check alone stops the vectorisation. For the same reason a branch that
-depends on the element (a mask) runs in a loop of its own.
+Layout (the notes' columns, ``a<t>`` is ``(n_a, m)``). The gates of all steps are one matrix
+``Z (G*H, T*N)``, step t in columns ``t*N .. t*N + N``, so the input projection of all steps is
+one product into it and the weight gradients one product out of it; with one sequence it is
+stored transposed, ``(T, G*H)``, so that a step's gates are adjacent. States are ``(T+1, H, N)``
+(``s[t]`` is a<t-1>). The element loops run over ``a`` (outer) and ``b`` (inner, adjacent in
+memory): units and sequences for several sequences, one sequence and its units for one. Where
+every array sits for a chunk is a tuple ``L`` (see :func:`layout`); values per unit (biases,
+peepholes) come spread over the states' layout, so that one index reads them all.
+
+In float32, tanh is a rational approximation (max error 3e-7 against NumPy's) that the compiler
+vectorises (Numba's ``math.tanh`` is a scalar call). Fast-math flags exclude "no NaNs / no
+infinities": a NaN must still reach the loss. ``error_model="numpy"`` and unsigned offsets keep
+the loops vectorised (a division check or a guard against negative indices stop it), and masks
+run in loops of their own (a branch on the element stops it too).
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 
 import numpy as np
 
 from . import blas
+from .blas import gemm, gemv, transpose_into
 
 try:
     import numba
     from numba import types
     from numba.extending import overload
-except ImportError:  # the pure NumPy path stays whole
+except ImportError:  # the reference loop stays whole
     numba = None
 
-AVAILABLE = numba is not None and os.environ.get("RNNKIT_COMPILED", "1") != "0"
+AVAILABLE = numba is not None and blas.FOUND and os.environ.get("RNNKIT_COMPILED", "1") != "0"
 
 ONE, HALF = np.float32(1.0), np.float32(0.5)  # exact in both widths: no float64 promotion
 
@@ -46,6 +50,7 @@ def _tanh(x):
 
 if numba is not None:
     _FLAGS = {"contract", "arcp", "reassoc", "nsz", "afn"}  # no "nnan", "ninf"
+    _u = numba.uint64
 
     def _jit(function):
         options = {"fastmath": _FLAGS, "error_model": "numpy", "nogil": True}
@@ -56,12 +61,27 @@ if numba is not None:
 
     # Numerator and denominator of a [13/6] rational fit of tanh on [-7.9, 7.9] (the clamp
     # beyond which float32 tanh is ±1), odd powers above, even below.
-    _P = [np.float32(c) for c in (4.89352455891786e-03, 6.37261928875436e-04,
-                                  1.48572235717979e-05, 5.12229709037114e-08,
-                                  -8.60467152213735e-11, 2.00018790482477e-13,
-                                  -2.76076847742355e-16)]  # fmt: skip
-    _Q = [np.float32(c) for c in (4.89352518554385e-03, 2.26843463243900e-03,
-                                  1.18534705686654e-04, 1.19825839466702e-06)]  # fmt: skip
+    _P = [
+        np.float32(c)
+        for c in (
+            4.89352455891786e-03,
+            6.37261928875436e-04,
+            1.48572235717979e-05,
+            5.12229709037114e-08,
+            -8.60467152213735e-11,
+            2.00018790482477e-13,
+            -2.76076847742355e-16,
+        )
+    ]
+    _Q = [
+        np.float32(c)
+        for c in (
+            4.89352518554385e-03,
+            2.26843463243900e-03,
+            1.18534705686654e-04,
+            1.19825839466702e-06,
+        )
+    ]
     _LIMIT = np.float32(7.90531110763549805)
     _p1, _p3, _p5, _p7, _p9, _p11, _p13 = _P
     _q0, _q2, _q4, _q6 = _Q
@@ -72,8 +92,7 @@ if numba is not None:
         v2 = v * v
         num = (((((_p13 * v2 + _p11) * v2 + _p9) * v2 + _p7) * v2 + _p5) * v2 + _p3) * v2 + _p1
         den = ((_q6 * v2 + _q4) * v2 + _q2) * v2 + _q0
-        num *= v
-        return num / den
+        return num * v / den
 
     def _tanh64(x):
         return math.tanh(x)
@@ -85,485 +104,519 @@ if numba is not None:
         return _tanh64
 
 else:
+    _u = int
 
     def _jit(function):
         return function
 
 
-# ---------------------------------------------------------------- LSTM, one step of columns
-
-# The gate buffer's offsets are unsigned: with signed ones Numba guards every index against a
-# negative value, and that guard alone stopped the vectorisation of the strided rows (10x).
-_u = numba.uint64 if numba is not None else int
-
-
 @_jit
-def lstm_forward_step(zt, z, rows, start, stride, c_all, h_all, tanh_c_all, out_all, peep, bias,
-                      keep_all, t):  # fmt: skip
-    """Compiled twin of :func:`rnnkit.loops.lstm_forward_step` (same arguments)."""
-    c_prev, h_prev, c, h = c_all[t], h_all[t], c_all[t + 1], h_all[t + 1]
-    tanh_c, out, keep = tanh_c_all[t], out_all[t], keep_all[t]
-    HN, rows, start, stride = _u(c_prev.size), _u(rows), _u(start), _u(stride)
-    width = HN // rows
-    # Offsets of the four gates, in (4, H, N) and in z; all unsigned (mixed with signed ones
-    # Numba would compute in float64).
-    g1, g2, g3 = HN, HN + HN, HN + HN + HN
-    z1 = rows * stride  # from one gate's rows in z to the next's
-    z2, z3 = z1 + z1, z1 + z1 + z1
-    has_peep, has_mask, has_zt = peep.size > 0, keep.size > 0, zt.size > 0
-    for i in range(rows):
-        row = start + i * stride
-        for n in range(width):
-            k, r = i * width + n, row + n  # k: the element in (H, N); r: its place in z
-            z_i, z_f, z_g, z_o = z[r], z[z1 + r], z[z2 + r], z[z3 + r]
-            if has_zt:  # W_aa a<t-1>, unless the loop's product added it to z already
-                z_i, z_f = z_i + zt[k], z_f + zt[g1 + k]
-                z_g, z_o = z_g + zt[g2 + k], z_o + zt[g3 + k]
-            z_i, z_f = z_i + bias[k], z_f + bias[g1 + k]
-            z_g, z_o = z_g + bias[g2 + k], z_o + bias[g3 + k]
-            if has_peep:
-                z_i += peep[k] * c_prev[k]
-                z_f += peep[g1 + k] * c_prev[k]
-                z_o += peep[g2 + k] * c_prev[k]
-            gamma_u = HALF + HALF * _tanh(HALF * z_i)  # σ(x) = (1 + tanh(x/2)) / 2
-            gamma_f = HALF + HALF * _tanh(HALF * z_f)
-            c_tilde = _tanh(z_g)
-            gamma_o = HALF + HALF * _tanh(HALF * z_o)
-            c[k] = gamma_f * c_prev[k] + gamma_u * c_tilde  # c<t> = Γf*c<t-1> + Γu*c̃<t>
-            tanh_c[k] = _tanh(c[k])
-            h[k] = gamma_o * tanh_c[k]  # a<t> = Γo*tanh(c<t>)
-            z[r], z[z1 + r], z[z2 + r], z[z3 + r] = gamma_u, gamma_f, c_tilde, gamma_o
-    if has_mask:  # a loop of its own: a branch in the loop above stops its vectorisation
-        for k in range(HN):
-            out[k] = h[k] * keep[k]
-            if not keep[k] > 0:  # a finished sequence keeps its state
-                c[k], h[k] = c_prev[k], h_prev[k]
+def _sigmoid(x):
+    return HALF + HALF * _tanh(HALF * x)  # σ(x) = (1 + tanh(x/2)) / 2
 
 
-@_jit
-def lstm_backward_step(z, rows, start, stride, c_all, tanh_c_all, dh, dc, carry, peep, keep_all,
-                       t):  # fmt: skip
-    """Compiled twin of :func:`rnnkit.loops.lstm_backward_step` (same arguments)."""
-    c_prev, tanh_c, keep = c_all[t], tanh_c_all[t], keep_all[t]
-    HN, rows, start, stride = _u(c_prev.size), _u(rows), _u(start), _u(stride)
-    width = HN // rows
-    g1, g2 = HN, HN + HN  # peephole offsets, as in lstm_forward_step
-    z1 = rows * stride
-    z2, z3 = z1 + z1, z1 + z1 + z1
-    has_peep, has_mask = peep.size > 0, keep.size > 0
-    if has_mask:  # loops of their own: a branch in the loop below made it 5x slower
-        for k in range(HN):  # a finished sequence passes its gradients straight through
-            carry[0, k], carry[1, k] = dh[k] * (ONE - keep[k]), dc[k] * (ONE - keep[k])
-            dh[k], dc[k] = dh[k] * keep[k], dc[k] * keep[k]
-    for i in range(rows):
-        row = start + i * stride
-        for n in range(width):
-            k, r = i * width + n, row + n
-            da, dc_t = dh[k], dc[k]
-            gamma_u, gamma_f, c_tilde, gamma_o = z[r], z[z1 + r], z[z2 + r], z[z3 + r]
-            dc_t += da * gamma_o * (ONE - tanh_c[k] * tanh_c[k])  # through a<t> = Γo*tanh(c<t>)
-            dz_i = dc_t * c_tilde * gamma_u * (ONE - gamma_u)  # σ' = σ(1 - σ)
-            dz_f = dc_t * c_prev[k] * gamma_f * (ONE - gamma_f)
-            dz_g = dc_t * gamma_u * (ONE - c_tilde * c_tilde)  # tanh' = 1 - tanh²
-            dz_o = da * tanh_c[k] * gamma_o * (ONE - gamma_o)
-            dc_prev = dc_t * gamma_f  # dc<t-1> = dc<t> * Γf
-            if has_peep:
-                dc_prev += dz_i * peep[k] + dz_f * peep[g1 + k] + dz_o * peep[g2 + k]
-            dc[k] = dc_prev
-            z[r], z[z1 + r], z[z2 + r], z[z3 + r] = dz_i, dz_f, dz_g, dz_o
-    if has_mask:
-        for k in range(HN):
-            dc[k] += carry[1, k]
+def layout(T: int, N: int, n0: int, n1: int, G: int, H: int) -> tuple:
+    """Where a chunk's elements sit: ``L = (A, B, n0, st, sa, zt, zg, za, kt)`` for the chunk of
+    sequences ``n0 .. n1`` of a batch of N, G gates of H units.
 
-
-# ---------------------------------------------------------------- GRU (reset after), rows
-# Each gate of a row is a slice of its own: with the three read and written through one array
-# at offsets H apart, the compiler could not tell them apart and left the loop scalar (8x).
-
-
-@_jit
-def gru_forward_step(gates, hw, b_x, b_hn, h_prev, h, reset_in, out, keep):
-    """One step of :class:`rnnkit.loops.GRULoop` (reset after W_hn) after its product.
-
-    gates (N, 3H) holds the step's input projection W_x x<t>, hw (N, 3H) W_hh a<t-1>; b_x (3H,)
-    is the bias outside the reset (b_ir + b_hr, b_iz + b_hz, b_in), b_hn (H,) the one inside.
-    The gates become Γr, z (= 1 - Γu), c̃.
-    Writes a<t> to ``h`` and W_hn a<t-1> + b_hn to ``reset_in``. With a mask ``keep`` (N,),
-    ``out`` takes the masked output; both are empty otherwise.
+    Element (a, b) of step t is at ``t*st + a*sa + n0 + b`` in the states (and in values spread
+    over them), gate g at ``t*zt + g*zg + a*za + n0 + b`` in the gates, mask at ``t*kt + n0 + b``.
     """
-    N, H = h_prev.shape
-    b_r, b_z, b_n = b_x[:H], b_x[H : 2 * H], b_x[2 * H :]
-    for i in range(N):
-        g, w, a_prev, a, r_in = gates[i], hw[i], h_prev[i], h[i], reset_in[i]
-        g_r, g_z, g_n = g[:H], g[H : 2 * H], g[2 * H :]
-        w_r, w_z, w_n = w[:H], w[H : 2 * H], w[2 * H :]
-        for j in range(H):
-            gamma_r = HALF + HALF * _tanh(HALF * (g_r[j] + w_r[j] + b_r[j]))  # σ via tanh
-            z = HALF + HALF * _tanh(HALF * (g_z[j] + w_z[j] + b_z[j]))
-            r_in[j] = w_n[j] + b_hn[j]  # W_hn a<t-1> + b_hn
-            c_tilde = _tanh(g_n[j] + b_n[j] + gamma_r * r_in[j])
-            g_r[j], g_z[j], g_n[j] = gamma_r, z, c_tilde
-            a[j] = c_tilde + z * (a_prev[j] - c_tilde)  # a<t> = c̃ + z*(a<t-1> - c̃)
-    if keep.size > 0:  # a loop of its own, as in lstm_forward_step
-        for i in range(N):
-            out[i] = h[i] * keep[i]
-            if not keep[i] > 0:  # a finished sequence keeps its state
-                h[i] = h_prev[i]
+    if N == 1:  # one sequence: a = 0, b runs over the units, adjacent everywhere
+        return (1, H, 0, H, 0, G * H, H, 0, H)
+    return (H, n1 - n0, n0, H * N, N, N, H * T * N, T * N, N)
 
 
 @_jit
-def gru_backward_step(gates, h_prev, reset_in, d_out, dh, d_hidden, dhn, dh_direct, keep):
-    """One step backward of the GRU (reset after), before the product ``d_hidden @ W_hh``.
-
-    Reads the gates from ``gates`` (N, 3H) and replaces them by the gradients of their input
-    side; da<t> is ``dh + d_out``. Writes the gradient of the hidden side ``W_hh a<t-1> +
-    b_hh`` (N, 3H) to ``d_hidden``, its n block also to ``dhn`` (N, H) (its Γr and z blocks
-    are those of the input side), and the rest of da<t-1> (through z*a<t-1>, and what a
-    finished sequence carries) to ``dh_direct``.
-    """
-    N, H = h_prev.shape
-    for i in range(N):
-        m = keep[i] if keep.size > 0 else ONE  # the sequence's mask value
-        g, dhid, a_prev, r_in = gates[i], d_hidden[i], h_prev[i], reset_in[i]
-        dh_i, d_out_i, direct, dhn_i = dh[i], d_out[i], dh_direct[i], dhn[i]
-        g_r, g_z, g_n = g[:H], g[H : 2 * H], g[2 * H :]
-        d_r, d_z, d_n = dhid[:H], dhid[H : 2 * H], dhid[2 * H :]
-        for j in range(H):
-            da = (dh_i[j] + d_out_i[j]) * m
-            gamma_r, z, c_tilde = g_r[j], g_z[j], g_n[j]
-            dn = da * (ONE - z) * (ONE - c_tilde * c_tilde)  # dc̃ = da*Γu, tanh' = 1 - c̃²
-            dr = dn * r_in[j] * gamma_r * (ONE - gamma_r)  # σ' = σ(1 - σ)
-            dz = da * (a_prev[j] - c_tilde) * z * (ONE - z)
-            g_r[j], g_z[j], g_n[j] = dr, dz, dn
-            d_r[j], d_z[j], d_n[j] = dr, dz, dn * gamma_r
-            dhn_i[j] = dn * gamma_r
-            direct[j] = da * z + dh_i[j] * (ONE - m)  # through z*a<t-1>, and what is carried
-
-
-# ---------------------------------------------------------------- vanilla RNN, rows
+def product(w, b, c, beta):
+    """``c = w @ b + beta * c`` for 2-D views; one column by BLAS's vector product."""
+    if b.shape[1] == 1:
+        gemv(w, b[:, 0], c[:, 0], beta)
+    else:
+        gemm(w, b, c, beta)
 
 
 @_jit
-def rnn_forward_step(z, hw, bias, h_prev, h, out, keep, relu):
-    """One step of :class:`rnnkit.loops.RNNLoop` after its product: a<t> = g(z + hw + b).
+def _block(X, N, t, n0, n1, r0, r1):
+    """Rows ``r0 .. r1`` of a gate matrix (``(G, T*N)``, for one sequence stored ``(T, G)``)
+    in step t's columns of the chunk, as a ``(r1 - r0, n1 - n0)`` view."""
+    if N == 1:
+        return X[t, r0:r1].reshape((r1 - r0, 1))
+    return X[r0:r1, t * N + n0 : t * N + n1]
 
-    z (N, H) holds the step's input projection and becomes a<t>, also written to ``h``; hw
-    (N, H) is W_aa a<t-1>, or (N, 0) where the loop's product added it to z already; bias (H,)
-    b_ih + b_hh. With a mask ``keep`` (N,), ``out`` takes the masked output and finished
-    sequences keep a<t-1> in ``h``; both are empty otherwise.
-    """
-    has_hw = hw.shape[1] > 0
-    for i in range(h.shape[0]):
-        z_i, hw_i, a = z[i], hw[i], h[i]
-        for j in range(a.size):
-            v = (z_i[j] + hw_i[j] if has_hw else z_i[j]) + bias[j]
-            z_i[j] = a[j] = (v if v > 0 else v - v) if relu else _tanh(v)  # v - v: zero, same width
-    if keep.size > 0:  # a loop of its own, as in lstm_forward_step
-        for i in range(h.shape[0]):
-            out[i] = h[i] * keep[i]
-            if not keep[i] > 0:
-                h[i] = h_prev[i]
+
+# The element loops read and write through views that begin at their step and chunk: the
+# compiler then checks once that two of them do not overlap and vectorises; given whole arrays
+# and offsets, it could not tell c<t-1> from c<t> and left the loops scalar (8x slower).
 
 
 @_jit
-def _rnn_span_backward(a, d_out, dh, carry, m, relu):
-    """:func:`rnn_backward_step` over flat spans with one mask value ``m``."""
-    for j in range(a.size):
-        da = (dh[j] + d_out[j]) * m
-        carry[j] = dh[j] * (ONE - m)
-        a[j] = (da if a[j] > 0 else da - da) if relu else da * (ONE - a[j] * a[j])  # g'
+def _hold(L, t, new, prev, keep, out):
+    """With a mask, after step t: ``out`` takes the output (zero where a sequence has ended;
+    ``out`` may be empty) and a finished sequence keeps its state, ``prev``, in ``new`` (one
+    step's arrays, in the states' layout)."""
+    A, B, n0, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[4])
+    new, prev, out, keep = new[n0:], prev[n0:], out[n0:], keep[_u(t) * _u(L[8]) + n0 :]
+    has_out = out.size > 0
+    for a in range(A):
+        s0 = a * sa
+        for b in range(B):
+            m = keep[b]
+            if has_out:
+                out[s0 + b] = new[s0 + b] * m
+            if not m > 0:
+                new[s0 + b] = prev[s0 + b]
 
 
 @_jit
-def rnn_backward_step(a, d_out, dh, carry, keep, relu):
-    """One step backward of the RNN, before the product ``dz @ W_aa``: the activations ``a``
-    (N, H) become dz; what a finished sequence carries to a<t-1> goes to ``carry``."""
-    if keep.size == 0:
-        flat = (a.reshape(a.size), d_out.reshape(a.size), dh.reshape(a.size))
-        _rnn_span_backward(*flat, carry.reshape(a.size), ONE, relu)
+def _split_carry(L, t, d, keep, carry):
+    """With a mask, backward through step t: what a finished sequence carries straight to its
+    previous state goes to ``carry``; ``d`` keeps what enters the step (one step's arrays)."""
+    A, B, n0, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[4])
+    d, carry, keep = d[n0:], carry[n0:], keep[_u(t) * _u(L[8]) + n0 :]
+    for a in range(A):
+        s0 = a * sa
+        for b in range(B):
+            carry[s0 + b] = d[s0 + b] * (ONE - keep[b])
+            d[s0 + b] = d[s0 + b] * keep[b]
+
+
+@_jit
+def _add(L, d, carry):
+    """``d += carry`` over a chunk (one step's arrays)."""
+    A, B, n0, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[4])
+    d, carry = d[n0:], carry[n0:]
+    for a in range(A):
+        s0 = a * sa
+        for b in range(B):
+            d[s0 + b] += carry[s0 + b]
+
+
+@_jit
+def _rows_into_columns(rows, cols, n0, n1):
+    """``cols[:, n0:n1] += rows.T``: a step's output gradient ``(N, H)`` into its columns."""
+    if cols.shape[1] == 1:
+        cols[:, 0] += rows[0]
         return
-    for i in range(a.shape[0]):
-        _rnn_span_backward(a[i], d_out[i], dh[i], carry[i], keep[i], relu)
+    for i in range(rows.shape[1]):
+        for n in range(n0, n1):
+            cols[i, n] += rows[n, i]
 
 
-# ---------------------------------------------------------------- NumPy's own BLAS
-# The loops over all steps below call the products (gemv, gemm) of NumPy's own OpenBLAS
-# (:mod:`rnnkit.blas`), without the Python around each call. The functions are bound under
-# names of ours, so that Numba's on-disk cache does not hold an address; where the library is
-# not found, those names point at stubs that are never called (BLAS is False).
+@_jit
+def _columns_into_rows(cols, rows, n0, n1):
+    """``rows[n0:n1] = cols[:, n0:n1].T``: a step's states into the output's rows."""
+    if cols.shape[1] == 1:
+        rows[0] = cols[:, 0]
+    else:
+        transpose_into(cols[:, n0:n1], rows[n0:n1])
 
 
-def _cblas_signature(name: str) -> list:
-    """The C argument types of a CBLAS function: enums, sizes, then scalars and pointers."""
-    real = ctypes.c_float if name[0] == "s" else ctypes.c_double
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    if name.endswith("gemv"):  # order, trans, M, N, alpha, A, lda, x, incx, beta, y, incy
-        return [ctypes.c_int] * 2 + [i64] * 2 + [real, ptr, i64, ptr, i64, real, ptr, i64]
-    if name.endswith("omatcopy"):  # order, trans, rows, cols, alpha, A, lda, B, ldb
-        return [ctypes.c_int] * 2 + [i64] * 2 + [real, ptr, i64, ptr, i64]
-    # gemm: order, trans A, trans B, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
-    return [ctypes.c_int] * 3 + [i64] * 3 + [real, ptr, i64, ptr, i64, real, ptr, i64]
+# ---------------------------------------------------------------- LSTM
 
 
-def _bind_cblas() -> bool:
-    """Binds ``rnnkit_sgemv`` and the others for the compiled code; True if to NumPy's."""
-    library = blas.library() if AVAILABLE else None
-    for name in blas.PRODUCTS:
-        if library is not None:
-            function = getattr(library, f"scipy_cblas_{name}64_")
-        else:
-            function = ctypes.CFUNCTYPE(None, *_cblas_signature(name))(lambda *args: None)
-            _STUBS.append(function)  # kept alive while the process runs
-        llvm.add_symbol(f"rnnkit_{name}", ctypes.cast(function, ctypes.c_void_p).value)
-    return library is not None
+# Options that change what an element computes (peepholes and their form, the GRU's reset)
+# come as arrays or None: Numba compiles a version for each and drops the code of an absent
+# one. Tested at run time inside the loop, they kept it scalar (a GRU step 20x slower).
 
 
-_STUBS: list = []
-BLAS = False  # whether the loops over all steps may use NumPy's BLAS (see above)
+@_jit
+def lstm_step_forward(L, t, z, bias, peep_if, peep_o, gers, c, tanh_c, m, mt, ma):
+    """One step of the LSTM (:func:`rnnkit.cells.lstm_step_forward`) on a chunk, after its
+    products: the gates (``z``, pre-activations without biases) become Γu, Γf, c̃, Γo; writes
+    c<t>, tanh(c<t>) to ``c``, ``tanh_c`` and Γo*tanh(c<t>) to ``m`` at ``t*mt + a*ma + n0 + b``.
+    Peepholes (None without, spread as the biases): ``peep_if`` for Γu, Γf, which see c<t-1>,
+    and ``peep_o`` for Γo, which sees c<t-1> as in the notes or, with ``gers`` (an array or
+    None, like it), the new c<t> as in Gers et al. and ONNX."""
+    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, za, ma, t = _u(L[6]), _u(L[7]), _u(ma), _u(t)
+    zg2, zg3, st2, st3 = zg + zg, zg + zg + zg, st + st, st + st + st  # unsigned
+    z, m = z[t * _u(L[5]) + n0 :], m[t * _u(mt) + n0 :]
+    c_prev, c_new, tanh_c = c[t * st + n0 :], c[(t + 1) * st + n0 :], tanh_c[(t + 1) * st + n0 :]
+    bias = bias[n0:]
+    if peep_if is not None:
+        p_if, p_o = peep_if[n0:], peep_o[n0:]
+    for a in range(A):
+        za_, sa_, ma_ = a * za, a * sa, a * ma
+        for b in range(B):
+            k, u = za_ + b, sa_ + b
+            z_i, z_f = z[k] + bias[u], z[k + zg] + bias[u + st]
+            z_g, z_o = z[k + zg2] + bias[u + st2], z[k + zg3] + bias[u + st3]
+            if peep_if is not None:
+                z_i += p_if[u] * c_prev[u]
+                z_f += p_if[u + st] * c_prev[u]
+            gamma_u, gamma_f, c_tilde = _sigmoid(z_i), _sigmoid(z_f), _tanh(z_g)
+            c_t = gamma_f * c_prev[u] + gamma_u * c_tilde  # c<t> = Γf*c<t-1> + Γu*c̃<t>
+            if peep_if is not None and gers is None:
+                z_o += p_o[u] * c_prev[u]
+            if peep_if is not None and gers is not None:
+                z_o += p_o[u] * c_t
+            gamma_o, tanh_ct = _sigmoid(z_o), _tanh(c_t)
+            c_new[u], tanh_c[u] = c_t, tanh_ct
+            m[ma_ + b] = gamma_o * tanh_ct  # a<t> = Γo*tanh(c<t>)
+            z[k], z[k + zg], z[k + zg2], z[k + zg3] = gamma_u, gamma_f, c_tilde, gamma_o
 
-if numba is not None:
-    from llvmlite import binding as llvm
 
-    BLAS = _bind_cblas()
-    _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enums
-    _NUMBA_TYPES = {
-        ctypes.c_int: types.intc,
-        ctypes.c_int64: types.int64,
-        ctypes.c_float: types.float32,
-        ctypes.c_double: types.float64,
-        ctypes.c_void_p: types.voidptr,
-    }
-    _sgemv, _dgemv, _sgemm, _dgemm, _somatcopy, _domatcopy = (
-        types.ExternalFunction(
-            f"rnnkit_{name}", types.void(*(_NUMBA_TYPES[c] for c in _cblas_signature(name)))
-        )
-        for name in blas.PRODUCTS
+@_jit
+def lstm_step_backward(L, t, z, peep_if, peep_o, gers, c, tanh_c, dm, dc, dpeep_if, dpeep_o):
+    """One step backward of :func:`lstm_step_forward`, before the product W_hh^T dz: ``dm``
+    and ``dc`` (one step, the states' layout) hold the gradients of Γo*tanh(c<t>) and c<t>,
+    and ``dc`` takes dc<t-1>; the gates become their pre-activation gradients and the
+    peepholes' gradients are added into ``dpeep_if``, ``dpeep_o`` (spread like them)."""
+    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, za, t = _u(L[6]), _u(L[7]), _u(t)
+    zg2, zg3 = zg + zg, zg + zg + zg  # unsigned
+    z, dm, dc = z[t * _u(L[5]) + n0 :], dm[n0:], dc[n0:]
+    c_prev, c_new, tanh_c = c[t * st + n0 :], c[(t + 1) * st + n0 :], tanh_c[(t + 1) * st + n0 :]
+    if peep_if is not None:
+        p_if, p_o, dp_if, dp_o = peep_if[n0:], peep_o[n0:], dpeep_if[n0:], dpeep_o[n0:]
+    for a in range(A):
+        za_, sa_ = a * za, a * sa
+        for b in range(B):
+            k, u = za_ + b, sa_ + b
+            gamma_u, gamma_f, c_tilde, gamma_o = z[k], z[k + zg], z[k + zg2], z[k + zg3]
+            da, tanh_ct = dm[u], tanh_c[u]
+            dz_o = da * tanh_ct * gamma_o * (ONE - gamma_o)  # σ' = σ(1 - σ)
+            dc_t = dc[u] + da * gamma_o * (ONE - tanh_ct * tanh_ct)  # a<t> sees c<t>
+            if peep_if is not None and gers is not None:
+                dc_t += dz_o * p_o[u]  # Γo saw c<t>
+                dp_o[u] += dz_o * c_new[u]
+            dz_i = dc_t * c_tilde * gamma_u * (ONE - gamma_u)
+            dz_f = dc_t * c_prev[u] * gamma_f * (ONE - gamma_f)
+            dz_g = dc_t * gamma_u * (ONE - c_tilde * c_tilde)  # tanh' = 1 - tanh²
+            dc_prev = dc_t * gamma_f  # dc<t-1> = dc<t> * Γf
+            if peep_if is not None:
+                dc_prev += dz_i * p_if[u] + dz_f * p_if[u + st]
+                dp_if[u] += dz_i * c_prev[u]
+                dp_if[u + st] += dz_f * c_prev[u]
+            if peep_if is not None and gers is None:
+                dc_prev += dz_o * p_o[u]
+                dp_o[u] += dz_o * c_prev[u]
+            dc[u] = dc_prev
+            z[k], z[k + zg], z[k + zg2], z[k + zg3] = dz_i, dz_f, dz_g, dz_o
+
+
+@_jit
+def lstm_forward(L, Lp, n1, Z, w_hh, w_hr, bias, peepholes, states, outputs):
+    """All steps of the LSTM for the chunk of sequences ``L[2] .. n1``, after the input
+    projection (``Z``: the gates as a ``(4H, T*N)`` matrix, for one sequence ``(T, 4H)``).
+    ``peepholes`` as :func:`lstm_step_forward` takes them. ``states``: ``S (T+1, P, N)``
+    holds a<t-1> (P = H, or the projection's size), ``c``, ``tanh_c`` the cell states (flat,
+    ``L``); ``m`` takes Γo*tanh(c<t>) at ``t*ml[0] + a*ml[1] + ..``: the states themselves,
+    or ``M`` (laid out as the gates) before the projection ``w_hr`` (empty without one).
+    ``outputs``: ``out (T, N, P)`` takes the outputs as rows; with a mask (``keep``, else
+    empty), ``held`` (T, P*N) takes them first."""
+    (peep_if, peep_o, gers), (S, c, tanh_c, M, m, ml), (keep, held, out) = (
+        peepholes,
+        states,
+        outputs,
     )
-
-
-def _mat_vec(w, v, out):
-    """``out = w @ v`` by NumPy's BLAS, inside the kernels (dispatches on the width below)."""
-    return np.matmul(w, v, out=out)
-
-
-def _mat_mat(a, b, out):
-    """``out = a @ b`` by NumPy's BLAS, inside the kernels; rows may be apart (views of
-    columns), elements of a row must be adjacent."""
-    return np.matmul(a, b, out=out)
-
-
-def _mat_mat_add(a, b, out):
-    """``out += a @ b`` by NumPy's BLAS, inside the kernels (operands as for :func:`_mat_mat`)."""
-    out += a @ b
-
-
-def _transpose(a, out):
-    """``out = a.T`` by NumPy's BLAS (omatcopy), inside the kernels: 2x to 2.5x NumPy's
-    transposed copy of a layer's whole output."""
-    out[...] = a.T
-
-
-if numba is not None:
-
-    def _scalars(array_type):
-        if array_type.dtype.bitwidth == 32:
-            return np.float32(1), np.float32(0)
-        return 1.0, 0.0
-
-    @overload(_mat_vec)
-    def _mat_vec_by_width(w, v, out):
-        gemv = _sgemv if w.dtype.bitwidth == 32 else _dgemv
-        one, zero = _scalars(w)
-
-        def call(w, v, out):
-            rows, cols = w.shape
-            size = w.itemsize  # strides are in bytes, BLAS counts elements
-            ld_w, inc_v, inc_o = w.strides[0] // size, v.strides[0] // size, out.strides[0] // size
-            gemv(_ROW_MAJOR, _NO_TRANS, rows, cols, one, w.ctypes, ld_w, v.ctypes, inc_v, zero,
-                 out.ctypes, inc_o)  # fmt: skip
-
-        return call
-
-    def _gemm(a, add: bool):
-        """The compiled ``out = a @ b`` (``out += a @ b`` with ``add``) in a's width."""
-        gemm = _sgemm if a.dtype.bitwidth == 32 else _dgemm
-        one, zero = _scalars(a)
-        beta = one if add else zero
-
-        def call(a, b, out):
-            rows, inner = a.shape
-            cols, size = b.shape[1], a.itemsize
-            ld_a, ld_b, ld_o = a.strides[0] // size, b.strides[0] // size, out.strides[0] // size
-            gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, rows, cols, inner, one, a.ctypes, ld_a,
-                 b.ctypes, ld_b, beta, out.ctypes, ld_o)  # fmt: skip
-
-        return call
-
-    @overload(_mat_mat)
-    def _mat_mat_by_width(a, b, out):
-        return _gemm(a, add=False)
-
-    @overload(_mat_mat_add)
-    def _mat_mat_add_by_width(a, b, out):
-        return _gemm(a, add=True)
-
-    @overload(_transpose)
-    def _transpose_by_width(a, out):
-        omatcopy = _somatcopy if a.dtype.bitwidth == 32 else _domatcopy
-        one = _scalars(a)[0]
-
-        def call(a, out):
-            rows, cols = a.shape
-            ld_a, ld_o = a.strides[0] // a.itemsize, out.strides[0] // out.itemsize
-            omatcopy(_ROW_MAJOR, _TRANS, rows, cols, one, a.ctypes, ld_a, out.ctypes, ld_o)
-
-        return call
-
-
-# ---------------------------------------------------------------- all steps in one call
-# A step is a product and the gate arithmetic; with one sequence at H = 128 that is ~2 us of
-# work, and the Python around them (a product call, a kernel call, slicing) cost as much again,
-# a few us a step at any size. These run the whole time loop compiled, calling the step kernels
-# above. Their products are NumPy's BLAS (``blas``), or for one sequence with weights up to
-# 1 MiB, a product of their own, as fast as BLAS's there (:func:`rnnkit.loops._loop_product`).
-#
-# Each product multiplies the states by a matrix P (W_aa forward, W_aa^T backward); ``w`` is P
-# or P^T, whichever is the faster operand of that product: P for BLAS's vector product (one
-# sequence) and for columns of states (the LSTM), P^T for rows of states (the RNN and the GRU,
-# ``a<t-1> @ P^T``) and for the own product (``_vec_mat``).
-
-
-@_jit
-def _vec_mat(v, m, out):
-    """``out = v @ m`` for ``v (K,)`` and ``m (K, M)``: rows of ``m`` added up, the form that
-    vectorises (a dot product per output would end each in a horizontal sum)."""
-    for k in range(out.size):
-        out[k] = 0
-    for j in range(v.size):
-        v_j, row = v[j], m[j]
-        for k in range(out.size):
-            out[k] += v_j * row[k]
-
-
-@_jit
-def _vector_product(w, v, out, blas):
-    """``out = P v`` for one sequence: ``w`` is P with ``blas``, else P^T."""
-    if blas:
-        _mat_vec(w, v, out)
-    else:
-        _vec_mat(v, w, out)
-
-
-@_jit
-def _row_product(w, h, out, blas):
-    """``out = h P^T`` for the rows of ``h (N, K)``: ``w`` is P for one row with ``blas``,
-    else P^T."""
-    if blas and h.shape[0] > 1:
-        _mat_mat(h, w, out)
-    else:
-        for i in range(h.shape[0]):
-            _vector_product(w, h[i], out[i], blas)
-
-
-@_jit
-def rnn_sequence_forward(z, w, bias, h_all, out, keep, relu, blas):
-    """All steps of :class:`rnnkit.loops.RNNLoop`: :func:`rnn_forward_step` after the product
-    for each t. ``z, out (T, N, H)``, ``h_all (T+1, N, H)``, ``keep (T, N)``; without a mask
-    ``out`` is ``(T, 0, 0)`` and ``keep (T, 0)``; ``w`` as above."""
-    N, H = h_all.shape[1:]
-    in_place = blas and N > 1  # the product adds W_aa a<t-1> to the step's z (1.0x-1.1x)
-    hw = np.empty((N, 0 if in_place else H), dtype=z.dtype)
-    for t in range(z.shape[0]):
-        if in_place:
-            _mat_mat_add(h_all[t], w, z[t])
+    T, N, n0, H = S.shape[0] - 1, S.shape[2], L[2], L[3] // S.shape[2]
+    s, z, st, stp = S.reshape(-1), Z.reshape(-1), L[3], Lp[3]
+    for t in range(T):
+        product(w_hh, S[t][:, n0:n1], _block(Z, N, t, n0, n1, 0, 4 * H), 1.0)  # += W_hh a<t-1>
+        lstm_step_forward(L, t, z, bias, peep_if, peep_o, gers, c, tanh_c, m, ml[0], ml[1])
+        if w_hr.size > 0:  # a<t> = W_hr (Γo*tanh(c<t>))
+            product(w_hr, _block(M, N, t, n0, n1, 0, H), S[t + 1][:, n0:n1], 0.0)
+        if keep.size > 0:
+            _hold(
+                Lp, t, s[(t + 1) * stp : (t + 2) * stp], s[t * stp : (t + 1) * stp], keep, held[t]
+            )
+            _hold(L, t, c[(t + 1) * st : (t + 2) * st], c[t * st : (t + 1) * st], keep, held[t][:0])
+            _columns_into_rows(held[t].reshape(S.shape[1], N), out[t], n0, n1)
         else:
-            _row_product(w, h_all[t], hw, blas)  # W_aa a<t-1>
-        rnn_forward_step(z[t], hw, bias, h_all[t], h_all[t + 1], out[t], keep[t], relu)
+            _columns_into_rows(S[t + 1], out[t], n0, n1)
 
 
 @_jit
-def rnn_sequence_backward(a, dout, w, dh, keep, relu, blas):
-    """All steps backward of :func:`rnn_sequence_forward`; ``dh (N, H)`` takes da<0>."""
-    carry = np.empty_like(dh)
-    for t in range(a.shape[0] - 1, -1, -1):
-        rnn_backward_step(a[t], dout[t], dh, carry, keep[t], relu)
-        _row_product(w, a[t], dh, blas)  # da<t-1> = W_aa^T dz
-        if keep.shape[1] > 0:
-            dh += carry
-
-
-@_jit
-def gru_sequence_forward(gates, w, b_x, b_hn, h_all, reset_in, out, keep, blas):
-    """All steps of :func:`gru_forward_step` (shapes and ``w`` as for
-    :func:`rnn_sequence_forward`, with W_hh)."""
-    hw = np.empty_like(gates[0])
-    for t in range(gates.shape[0]):
-        _row_product(w, h_all[t], hw, blas)
-        gru_forward_step(gates[t], hw, b_x, b_hn, h_all[t], h_all[t + 1], reset_in[t], out[t],
-                         keep[t])  # fmt: skip
-
-
-@_jit
-def gru_sequence_backward(gates, h_all, reset_in, dout, dh, dhn, w, keep, blas):
-    """All steps backward of :func:`gru_sequence_forward`; ``dh (N, H)`` takes da<0>, ``dhn
-    (T, N, H)`` the n block of each step's hidden-side gradient."""
-    dh_direct, d_hidden = np.empty_like(dh), np.empty_like(gates[0])
-    for t in range(gates.shape[0] - 1, -1, -1):
-        gru_backward_step(gates[t], h_all[t], reset_in[t], dout[t], dh, d_hidden, dhn[t],
-                          dh_direct, keep[t])  # fmt: skip
-        _row_product(w, d_hidden, dh, blas)  # da<t-1> through the hidden side
-        dh += dh_direct
-
-
-@_jit
-def lstm_sequence_forward(w, N, z, rows, stride, step, c_all, h_all, tanh_c_all, out_all, peep,
-                          bias, keep_all, output, blas):  # fmt: skip
-    """All steps of :func:`lstm_forward_step` for ``N`` sequences (its arguments; step t's
-    gates start at ``t * step`` in ``z``), after the product ``W_aa a<t-1>`` for each t (``w``
-    as above); each step's output, a column per sequence, goes transposed to ``output[t]``
-    (N, H), while it is in cache."""
-    if N > 1 and not blas:
-        raise ValueError("the compiled loop over several sequences needs NumPy's BLAS")
-    H = c_all.shape[1] // N
-    zt = np.empty(4 * H if N == 1 else 0, dtype=z.dtype)  # W_aa a<t-1> for one sequence
-    gates = z.reshape(4 * H, z.size // (4 * H))  # as (4H, T*N), for N > 1
-    for t in range(tanh_c_all.shape[0]):
-        if N == 1:
-            _vector_product(w, h_all[t], zt, blas)
-        else:  # added to the step's gates where they are: no (4H, N) buffer between (1.04-1.08x)
-            _mat_mat_add(w, h_all[t].reshape(H, N), gates[:, t * N : (t + 1) * N])
-        lstm_forward_step(zt, z, rows, t * step, stride, c_all, h_all, tanh_c_all, out_all, peep,
-                          bias, keep_all, t)  # fmt: skip
-        cols = out_all[t] if out_all.shape[1] > 0 else h_all[t + 1]  # masked, or a<t>
-        if blas:
-            _transpose(cols.reshape(H, N), output[t])
-        else:  # one sequence: a copy
-            for i in range(H):
-                for n in range(N):
-                    output[t, n, i] = cols[i * N + n]
-
-
-@_jit
-def lstm_sequence_backward(w, N, z, rows, stride, step, c_all, tanh_c_all, dout, dh, dc, carry,
-                           peep, keep_all, blas):  # fmt: skip
-    """All steps backward of :func:`lstm_sequence_forward`: ``dout (T, N, H)``, ``dh, dc (HN,)``
-    (columns, flat) take da<0>, dc<0>; the other arguments as in :func:`lstm_backward_step`."""
-    if N > 1 and not blas:
-        raise ValueError("the compiled loop over several sequences needs NumPy's BLAS")
-    H = c_all.shape[1] // N
-    dz = z.reshape(4 * H, z.size // (4 * H))  # the gates as (4H, T*N), for N > 1
-    dout_t = np.empty(H * N, dtype=dh.dtype)
-    for t in range(tanh_c_all.shape[0] - 1, -1, -1):
-        if N > 1:  # da<t>: columns from the output's rows, by BLAS (2.5x an element loop)
-            _transpose(dout[t], dout_t.reshape(H, N))
-            dh += dout_t
+def lstm_backward(L, Lp, n1, Z, w_hh_t, w_hr_t, peepholes, states, grads):
+    """All steps backward of :func:`lstm_forward` for its chunk (``w_hh_t``, ``w_hr_t``: the
+    transposed weights; ``states``: ``c``, ``tanh_c`` as there, and ``keep``). The gates
+    become dz; ``grads``: ``dout (T, N, P)`` the outputs' gradients (rows), ``dh (P, N)`` and
+    ``dc (H, N)`` hold the final states' and take da<0>, dc<0>; with a projection ``dM``
+    (laid out as the gates) takes each step's da<t>, for dW_hr, and ``dm (H*N)`` is scratch;
+    ``carry (2, max(H, P)*N)`` is scratch with a mask; ``dpeep_if``, ``dpeep_o`` take the
+    peepholes' gradients."""
+    peep_if, peep_o, gers = peepholes
+    c, tanh_c, keep = states
+    dout, dh, dc, dM, dm, carry, dpeep_if, dpeep_o = grads
+    T, N, n0, H = tanh_c.size // L[3] - 1, dh.shape[1], L[2], dc.shape[0]
+    z, dh_, dc_, P = Z.reshape(-1), dh.reshape(-1), dc.reshape(-1), dh.shape[0]
+    proj, masked = w_hr_t.size > 0, keep.size > 0
+    carry_h, carry_c = carry[0][: P * N], carry[1][: L[3]]
+    for t in range(T - 1, -1, -1):
+        _rows_into_columns(dout[t], dh, n0, n1)  # da<t> += its output's gradient
+        if masked:
+            _split_carry(Lp, t, dh_, keep, carry_h)
+            _split_carry(L, t, dc_, keep, carry_c)
+        if proj:  # through a<t> = W_hr m<t>
+            _block(dM, N, t, n0, n1, 0, P)[:, :] = dh[:, n0:n1]
+            product(w_hr_t, dh[:, n0:n1], dm.reshape(-1, N)[:, n0:n1], 0.0)
+            lstm_step_backward(
+                L, t, z, peep_if, peep_o, gers, c, tanh_c, dm, dc_, dpeep_if, dpeep_o
+            )
         else:
-            dh += dout[t, 0]
-        lstm_backward_step(z, rows, t * step, stride, c_all, tanh_c_all, dh, dc, carry, peep,
-                           keep_all, t)  # fmt: skip
-        if N == 1:  # da<t-1> = W_aa^T dz
-            _vector_product(w, z[t * step : t * step + 4 * H], dh, blas)
+            lstm_step_backward(
+                L, t, z, peep_if, peep_o, gers, c, tanh_c, dh_, dc_, dpeep_if, dpeep_o
+            )
+        product(w_hh_t, _block(Z, N, t, n0, n1, 0, 4 * H), dh[:, n0:n1], 0.0)  # W_hh^T dz
+        if masked:
+            _add(Lp, dh_, carry_h)
+            _add(L, dc_, carry_c)
+
+
+# ---------------------------------------------------------------- vanilla RNN, simplified GRU
+# Both add their recurrent product into their gates; ``cell`` says which: TANH, RELU or SIMPLE.
+
+TANH, RELU, SIMPLE = 0, 1, 2
+
+
+@_jit
+def rnn_step_forward(L, t, z, bias, relu, s):
+    """One RNN step (:func:`rnnkit.cells.rnn_step_forward`) after its product: ``z`` (W_ax x<t>
+    + W_aa a<t-1>) becomes a<t> = g(z + b_a), also written to the states ``s``."""
+    A, B, n0, st, sa, za, t = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4]), _u(L[7]), _u(t)
+    z, a_new, bias = z[t * _u(L[5]) + n0 :], s[(t + 1) * st + n0 :], bias[n0:]
+    for a in range(A):
+        za_, sa_ = a * za, a * sa
+        for b in range(B):
+            v = z[za_ + b] + bias[sa_ + b]
+            v = (v if v > 0 else v - v) if relu else _tanh(v)  # v - v: a zero of v's width
+            z[za_ + b], a_new[sa_ + b] = v, v
+
+
+@_jit
+def rnn_step_backward(L, t, z, relu, dh):
+    """One RNN step backward, before the product W_aa^T dz: ``z`` (a<t>) becomes dz = da<t> *
+    g'; ``dh`` (one step, the states' layout) holds da<t>."""
+    A, B, n0, sa, za, t = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[4]), _u(L[7]), _u(t)
+    z, dh = z[t * _u(L[5]) + n0 :], dh[n0:]
+    for a in range(A):
+        za_, sa_ = a * za, a * sa
+        for b in range(B):
+            a_t, da = z[za_ + b], dh[sa_ + b]
+            z[za_ + b] = (da if a_t > 0 else da - da) if relu else da * (ONE - a_t * a_t)
+
+
+@_jit
+def simple_gru_step_forward(L, t, z, bias, s):
+    """One step of the course's simplified GRU (:func:`rnnkit.cells.simple_gru_step_forward`)
+    after its product: the gates z, n become z = 1 - Γu and c̃; a<t> goes to the states."""
+    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, za, t = _u(L[6]), _u(L[7]), _u(t)
+    z, bias = z[t * _u(L[5]) + n0 :], bias[n0:]
+    a_prev, a_new = s[t * st + n0 :], s[(t + 1) * st + n0 :]
+    for a in range(A):
+        za_, sa_ = a * za, a * sa
+        for b in range(B):
+            k, u = za_ + b, sa_ + b
+            z_gate = _sigmoid(z[k] + bias[u])  # z = 1 - Γu
+            c_tilde = _tanh(z[k + zg] + bias[u + st])
+            z[k], z[k + zg] = z_gate, c_tilde
+            a_new[u] = c_tilde + z_gate * (a_prev[u] - c_tilde)  # c<t> = Γu*c̃ + (1-Γu)*c<t-1>
+
+
+@_jit
+def simple_gru_step_backward(L, t, z, s, dh):
+    """One step backward of :func:`simple_gru_step_forward`, before the product: the gates
+    become their pre-activation gradients; ``dh`` holds da<t> and takes the part of da<t-1>
+    that bypasses the product, da<t> * (1 - Γu)."""
+    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, za, t = _u(L[6]), _u(L[7]), _u(t)
+    z, dh, a_prev = z[t * _u(L[5]) + n0 :], dh[n0:], s[t * st + n0 :]
+    for a in range(A):
+        za_, sa_ = a * za, a * sa
+        for b in range(B):
+            k, u = za_ + b, sa_ + b
+            da, z_gate, c_tilde = dh[u], z[k], z[k + zg]
+            z[k] = da * (a_prev[u] - c_tilde) * z_gate * (ONE - z_gate)
+            z[k + zg] = da * (ONE - z_gate) * (ONE - c_tilde * c_tilde)  # dc̃ = da * Γu
+            dh[u] = da * z_gate
+
+
+@_jit
+def gated_forward(cell, L, n1, Z, w_hh, S, bias, keep, held, out):
+    """All steps of the RNN or the simplified GRU (``cell``) for the chunk of sequences ``L[2]
+    .. n1``, after the input projection (``Z``: the gates, as in :func:`lstm_forward`); ``S (T+1,
+    H, N)`` holds a<t-1>; ``out (T, N, H)`` takes the outputs as rows, with a mask (``keep``)
+    through ``held``."""
+    T, N, n0, G = S.shape[0] - 1, S.shape[2], L[2], w_hh.shape[0]
+    s, z, st = S.reshape(-1), Z.reshape(-1), L[3]
+    for t in range(T):
+        product(w_hh, S[t][:, n0:n1], _block(Z, N, t, n0, n1, 0, G), 1.0)  # += W_aa a<t-1>
+        if cell == SIMPLE:
+            simple_gru_step_forward(L, t, z, bias, s)
         else:
-            _mat_mat(w, dz[:, t * N : (t + 1) * N], dh.reshape(H, N))
-        if carry.shape[1] > 0:
-            dh += carry[0]
+            rnn_step_forward(L, t, z, bias, cell == RELU, s)
+        if keep.size > 0:
+            _hold(L, t, s[(t + 1) * st : (t + 2) * st], s[t * st : (t + 1) * st], keep, held[t])
+            _columns_into_rows(held[t].reshape(S.shape[1], N), out[t], n0, n1)
+        else:
+            _columns_into_rows(S[t + 1], out[t], n0, n1)
+
+
+@_jit
+def gated_backward(cell, L, n1, Z, w_hh_t, S, keep, dout, dh, carry):
+    """All steps backward of :func:`gated_forward` for its chunk: the gates become dz, ``dh
+    (H, N)`` holds the final state's gradient and takes da<0>; ``carry`` is scratch (H*N) with
+    a mask."""
+    T, N, n0, G = S.shape[0] - 1, S.shape[2], L[2], w_hh_t.shape[1]
+    s, z, dh_ = S.reshape(-1), Z.reshape(-1), dh.reshape(-1)
+    for t in range(T - 1, -1, -1):
+        _rows_into_columns(dout[t], dh, n0, n1)
+        if keep.size > 0:
+            _split_carry(L, t, dh_, keep, carry)
+        if cell == SIMPLE:
+            simple_gru_step_backward(L, t, z, s, dh_)
+        else:
+            rnn_step_backward(L, t, z, cell == RELU, dh_)
+        beta = 1.0 if cell == SIMPLE else 0.0  # the simplified GRU's dh holds da<t> (1 - Γu)
+        product(w_hh_t, _block(Z, N, t, n0, n1, 0, G), dh[:, n0:n1], beta)  # += W_aa^T dz
+        if keep.size > 0:
+            _add(L, dh_, carry)
+
+
+# ---------------------------------------------------------------- GRU
+
+
+@_jit
+def gru_step_forward(L, t, z, hw, bias, b_hn, s, r_in, rl):
+    """One full GRU step (:func:`rnnkit.cells.gru_step_forward`), the gates r, z, n of ``z``
+    becoming Γr, z = 1 - Γu, c̃. Reset after W_hn (``b_hn`` an array, spread): ``hw`` (3 rows
+    in the states' layout, one step) holds W_hh a<t-1>, ``r_in`` takes W_hn a<t-1> + b_hn (at
+    ``t*rl[0] + a*rl[1] + ..``), ``bias`` is b_ih + b_hh but b_hn, and a<t> goes to the
+    states. Reset before (``b_hn`` None): this is the first half, Γr and z from ``hw``'s r, z
+    rows, ``r_in`` takes Γr * a<t-1>; :func:`gru_step_candidate` is the second, after the
+    product W_hn (Γr * a<t-1>)."""
+    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, za, ra, t = _u(L[6]), _u(L[7]), _u(rl[1]), _u(t)
+    zg2, st2 = zg + zg, st + st  # unsigned
+    z, r_in = z[t * _u(L[5]) + n0 :], r_in[t * _u(rl[0]) + n0 :]
+    hw, bias = hw[n0:], bias[n0:]
+    a_prev, a_new = s[t * st + n0 :], s[(t + 1) * st + n0 :]
+    if b_hn is not None:
+        bn = b_hn[n0:]
+    for a in range(A):
+        za_, sa_, ra_ = a * za, a * sa, a * ra
+        for b in range(B):
+            k, u = za_ + b, sa_ + b
+            z_r, z_z, z_n = z[k], z[k + zg], z[k + zg2]  # every load before any store
+            gamma_r = _sigmoid(z_r + hw[u] + bias[u])  # Γr = σ(W_r [a<t-1>, x<t>] + b_r)
+            z_gate = _sigmoid(z_z + hw[u + st] + bias[u + st])  # z = 1 - Γu
+            z[k], z[k + zg] = gamma_r, z_gate
+            if b_hn is not None:
+                reset_in = hw[u + st2] + bn[u]  # W_hn a<t-1> + b_hn
+                c_tilde = _tanh(z_n + bias[u + st2] + gamma_r * reset_in)
+                r_in[ra_ + b], z[k + zg2] = reset_in, c_tilde
+                a_new[u] = c_tilde + z_gate * (a_prev[u] - c_tilde)  # Γu*c̃ + (1-Γu)*a<t-1>
+            if b_hn is None:
+                r_in[ra_ + b] = gamma_r * a_prev[u]  # Γr*a<t-1>, reset before the product
+
+
+@_jit
+def gru_step_candidate(L, t, z, bias, s):
+    """The second half of a reset-before GRU step: ``z``'s n row holds W_in x<t> + W_hn (Γr *
+    a<t-1>) and becomes c̃ = tanh(. + b_n); a<t> goes to the states."""
+    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, za, t = _u(L[6]), _u(L[7]), _u(t)
+    zg2, st2 = zg + zg, st + st  # unsigned
+    z, bias = z[t * _u(L[5]) + n0 :], bias[n0:]
+    a_prev, a_new = s[t * st + n0 :], s[(t + 1) * st + n0 :]
+    for a in range(A):
+        za_, sa_ = a * za, a * sa
+        for b in range(B):
+            k, u = za_ + b, sa_ + b
+            c_tilde = _tanh(z[k + zg2] + bias[u + st2])  # c̃ = tanh(W_c [Γr*a, x] + b_c)
+            z[k + zg2] = c_tilde
+            a_new[u] = c_tilde + z[k + zg] * (a_prev[u] - c_tilde)
+
+
+@_jit
+def gru_step_backward(L, t, z, hw, s, r_in, rl, dhn, dh):
+    """One full GRU step backward, before its products: the gates become the gradients of
+    their input side, ``dh`` (one step) holds da<t> and takes da<t> * z (the part of da<t-1>
+    that bypasses the products). Reset after (``dhn`` an array, laid out as ``r_in``): ``hw``
+    takes the hidden side's (Γr, z and n * Γr), ``dhn`` its n row. Reset before (None): this
+    is the part after W_hn (dz and dn only); :func:`gru_step_reset_backward` is the rest."""
+    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, za, ra, t = _u(L[6]), _u(L[7]), _u(rl[1]), _u(t)
+    zg2, st2 = zg + zg, st + st  # unsigned
+    z, hw, dh, a_prev = z[t * _u(L[5]) + n0 :], hw[n0:], dh[n0:], s[t * st + n0 :]
+    r_in = r_in[t * _u(rl[0]) + n0 :]
+    if dhn is not None:
+        dn_r = dhn[t * _u(rl[0]) + n0 :]
+    for a in range(A):
+        za_, sa_, ra_ = a * za, a * sa, a * ra
+        for b in range(B):
+            k, u, da = za_ + b, sa_ + b, dh[sa_ + b]
+            gamma_r, z_gate, c_tilde = z[k], z[k + zg], z[k + zg2]
+            dn = da * (ONE - z_gate) * (ONE - c_tilde * c_tilde)  # dc̃ = da*Γu, tanh' = 1 - c̃²
+            dz = da * (a_prev[u] - c_tilde) * z_gate * (ONE - z_gate)  # σ' = σ(1 - σ)
+            z[k + zg], z[k + zg2], dh[u] = dz, dn, da * z_gate
+            if dhn is not None:
+                dr = dn * r_in[ra_ + b] * gamma_r * (ONE - gamma_r)
+                z[k] = dr
+                hw[u], hw[u + st], hw[u + st2] = dr, dz, dn * gamma_r
+                dn_r[ra_ + b] = dn * gamma_r
+
+
+@_jit
+def gru_step_reset_backward(L, t, z, d_reset, s, dh):
+    """The rest of a reset-before GRU step backward: ``d_reset`` (one step) holds the gradient
+    of Γr * a<t-1>; Γr's row of ``z`` becomes dΓr's pre-activation, and da<t-1> takes the
+    part through Γr * a<t-1>."""
+    A, B, n0, st, sa, za, t = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4]), _u(L[7]), _u(t)
+    z, d_reset, dh, a_prev = z[t * _u(L[5]) + n0 :], d_reset[n0:], dh[n0:], s[t * st + n0 :]
+    for a in range(A):
+        za_, sa_ = a * za, a * sa
+        for b in range(B):
+            k, u = za_ + b, sa_ + b
+            gamma_r = z[k]
+            z[k] = d_reset[u] * a_prev[u] * gamma_r * (ONE - gamma_r)
+            dh[u] += d_reset[u] * gamma_r
+
+
+@_jit
+def gru_forward(L, n1, Z, w_hh, w_n, S, hw, bias, b_hn, R, rl, keep, held, out):
+    """All steps of the full GRU for the chunk of sequences ``L[2] .. n1`` (arguments as for
+    :func:`gated_forward`; ``hw`` scratch (3H*N), ``R`` (laid out as one gate of the gates)
+    takes the reset's input, ``w_hh`` is W_hh, or with the reset before W_hh's r, z rows and
+    ``w_n`` its n rows)."""
+    T, N, n0, H = S.shape[0] - 1, S.shape[2], L[2], S.shape[1]
+    s, z, r_in, st = S.reshape(-1), Z.reshape(-1), R.reshape(-1), L[3]
+    HW = hw.reshape(-1, N)
+    for t in range(T):
+        product(w_hh, S[t][:, n0:n1], HW[: w_hh.shape[0], n0:n1], 0.0)  # W_hh a<t-1>
+        gru_step_forward(L, t, z, hw, bias, b_hn, s, r_in, rl)
+        if b_hn is None:  # reset before: c̃'s product sees Γr * a<t-1>
+            n_rows = _block(Z, N, t, n0, n1, 2 * H, 3 * H)
+            product(w_n, _block(R, N, t, n0, n1, 0, H), n_rows, 1.0)
+            gru_step_candidate(L, t, z, bias, s)
+        if keep.size > 0:
+            _hold(L, t, s[(t + 1) * st : (t + 2) * st], s[t * st : (t + 1) * st], keep, held[t])
+            _columns_into_rows(held[t].reshape(H, N), out[t], n0, n1)
+        else:
+            _columns_into_rows(S[t + 1], out[t], n0, n1)
+
+
+@_jit
+def gru_backward(L, n1, Z, w_hh_t, w_n_t, S, hw, R, rl, dhn, keep, dout, dh, carry):
+    """All steps backward of :func:`gru_forward` for its chunk (``w_hh_t``, ``w_n_t`` the
+    transposed weights; reset after: ``dhn`` (laid out as R, flat) takes the n row of the
+    hidden side's gradient, None with the reset before)."""
+    T, N, n0, H = S.shape[0] - 1, S.shape[2], L[2], S.shape[1]
+    s, z, r_in, dh_ = S.reshape(-1), Z.reshape(-1), R.reshape(-1), dh.reshape(-1)
+    HW = hw.reshape(-1, N)
+    for t in range(T - 1, -1, -1):
+        _rows_into_columns(dout[t], dh, n0, n1)
+        if keep.size > 0:
+            _split_carry(L, t, dh_, keep, carry)
+        gru_step_backward(L, t, z, hw, s, r_in, rl, dhn, dh_)
+        if dhn is not None:  # reset after: da<t-1> += W_hh^T (the hidden side's gradient)
+            product(w_hh_t, HW[:, n0:n1], dh[:, n0:n1], 1.0)
+        else:  # through c̃'s product, then Γr and z's
+            product(w_n_t, _block(Z, N, t, n0, n1, 2 * H, 3 * H), HW[:H, n0:n1], 0.0)
+            gru_step_reset_backward(L, t, z, hw, s, dh_)
+            product(w_hh_t, _block(Z, N, t, n0, n1, 0, 2 * H), dh[:, n0:n1], 1.0)
+        if keep.size > 0:
+            _add(L, dh_, carry)

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from . import parallel
 from .init import as_generator, uniform
 from .module import Module
 
@@ -42,19 +43,20 @@ class Linear(Module):
         """``x (..., in)`` -> ``(y (..., out), cache)``."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects last axis {self.in_features}, got shape {x.shape}")
-        y = x @ self.params["weight"].T
+        y = parallel.matmul(x.reshape(-1, self.in_features), self.params["weight"].T)
         if "bias" in self.params:
             y += self.params["bias"]
-        return y, x
+        return y.reshape(*x.shape[:-1], self.out_features), x
 
     def backward(self, dy: np.ndarray, cache: np.ndarray) -> np.ndarray:
         """Adds dW = dy^T x and db = sum(dy) over every leading axis; returns dx = dy W."""
         x = cache
         dy2 = dy.reshape(-1, self.out_features)  # (T*N, out)
-        self.grads["weight"] += dy2.T @ x.reshape(-1, self.in_features)
+        self.grads["weight"] += parallel.matmul(dy2.T, x.reshape(-1, self.in_features))
         if "bias" in self.params:
             self.grads["bias"] += dy2.sum(axis=0)
-        return dy @ self.params["weight"]
+        dx = parallel.matmul(dy2, self.params["weight"])  # (T*N, in)
+        return dx.reshape(*dy.shape[:-1], self.in_features)
 
 
 class Embedding(Module):
@@ -115,7 +117,7 @@ class Embedding(Module):
             # (characters) 10x faster than np.add.at (0.4 against 5 ms for 3,200 ids, E = 256).
             one_hot = np.zeros((self.num_embeddings, len(flat)), dtype=dy2.dtype)
             one_hot[flat, np.arange(len(flat))] = 1
-            self.grads["weight"] += one_hot @ dy2
+            self.grads["weight"] += parallel.matmul(one_hot, dy2)
         else:
             np.add.at(self.grads["weight"], flat, dy2)
 

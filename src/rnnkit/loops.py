@@ -1,44 +1,30 @@
-"""The time loop of one layer and direction: the readable reference, and a fast loop per cell.
+"""How one layer and direction runs its time loop, decided in one place (:func:`forward`).
 
-Both take the input projection of every step, ``xw = x @ w_ih.T + b_ih`` of shape
-``(T, N, G*H)``, already computed in one product (the fast loops use it as their gate buffer,
-so it is theirs to overwrite), and return the same things:
+Two ways, the same numbers (the tests hold them equal for every variant):
 
-- ``forward(xw, state0, p, mask) -> (out (T, N, H), final state, cache)``
-- ``backward(dout, dfinal, cache, p, mask) -> (dxw (T, N, G*H), dstate0, grads)``; ``grads``
-  holds ``w_hh``, ``b_hh`` (and ``w_peep``), the input-side gradients being left to one product
-  over all steps in the layer.
+- the reference: a loop over the step functions of :mod:`rnnkit.cells`, one NumPy call after
+  another, the code to read (``layer.backend = "reference"``, ``RNNKIT_COMPILED=0``, or where
+  Numba or NumPy's OpenBLAS is missing);
+- the compiled loop of :mod:`rnnkit.kernels` (the default): the input projection of all steps
+  in one product, then each chunk of sequences through all T steps in one compiled call, the
+  chunks on rnnkit's threads (:mod:`rnnkit.parallel`), then the weight and input gradients as
+  products over all steps, split over the threads by rows.
 
-The fast loops are called through ``forward_x(x, state0, p, mask)`` and ``backward_x(x, dout,
-dfinal, cache, p, mask) -> (dx, dstate0, grads)`` instead, which do the products over all steps
-themselves, into buffers kept from call to call, and may add the biases where it costs least
-(``input_bias``: the RNN's ``xw`` includes b_hh too, the compiled steps' neither).
-
-The reference loop calls the step functions of :mod:`rnnkit.cells` once per step. The fast
-loops compute the same equations with what the notes leave out: every buffer allocated once,
-``out=`` everywhere, one ``tanh`` over a whole block of gates (σ(x) = (1 + tanh(x/2)) / 2, with
-the sigmoid gates' weights halved once per call, an exact scaling), the pre-activation
-gradients of all steps kept so that the recurrent weight gradient is one product after the
-loop, and the forward buffers reused for the backward pass. They are tested equal to the
-reference for every variant.
-
-With Numba installed (``rnnkit[fast]``), the elementwise work of a step (everything but its
-product) is one call to a compiled kernel of :mod:`rnnkit.kernels` instead of a dozen NumPy
-calls: the RNN, the LSTM and the GRU with the reset after W_hn (the default). With NumPy's own
-BLAS found (:mod:`rnnkit.blas`), or with one sequence and small weights, the whole loop over
-the steps, products included, is one compiled call. The simplified and reset-before GRUs keep
-their NumPy steps.
+Buffers a loop keeps between a forward pass and its backward pass (gates, states) come from
+the layer's own :class:`Workspace` and go back to it after the backward pass, or, in evaluation
+mode, when the forward pass's cache is dropped unused: a fresh large array costs a page fault
+per 4 KiB on first write, 5% to 15% of a training step.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 import numpy as np
 
-from . import kernels
-from .cells import CellKind, CellParams, input_projection_backward
-from .gates import GRU_GATES, LSTM_GATES, SIMPLE_GRU_GATES, gate_slices
+from . import blas, kernels, parallel
+from .cells import CellKind, CellParams, input_projection, input_projection_backward
 
 # ---------------------------------------------------------------- the reference loop
 
@@ -72,8 +58,8 @@ def reference_backward(
     mask: np.ndarray | None,
 ) -> tuple[np.ndarray, tuple, dict]:
     """Backpropagation through time with one ``kind.backward`` per step."""
-    T, N, H = dout.shape
-    dxw = np.empty((T, N, len(kind.gates) * H), dtype=dout.dtype)
+    T, N, _ = dout.shape
+    dxw = np.empty((T, N, p.w_ih.shape[0]), dtype=dout.dtype)
     grads: dict[str, np.ndarray] = {}
     for t in reversed(range(T)):
         if mask is None:
@@ -85,1033 +71,504 @@ def reference_backward(
             dxw[t], dprev, g = kind.backward(dnew, caches[t], p)
             dstate = tuple(dp + d * (1 - m) for dp, d in zip(dprev, dstate))
         for key, value in g.items():
-            if key in grads:
-                grads[key] += value
-            else:
-                grads[key] = value
+            grads[key] = grads[key] + value if key in grads else value
     return dxw, dstate, grads
 
 
-# ---------------------------------------------------------------- helpers of the fast loops
+# ---------------------------------------------------------------- buffers of one layer
 
 
-def _halved(w: np.ndarray | None, cols: list[slice], copy: bool = True) -> np.ndarray | None:
-    """``w`` with the given gate blocks of its last axis multiplied by 0.5 (exact in binary
-    floating point); a copy unless ``copy=False``."""
-    if w is None:
-        return None
-    w = w.copy() if copy else w
-    for c in cols:
-        w[..., c] *= 0.5
-    return w
+class Workspace:
+    """The buffers of one layer and direction, kept from call to call of that layer only.
+
+    A buffer is taken by name and handed back after use; one of any size reuses the memory of
+    one as large or larger (a batch of shorter sequences takes a view of the longer one's).
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[str, np.dtype], list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """A buffer of ``shape`` (contents undefined)."""
+        size, dtype = int(np.prod(shape)), np.dtype(dtype)
+        with self._lock:
+            spares = self._free.get((name, dtype), [])
+            flat = spares.pop() if spares else None
+        if flat is None or flat.size < size:
+            flat = np.empty(size, dtype=dtype)
+        return flat[:size].reshape(shape)
+
+    def give(self, name: str, array: np.ndarray) -> None:
+        """Hand ``array`` (one :meth:`take` returned) back for the next call."""
+        flat = array.base if array.base is not None else array
+        with self._lock:
+            self._free.setdefault((name, array.dtype), []).append(flat.reshape(-1))
 
 
-def _transposed(w: np.ndarray, view: bool) -> np.ndarray:
-    """``w.T``: the view itself, or a contiguous copy, by which OpenBLAS multiplies up to 7x
-    faster once a product has a few states. The copy goes by blocks of rows: 3x to 7x faster
-    than ``np.ascontiguousarray(w.T)`` here (that one takes 3 ms for a 2048 x 512 matrix, the
-    time of 100 products with one state)."""
-    if view:
-        return w.T
-    out = np.empty(w.shape[::-1], dtype=w.dtype)
-    for i in range(0, w.shape[0], 16):
-        out[:, i : i + 16] = w[i : i + 16].T
-    return out
+class LoopCache(dict):
+    """What a compiled loop's backward pass needs; ``kept`` names its workspace buffers."""
 
 
-def _right_operand(w_hh: np.ndarray, halved_rows: list[slice], n: int) -> np.ndarray:
-    """``W_hh.T`` (H, G*H) for ``a<t-1> @ W_hh.T`` with ``n`` rows, the given gate blocks halved."""
-    w = w_hh.copy().T if n == 1 else _transposed(w_hh, view=False)  # one copy either way
-    for rows in halved_rows:
-        w[:, rows] *= 0.5
-    return w
+def _recycle_when_dropped(cache: LoopCache, workspace: Workspace) -> None:
+    """Evaluation mode: the buffers go back when the cache is dropped unused (a backward pass
+    that uses it takes them out first)."""
+    kept = [(name, cache[name]) for name in cache["kept"]]
+    cache["unused"] = weakref.finalize(cache, _give_all, workspace, kept)
+    cache["unused"].atexit = False
 
 
-def _sigmoid_from_halved(block: np.ndarray) -> None:
-    """In place: ``block`` holds tanh(x/2); make it σ(x) = (1 + tanh(x/2)) / 2."""
-    block *= 0.5
-    block += 0.5
+def _give_all(workspace: Workspace, kept: list) -> None:
+    for name, array in kept:
+        workspace.give(name, array)
 
 
-def _output_buffer(h_all: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Where the outputs go: without lengths they are the states themselves, ``h_all[1:]``,
-    shared with the cache and so handed out read-only (writing into them would corrupt the
-    gradients); with lengths, an array of their own (zero past each end)."""
+# ---------------------------------------------------------------- the one place that chooses
+
+
+def compiled(backend: str) -> bool:
+    """Whether a layer with this ``backend`` runs the compiled loop."""
+    if backend not in ("fast", "reference"):
+        raise ValueError(f"backend must be 'fast' or 'reference', got {backend!r}")
+    return backend == "fast" and kernels.AVAILABLE
+
+
+_PIECE = 1 << 20  # multiply-adds below which work is not split over threads (a few us)
+
+
+def _chunks(x: np.ndarray, p: CellParams) -> list[tuple[int, int]]:
+    """The batch in chunks of sequences, each run through all steps on a thread of its own:
+    one chunk where there is little work, one thread, or too few sequences (then NumPy's BLAS
+    may use its own threads in the products)."""
+    T, N, D = x.shape
+    per_sequence = T * p.w_hh.shape[0] * (D + p.w_hh.shape[1])  # multiply-adds
+    parts = min(parallel.num_threads(), N // 8, N * per_sequence // _PIECE)
+    return parallel.spans(N, max(parts, 1), align=16 if N >= 32 else 8)
+
+
+def _own_threads(chunks: list, p: CellParams) -> bool:
+    """Whether NumPy's BLAS stays on one thread for the call: where rnnkit's threads run the
+    chunks, and where one chunk's products are small (OpenBLAS would still split each step's
+    product over its threads, and every step would wait for the slower one). A single chunk
+    with recurrent weights past 1 MiB in float32 lets OpenBLAS split its products."""
+    return len(chunks) > 1 or p.w_hh.size <= 1 << 18
+
+
+def _products(jobs: list, split: bool) -> None:
+    """Run products ``c = a @ b + beta * c``, given as ``(a, b, c, beta)``; products into one
+    output run in turn, in order. With ``split``, each output is split by rows where large,
+    the pieces on rnnkit's threads."""
+    by_output: dict[int, list] = {}
+    for job in jobs:
+        by_output.setdefault(id(job[2]), []).append(job)
+    pieces = []
+    for group in by_output.values():
+        rows, cols = group[0][2].shape
+        work = rows * cols * sum(a.shape[1] for a, _, _, _ in group)
+        parts = min(parallel.num_threads(), work // _PIECE) if split else 1
+        for r0, r1 in parallel.spans(rows, parts, 8):
+            pieces.append(_rows_of(group, r0, r1))
+    parallel.run(pieces)
+
+
+def _rows_of(group: list, r0: int, r1: int):
+    def piece():
+        for a, b, c, beta in group:
+            blas.gemm(a[r0:r1], b, c[r0:r1], beta)
+
+    return piece
+
+
+def forward(
+    kind: CellKind,
+    backend: str,
+    x: np.ndarray,
+    state: tuple,
+    p: CellParams,
+    mask: np.ndarray | None,
+    workspace: Workspace,
+    recycle: bool,
+) -> tuple[np.ndarray, tuple, object]:
+    """One direction of one layer forward in time: ``x (T, N, D)``, ``state`` a tuple of
+    ``(N, H)`` arrays, ``mask (T, N, 1)`` or None. Returns ``(output (T, N, H), final state,
+    cache)``; with ``recycle`` (evaluation mode) the buffers return when the cache is dropped."""
+    if not compiled(backend):
+        xw = input_projection(x, p)  # (T, N, G*H): every step's input projection, one product
+        return reference_forward(kind, xw, state, p, mask)
+    chunks = _chunks(x, p)
+    with parallel.region(_own_threads(chunks, p)):
+        out, final, cache = _CELLS[kind.name].forward(x, state, p, mask, workspace, chunks)
+    if recycle:
+        _recycle_when_dropped(cache, workspace)
+    return out, final, cache
+
+
+def backward(
+    kind: CellKind,
+    x: np.ndarray,
+    dout: np.ndarray,
+    dstate: tuple,
+    cache: object,
+    p: CellParams,
+    mask: np.ndarray | None,
+    grads: dict[str, np.ndarray],
+    workspace: Workspace,
+) -> tuple[np.ndarray, tuple]:
+    """Backpropagation through the loop that made ``cache``; adds every parameter's gradient
+    into ``grads`` (keys as in :class:`rnnkit.cells.CellParams`). Returns ``(dx, dstate0)``."""
+    if not isinstance(cache, LoopCache):  # the reference loop's
+        dxw, dstate, hidden = reference_backward(kind, dout, dstate, cache, p, mask)
+        dx, inputs = input_projection_backward(dxw, x, p, hidden.pop("b_ih", None))
+        for key, value in {**hidden, **inputs}.items():
+            grads[key] += value
+        return dx, dstate
+    unused = cache.pop("unused", None)
+    if unused is not None:
+        unused.detach()  # used: this pass gives the buffers back itself
+    chunks = _chunks(x, p)
+    with parallel.region(_own_threads(chunks, p)):
+        dx, dstate = _CELLS[kind.name].backward(x, dout, dstate, cache, p, mask, grads, chunks)
+    for name in cache["kept"]:
+        workspace.give(name, cache[name])
+    return dx, dstate
+
+
+# ---------------------------------------------------------------- pieces the cells share
+
+
+def _spread(values: np.ndarray, N: int) -> np.ndarray:
+    """Per-unit values ``(..., H)`` spread over N sequences as the states lie, raveled."""
+    return np.ascontiguousarray(np.repeat(values[..., None], N, axis=-1)).reshape(-1)
+
+
+def _keep(mask: np.ndarray | None, T: int, N: int, H: int, dtype) -> np.ndarray:
+    """The mask as the kernels read it: ``(T, N)``, for one sequence ``(T, H)``; empty: none."""
     if mask is None:
-        out = h_all[1:]
-        out.flags.writeable = False
-        return out
-    return np.empty((h_all.shape[0] - 1, *h_all.shape[1:]), dtype=h_all.dtype)
+        return np.empty(0, dtype=dtype)
+    keep = mask[:, :, 0]
+    return np.ascontiguousarray(np.repeat(keep, H, axis=1) if N == 1 else keep).reshape(-1)
 
 
-def _carry(new: np.ndarray, old: np.ndarray, keep_new: np.ndarray) -> np.ndarray:
-    """``where(keep_new, new, old)``, exact (no arithmetic on the states)."""
-    out = old.copy()
-    np.copyto(out, new, where=keep_new)
-    return out
+def _gates(workspace: Workspace | None, name: str, G: int, T: int, N: int, dtype) -> np.ndarray:
+    """A ``(G, T*N)`` matrix of gates, step t in columns ``t*N .. t*N + N``, for one sequence
+    stored ``(T, G)`` (each step's gates adjacent); from the workspace, or fresh without one.
+    The kernels take it as it lies, the products over all steps as :func:`_matrix`."""
+    take = np.empty if workspace is None else lambda shape, dt: workspace.take(name, shape, dt)
+    return take((T, G), dtype) if N == 1 else take((G, T * N), dtype)
 
 
-def _compiled_loop(N: int, G: int, H: int) -> bool:
-    """Whether the compiled loop over all steps runs (``*_sequence_*`` in :mod:`rnnkit.kernels`):
-    with NumPy's BLAS for its products, always; without, for one sequence with recurrent weights
-    of up to 1 MiB in float32, for which the kernels' own product is as fast (beyond, BLAS's
-    two threads are faster)."""
-    return kernels.AVAILABLE and (kernels.BLAS or (N == 1 and G * H * H <= 2**18))
+def _matrix(gates: np.ndarray, N: int) -> np.ndarray:
+    """A :func:`_gates` array as the ``(G, T*N)`` matrix it stands for (a view)."""
+    return gates.T if N == 1 else gates
 
 
-def _loop_product(
-    w_hh: np.ndarray, backward: bool, N: int, columns: bool = False
-) -> tuple[np.ndarray, bool]:
-    """The compiled loop's product: ``W_hh`` as it takes it, and whether it is NumPy's BLAS.
-
-    BLAS for several sequences, and for one past 1 MiB of weights; up to that the kernels' own
-    product is as fast, and needs no transposed copy backward (1.07x for a training step of
-    the RNN at H = 512). The matrix is P (W_hh forward, W_hh^T backward) or P^T, whichever
-    is the faster operand (see :mod:`rnnkit.kernels`).
-    """
-    blas = kernels.BLAS and (N > 1 or w_hh.size > 2**18)
-    p_transposed = not blas or (N > 1 and not columns)
-    if backward != p_transposed:
-        return _transposed(w_hh, view=False), blas
-    return np.ascontiguousarray(w_hh), blas
+def _project(x: np.ndarray, w_ih: np.ndarray, gates: np.ndarray, split: bool) -> None:
+    """``Z = W_ih @ x^T`` for all steps at once: the input side of every gate."""
+    T, N, D = x.shape
+    _products([(w_ih, x.reshape(T * N, D).T, _matrix(gates, N), 0.0)], split)
 
 
-def _sequence_mask(mask: np.ndarray | None, T: int, dt: np.dtype) -> np.ndarray:
-    """The mask as the compiled loops take it: ``(T, N)``, or ``(T, 0)`` for none."""
-    return np.empty((T, 0), dtype=dt) if mask is None else np.ascontiguousarray(mask[:, :, 0])
+def _bias_grads(Z: np.ndarray) -> np.ndarray:
+    """``Σ dZ`` over all steps and sequences, for each gate row."""
+    return Z @ np.ones(Z.shape[1], dtype=Z.dtype)  # BLAS, 2x to 4x .sum
 
 
-def _bias_sum(p: CellParams) -> np.ndarray | None:
-    """``b_ih + b_hh``, or None for a layer without biases."""
-    return None if p.b_ih is None else p.b_ih + p.b_hh
+def _transposed(w: np.ndarray) -> np.ndarray:
+    """``w.T`` as a contiguous copy, the faster operand of the backward products."""
+    return np.ascontiguousarray(w.T)
 
 
-def _recurrent_weight_grads(dhw: np.ndarray, h_in: np.ndarray, has_bias: bool) -> dict:
-    """dW_hh and the biases' gradients over all steps, one product each. For the cells whose
-    two biases enter one sum (the RNN, the LSTM, the simplified GRU) db_ih = db_hh = Σ dz: one
-    pass over the gradients serves both."""
-    G = dhw.shape[-1]
-    dhw2 = dhw.reshape(-1, G)
-    grads = {"w_hh": dhw2.T @ h_in.reshape(-1, h_in.shape[-1])}
-    if has_bias:
-        grads["b_hh"] = np.ones(len(dhw2), dtype=dhw2.dtype) @ dhw2  # BLAS, 2-4x .sum
-        grads["b_ih"] = grads["b_hh"].copy()
-    return grads
+# ---------------------------------------------------------------- the compiled cells
 
 
-class _Spares:
-    """Internal buffers of one shape kept from one call for the next.
+class _Compiled:
+    """What every compiled cell does around its own loops: the input projection, the states,
+    the mask, the chunks of the batch, the final state; backward, the products over all steps.
 
-    A fresh large array costs a page fault per 4 KiB the first time it is written (the system
-    hands out zeroed pages, and glibc returns large freed ones): 5% to 15% of an LSTM training
-    step. So the buffers that never leave the loop (gates, states) go back here at the end of
-    a backward pass, for the next call of the same shape (the last shape asked for only).
-    Keeping the states to the end of the backward pass, past their last use, raises the peak
-    of a training step by about a tenth; it stays well below PyTorch's at every benchmark point.
+    A cell says its number of gates and returns, for a chunk of sequences, the compiled call
+    of its loop (``chunk_forward``, ``chunk_backward``); the other methods add what differs."""
 
-    A forward pass in evaluation mode (``layer.eval()``, where it is mostly not followed by a
-    backward pass) gets its buffers back when its cache is dropped unused, by a finalizer: a
-    fresh gate buffer made an LSTM forward pass 2x slower (N = 32, H = 128: 7.5 against 3.6
-    ms). Not in training mode: there the finalizers made the allocator trim and regrow its heap
-    every step of a whole training loop (3,500 to 6,400 page faults a step of the language
-    model, 10% to 15% of its time), for nothing, as the backward pass gives the buffers back.
-    """
+    gates = 1
+    kept = ("gates", "states")  # workspace buffers in the cache, handed back after use
 
-    def __init__(self):
-        self.key: tuple | None = None
-        self.free: dict[tuple, list[np.ndarray]] = {}
+    def forward(self, x, state, p, mask, ws, chunks):
+        T, N, _ = x.shape
+        H, P, dt = p.w_hh.shape[0] // self.gates, p.w_hh.shape[1], x.dtype
+        ctx = {"T": T, "N": N, "H": H, "P": P, "p": p, "ws": ws, "dt": dt}
+        Z = ctx["gates"] = _gates(ws, "gates", self.gates * H, T, N, dt)
+        _project(x, p.w_ih, Z, len(chunks) > 1)
+        S = ctx["states"] = ws.take("states", (T + 1, P, N), dt)  # S[t] is a<t-1>, as columns
+        S[0] = state[0].T
+        ctx["keep"] = _keep(mask, T, N, H, dt)
+        ctx["held"] = np.empty((T, P * N if mask is not None else 0), dtype=dt)
+        out = ctx["output"] = np.empty((T, N, P), dtype=dt)
+        self.prepare(ctx, state)
+        parallel.run([self.chunk_forward(ctx, *span) for span in chunks])
+        cache = LoopCache({name: ctx[name] for name in self.kept if name in ctx})
+        cache.update(output=out, h0=np.array(state[0]), kept=tuple(cache))
+        out.flags.writeable = False  # the backward pass reads a<t> from it
+        return out, self.final(ctx), cache
 
-    def start(self, key: tuple) -> None:
-        """A call for ``key`` begins: spares of any other shape are dropped."""
-        if key != self.key:
-            self.key, self.free = key, {}
+    def prepare(self, ctx: dict, state: tuple) -> None:
+        """The cell's own buffers for the forward pass."""
+        ctx["bias"] = _spread(_bias_sum(ctx["p"], self.gates, ctx["H"], ctx["dt"]), ctx["N"])
 
-    def take(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        stack = self.free.get((shape, np.dtype(dtype)))
-        return stack.pop() if stack else np.empty(shape, dtype=dtype)
+    def final(self, ctx: dict) -> tuple:
+        return (ctx["states"][ctx["T"]].T.copy(),)
 
-    def give(self, *arrays: np.ndarray) -> None:
-        for a in arrays:
-            self.free.setdefault((a.shape, a.dtype), []).append(a)
+    def backward(self, x, dout, dstate, cache, p, mask, grads, chunks):
+        """Adds this pass's gradients into ``grads`` once they are whole, so that two passes
+        give exactly twice one."""
+        mine = {key: np.zeros_like(value) for key, value in grads.items()}
+        dx, dstate0 = self._backward(x, dout, dstate, cache, p, mask, mine, chunks)
+        for key, value in mine.items():
+            grads[key] += value
+        return dx, dstate0
 
-    def give_when_dropped(self, cache: dict, *arrays: np.ndarray) -> dict:
-        """``cache``, made one that gives ``arrays`` (which it alone holds) back when it is
-        dropped; a backward pass that uses it calls :func:`_keep_cache` first."""
-        cache = _LoopCache(cache)
-        back = weakref.finalize(cache, self._give_if_current, self.key, arrays)
-        back.atexit = False
-        cache["unused"] = back
-        return cache
-
-    def _give_if_current(self, key: tuple, arrays: tuple) -> None:
-        if key == self.key:
-            self.give(*arrays)
-
-
-class _LoopCache(dict):
-    """A loop's cache: a dict that can be weakly referenced (a plain one cannot)."""
-
-
-def _keep_cache(cache: dict) -> None:
-    """The backward pass is using ``cache``: it gives the buffers back itself."""
-    back = cache.pop("unused", None)
-    if back is not None:
-        back.detach()
-
-
-class _ProjectingLoop:
-    """``forward_x`` / ``backward_x`` for a row loop: the input projection of all steps, one
-    product, goes into a kept buffer (see :class:`_Spares`), which the loop then uses as its
-    gate buffer, and the cache's ``kept`` buffers return to the pool after the backward
-    pass."""
-
-    kept: tuple[str, ...] = ()  # the cache entries that never leave the loop
-
-    def __init__(self):
-        self.spares = _Spares()
-
-    def input_bias(self, p: CellParams) -> np.ndarray | None:
-        """What ``forward`` expects added to the projection: ``b_ih``."""
-        return p.b_ih
-
-    def forward_x(
-        self,
-        x: np.ndarray,
-        state: tuple,
-        p: CellParams,
-        mask: np.ndarray | None,
-        recycle: bool = False,
-    ) -> tuple[np.ndarray, tuple, dict]:
-        """The whole sequence forward from the layer input ``x (T, N, D)``; with ``recycle``
-        (evaluation mode) the buffers come back when the cache is dropped unused."""
+    def _backward(self, x, dout, dstate, cache, p, mask, grads, chunks):
         T, N, D = x.shape
-        G, dt = p.w_ih.shape[0], x.dtype
-        self.spares.start((T, N, G, dt))
-        xw = self.spares.take((T, N, G), dt)
-        np.matmul(x.reshape(T * N, D), p.w_ih.T, out=xw.reshape(T * N, G))  # W_ax x<t>, all t
-        bias = self.input_bias(p)
-        if bias is not None:
-            xw += bias
-        out, final, cache = self.forward(xw, state, p, mask)
-        if recycle:
-            cache = self.spares.give_when_dropped(cache, *(cache[name] for name in self.kept))
-        return out, final, cache
-
-    def backward_x(
-        self,
-        x: np.ndarray,
-        dout: np.ndarray,
-        dstate: tuple,
-        cache: dict,
-        p: CellParams,
-        mask: np.ndarray | None,
-    ) -> tuple[np.ndarray, tuple, dict]:
-        """Backpropagation through the sequence; returns ``(dx, dstate0, grads)``, the grads of
-        every parameter (input side included)."""
-        _keep_cache(cache)
-        kept = [cache[name] for name in self.kept]
-        dxw, dstate, grads = self.backward(dout, dstate, cache, p, mask)
-        dx, input_grads = input_projection_backward(dxw, x, p, grads.pop("b_ih", None))
-        self.spares.give(*kept)
-        return dx, dstate, {**grads, **input_grads}
-
-
-# ---------------------------------------------------------------- vanilla RNN
-
-
-class RNNLoop(_ProjectingLoop):
-    """a<t> = g(W_aa a<t-1> + xw<t> + b_hh), g = tanh or relu."""
-
-    kept = ("a",)
-
-    def __init__(self, nonlinearity: str):
-        super().__init__()
-        self.relu = nonlinearity == "relu"
-
-    def input_bias(self, p: CellParams) -> np.ndarray | None:
-        """Both biases: they enter the same sum, so one pass adds them (``xw`` includes b_hh);
-        none for the compiled step, which adds them itself (``xw`` is then ``W_ax x`` alone)."""
-        return None if kernels.AVAILABLE else _bias_sum(p)
-
-    def forward(
-        self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
-    ) -> tuple[np.ndarray, tuple, dict]:
-        """The whole sequence forward; see the module docstring."""
-        T, N, H = xw.shape
-        h_all = np.empty((T + 1, N, H), dtype=xw.dtype)  # h_all[t] is a<t-1>, the step's input
-        h_all[0] = state[0]
-        z = xw  # (T, N, H) pre-activations, then activations
-        out = _output_buffer(h_all, mask)
-        if kernels.AVAILABLE:
-            bias = _bias_sum(p)
-            bias = np.zeros(H, dtype=xw.dtype) if bias is None else bias
-        if _compiled_loop(N, 1, H):
-            out_ = np.empty((T, 0, 0), dtype=xw.dtype) if mask is None else out
-            keep = _sequence_mask(mask, T, xw.dtype)
-            w, blas = _loop_product(p.w_hh, False, N)
-            steps = (z, w, bias, h_all, out_, keep, self.relu, blas)
-            kernels.rnn_sequence_forward(*steps)
-            return out, (h_all[T].copy(),), {"a": z, "h_all": h_all}
-        w_hh_t = _right_operand(p.w_hh, [], N)
-        hw = np.empty((N, H), dtype=xw.dtype)
-        if kernels.AVAILABLE:
-            empty = np.empty((0, 0), dtype=xw.dtype)
-            for t in range(T):
-                np.matmul(h_all[t], w_hh_t, out=hw)
-                kernels.rnn_forward_step(
-                    z[t],
-                    hw,
-                    bias,
-                    h_all[t],
-                    h_all[t + 1],
-                    empty if mask is None else out[t],
-                    empty.reshape(0) if mask is None else mask[t, :, 0],
-                    self.relu,
-                )
-            return out, (h_all[T].copy(),), {"a": z, "h_all": h_all}
-        for t in range(T):
-            np.matmul(h_all[t], w_hh_t, out=hw)
-            z[t] += hw
-            if self.relu:
-                np.maximum(z[t], 0, out=z[t])
-            else:
-                np.tanh(z[t], out=z[t])
-            if mask is None:
-                h_all[t + 1] = z[t]
-            else:
-                np.multiply(z[t], mask[t], out=out[t])
-                h_all[t + 1] = _carry(z[t], h_all[t], mask[t] > 0)
-        return out, (h_all[T].copy(),), {"a": z, "h_all": h_all}
-
-    def backward(
-        self, dout: np.ndarray, dstate: tuple, cache: dict, p: CellParams, mask: np.ndarray | None
-    ) -> tuple[np.ndarray, tuple, dict]:
-        """Backpropagation through the whole sequence; see the module docstring."""
-        a, h_all = cache["a"], cache["h_all"]
-        T, N, H = dout.shape
-        dz = a  # the activations are overwritten by the gradients, step by step
-        dh = dstate[0].copy()
-        if _compiled_loop(N, 1, H):
-            keep = _sequence_mask(mask, T, dh.dtype)
-            dout = np.ascontiguousarray(dout)
-            w, blas = _loop_product(p.w_hh, True, N)
-            kernels.rnn_sequence_backward(dz, dout, w, dh, keep, self.relu, blas)
-            return dz, (dh,), _recurrent_weight_grads(dz, h_all[:T], p.b_hh is not None)
-        if kernels.AVAILABLE:
-            dout, carry = np.ascontiguousarray(dout), np.empty_like(dh)
-            no_mask = np.empty(0, dtype=dh.dtype)
-            for t in reversed(range(T)):
-                keep = no_mask if mask is None else mask[t, :, 0]
-                kernels.rnn_backward_step(dz[t], dout[t], dh, carry, keep, self.relu)
-                np.matmul(dz[t], p.w_hh, out=dh)
-                if mask is not None:
-                    dh += carry
-            return dz, (dh,), _recurrent_weight_grads(dz, h_all[:T], p.b_hh is not None)
-        for t in reversed(range(T)):
-            dnew = dh + dout[t]
-            if mask is not None:
-                dnew *= mask[t]
-            if self.relu:
-                dnew *= a[t] > 0
-            else:
-                deriv = np.multiply(a[t], a[t])
-                np.subtract(1, deriv, out=deriv)
-                dnew *= deriv  # tanh' = 1 - a<t>^2
-            dz[t] = dnew
-            carry = None if mask is None else dh * (1 - mask[t])
-            np.matmul(dz[t], p.w_hh, out=dh)
-            if carry is not None:
-                dh += carry
-        return dz, (dh,), _recurrent_weight_grads(dz, h_all[:T], p.b_hh is not None)
-
-
-# ---------------------------------------------------------------- LSTM
-
-
-class LSTMLoop:
-    """The LSTM of :func:`rnnkit.cells.lstm_step_forward`, optional peepholes included."""
-
-    def forward(
-        self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
-    ) -> tuple[np.ndarray, tuple, dict]:
-        """The whole sequence forward; see the module docstring."""
-        T, N, G = xw.shape
-        H = G // 4
-        s = gate_slices(LSTM_GATES, H)
-        sig = [s["i"], s["f"], s["o"]]
-        dt = xw.dtype
-        z = _halved(xw, sig, copy=False)  # (T, N, 4H) halved sigmoid columns; becomes the gates
-        if p.b_hh is not None:
-            z += _halved(p.b_hh, sig)
-        w_hh_t = _right_operand(p.w_hh, sig, N)  # (H, 4H)
-        peep = None if p.w_peep is None else 0.5 * p.w_peep  # every peephole feeds a sigmoid
-        h_all = np.empty((T + 1, N, H), dtype=dt)
-        c_all = np.empty((T + 1, N, H), dtype=dt)  # c_all[t] is c<t-1>, carried
-        h_all[0], c_all[0] = state
-        tanh_c = np.empty((T, N, H), dtype=dt)
-        out = _output_buffer(h_all, mask)
-        hw = np.empty((N, G), dtype=dt)
-        c_new, tmp = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
-        for t in range(T):
-            zt, c_prev = z[t], c_all[t]
-            np.matmul(h_all[t], w_hh_t, out=hw)
-            zt += hw
-            if peep is not None:
-                for k, g in enumerate(("i", "f", "o")):
-                    np.multiply(c_prev, peep[k], out=tmp)
-                    zt[:, s[g]] += tmp
-            np.tanh(zt, out=zt)  # tanh(x/2) on the sigmoid gates, tanh(x) on g
-            _sigmoid_from_halved(zt[:, s["i"].start : s["f"].stop])  # Γu, Γf
-            _sigmoid_from_halved(zt[:, s["o"]])  # Γo
-            np.multiply(zt[:, s["f"]], c_prev, out=c_new)  # c<t> = Γf*c<t-1> + Γu*c̃<t>
-            np.multiply(zt[:, s["i"]], zt[:, s["g"]], out=tmp)
-            c_new += tmp
-            np.tanh(c_new, out=tanh_c[t])
-            if mask is None:
-                c_all[t + 1] = c_new
-                np.multiply(zt[:, s["o"]], tanh_c[t], out=h_all[t + 1])  # a<t> = Γo*tanh(c<t>)
-            else:
-                np.multiply(zt[:, s["o"]], tanh_c[t], out=tmp)
-                keep = mask[t] > 0
-                c_all[t + 1] = _carry(c_new, c_prev, keep)
-                h_all[t + 1] = _carry(tmp, h_all[t], keep)
-                np.multiply(tmp, mask[t], out=out[t])
-        final = (h_all[T].copy(), c_all[T].copy())
-        return (
-            out,
-            final,
-            {"gates": z, "h_all": h_all, "c_all": c_all, "tanh_c": tanh_c},
-        )
-
-    def backward(
-        self, dout: np.ndarray, dstate: tuple, cache: dict, p: CellParams, mask: np.ndarray | None
-    ) -> tuple[np.ndarray, tuple, dict]:
-        """Backpropagation through the whole sequence; see the module docstring."""
-        gates, h_all, c_all, tanh_c = (
-            cache["gates"],
-            cache["h_all"],
-            cache["c_all"],
-            cache["tanh_c"],
-        )
-        T, N, H = dout.shape
-        s = gate_slices(LSTM_GATES, H)
-        dt = dout.dtype
-        dz = gates  # each step's gates are overwritten by its pre-activation gradients
-        dh, dc = dstate[0].copy(), dstate[1].copy()
-        dnew, tmp = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
-        deriv = np.empty((N, 4 * H), dtype=dt)
-        for t in reversed(range(T)):
-            zt, c_prev = gates[t], c_all[t]
-            gamma_u, gamma_f = zt[:, s["i"]], zt[:, s["f"]]
-            c_tilde, gamma_o = zt[:, s["g"]], zt[:, s["o"]]
-            np.add(dh, dout[t], out=dnew)
-            if mask is not None:
-                dnew *= mask[t]
-                carry_h, carry_c = dh * (1 - mask[t]), dc * (1 - mask[t])
-                dc *= mask[t]
-            np.multiply(tanh_c[t], tanh_c[t], out=tmp)  # dc += da * Γo * (1 - tanh²(c<t>))
-            np.subtract(1, tmp, out=tmp)
-            tmp *= gamma_o
-            tmp *= dnew
-            dc += tmp
-            np.subtract(1, zt, out=deriv)  # σ' = σ(1 - σ) on the sigmoid gates
-            deriv *= zt
-            np.multiply(c_tilde, c_tilde, out=deriv[:, s["g"]])  # tanh' = 1 - c̃² on g
-            np.subtract(1, deriv[:, s["g"]], out=deriv[:, s["g"]])
-            np.multiply(dnew, tanh_c[t], out=tmp)  # dΓo, before zt is overwritten
-            np.multiply(dc, c_tilde, out=dnew)  # dΓu (dnew is free now)
-            np.multiply(dc, gamma_u, out=zt[:, s["g"]])  # dc̃
-            zt[:, s["i"]] = dnew
-            zt[:, s["o"]] = tmp
-            np.multiply(dc, gamma_f, out=tmp)  # dc<t-1> = dc<t> * Γf
-            np.multiply(dc, c_prev, out=zt[:, s["f"]])  # dΓf
-            zt *= deriv  # pre-activation gradients of i, f, g, o
-            dc[...] = tmp
-            if p.w_peep is not None:
-                for k, g in enumerate(("i", "f", "o")):
-                    np.multiply(zt[:, s[g]], p.w_peep[k], out=tmp)
-                    dc += tmp
-            np.matmul(zt, p.w_hh, out=dh)
-            if mask is not None:
-                dh += carry_h
-                dc += carry_c
-        grads = _recurrent_weight_grads(dz, h_all[:T], p.b_hh is not None)
-        if p.w_peep is not None:
-            c_prev_all = c_all[:T]
-            grads["w_peep"] = np.stack(
-                [np.einsum("tnh,tnh->h", dz[..., s[g]], c_prev_all) for g in ("i", "f", "o")]
-            )
-        return dz, (dh, dc), grads
-
-
-def _step_block(z: np.ndarray, rows: int, start: int, HN: int):
-    """The pre-activations of one step in the flat gate buffer ``z`` (see LSTMColumnLoop):
-    ``4*rows`` rows of ``HN // rows`` values, row ``i`` at ``z[start + i*stride]``. Returns the
-    block (a view) and, when its rows are apart (``rows > 1``, ``z`` a ``(4H, T*N)`` matrix),
-    a contiguous ``(4, HN)`` copy to work on, else None."""
-    if rows == 1:  # one row a gate, the four adjacent
-        return z[start : start + 4 * HN].reshape(4, HN), None
-    block = z.reshape(4 * rows, -1)[:, start : start + HN // rows]
-    return block, block.reshape(4, HN)  # reshape copies a strided block
-
-
-def lstm_forward_step(
-    zt: np.ndarray,
-    z: np.ndarray,
-    rows: int,
-    start: int,
-    stride: int,
-    c: np.ndarray,
-    h: np.ndarray,
-    tanh_c: np.ndarray,
-    out: np.ndarray,
-    peep: np.ndarray,
-    bias: np.ndarray,
-    keep: np.ndarray,
-    t: int,
-) -> None:
-    """LSTM step ``t`` in the column layout: ``c, h (T+1, HN)`` and ``tanh_c (T, HN)`` hold each
-    step's ``(H, N)`` block raveled; the step's pre-activations are ``4*rows`` rows of the flat
-    gate buffer ``z``, row ``i`` beginning at ``z[start + i*stride]`` (see LSTMColumnLoop).
-
-    ``block + zt + bias`` (the step's input projection, W_aa a<t-1> and the biases, ``(4HN,)``)
-    are the pre-activations, or ``block + bias`` where ``zt`` is empty, the product already
-    added to the block; the block becomes the gates Γu, Γf, c̃, Γo. Reads c<t-1>, a<t-1>
-    from ``c[t], h[t]``, writes c<t>, a<t>, tanh(c<t>) to ``c[t+1], h[t+1], tanh_c[t]``.
-    ``peep`` (3HN) and the rows of ``keep`` (the mask) have length 0 when absent; with a mask,
-    ``out[t]`` takes the masked output.
-    """
-    c_prev, h_prev, c_new, h_new = c[t], h[t], c[t + 1], h[t + 1]
-    HN = c_prev.size
-    block, work = _step_block(z, rows, start, HN)
-    gates = block if work is None else work  # rows: Γu, Γf, c̃, Γo
-    if zt.size:
-        gates += zt.reshape(4, HN)
-    gates += bias.reshape(4, HN)
-    if peep.size:
-        peep3 = peep.reshape(3, HN)
-        gates[:2] += peep3[:2] * c_prev
-        gates[3] += peep3[2] * c_prev
-    gates[:2] *= 0.5  # σ(x) = (1 + tanh(x/2)) / 2: one tanh for all four gates
-    gates[3] *= 0.5
-    np.tanh(gates, out=gates)
-    _sigmoid_from_halved(gates[:2])  # Γu, Γf
-    _sigmoid_from_halved(gates[3])  # Γo
-    np.multiply(gates[1], c_prev, out=c_new)  # c<t> = Γf*c<t-1> + Γu*c̃<t>
-    np.multiply(gates[0], gates[2], out=tanh_c[t])
-    c_new += tanh_c[t]
-    np.tanh(c_new, out=tanh_c[t])
-    np.multiply(gates[3], tanh_c[t], out=h_new)  # a<t> = Γo*tanh(c<t>)
-    if work is not None:
-        block[...] = work.reshape(block.shape)
-    if keep[t].size:
-        np.multiply(h_new, keep[t], out=out[t])
-        finished = keep[t] == 0  # a finished sequence keeps its state
-        np.copyto(c_new, c_prev, where=finished)
-        np.copyto(h_new, h_prev, where=finished)
-
-
-def lstm_backward_step(
-    z: np.ndarray,
-    rows: int,
-    start: int,
-    stride: int,
-    c: np.ndarray,
-    tanh_c: np.ndarray,
-    dh: np.ndarray,
-    dc: np.ndarray,
-    carry: np.ndarray,
-    peep: np.ndarray,
-    keep: np.ndarray,
-    t: int,
-) -> None:
-    """LSTM step ``t`` backward in the layout of :func:`lstm_forward_step`, before the product
-    W_aa^T dz.
-
-    The step's block of ``z`` holds its gates and takes their pre-activation gradients; ``dh``
-    (HN) holds da<t> (output gradient included); ``dc`` holds dc<t> and takes dc<t-1>. With a
-    mask (``keep``), what a finished sequence carries straight to a<t-1> and c<t-1> goes to
-    ``carry (2, HN)``: ``carry[0]`` is for the caller to add to da<t-1>. ``peep`` (3HN) is the
-    peephole weight.
-    """
-    c_prev, m = c[t], keep[t]
-    HN = c_prev.size
-    block, work = _step_block(z, rows, start, HN)
-    gates = block if work is None else work
-    gamma_u, gamma_f, c_tilde, gamma_o = (g.copy() for g in gates)
-    if m.size:  # a finished sequence passes its gradients straight through
-        np.multiply(dh, 1 - m, out=carry[0])
-        np.multiply(dc, 1 - m, out=carry[1])
-        dh *= m
-        dc *= m
-    da = dh.copy()
-    dc += da * gamma_o * (1 - tanh_c[t] * tanh_c[t])  # through a<t> = Γo*tanh(c<t>)
-    np.multiply(dc * c_tilde, gamma_u * (1 - gamma_u), out=gates[0])  # σ' = σ(1 - σ)
-    np.multiply(dc * c_prev, gamma_f * (1 - gamma_f), out=gates[1])
-    np.multiply(dc * gamma_u, 1 - c_tilde * c_tilde, out=gates[2])  # tanh' = 1 - tanh²
-    np.multiply(da * tanh_c[t], gamma_o * (1 - gamma_o), out=gates[3])
-    dc *= gamma_f  # dc<t-1> = dc<t> * Γf
-    if peep.size:
-        peep3 = peep.reshape(3, HN)
-        dc += gates[0] * peep3[0] + gates[1] * peep3[1] + gates[3] * peep3[2]
-    if m.size:
-        dc += carry[1]
-    if work is not None:
-        block[...] = work.reshape(block.shape)
-
-
-def _mask_columns(mask: np.ndarray, H: int) -> np.ndarray:
-    """The mask ``(T, N, 1)`` over each step's column block, raveled: ``(T, H*N)``."""
-    return np.repeat(mask.transpose(0, 2, 1), H, axis=1).reshape(len(mask), -1)
-
-
-def _spread(peep: np.ndarray, n: int) -> np.ndarray:
-    """Peephole weights ``(3, H)`` repeated over ``n`` columns, raveled: ``(3*H*n,)``."""
-    return np.repeat(peep[:, :, None], n, axis=2).reshape(-1)
-
-
-class LSTMColumnLoop:
-    """The same LSTM with states as columns, ``a<t>`` of shape ``(H, N)`` as the notes write it.
-
-    OpenBLAS computes the recurrent product ``W_hh @ a<t-1>`` 1.4x to 2x faster in this layout
-    than ``a<t-1> @ W_hh.T`` once N is a few dozen. The states ``(T+1, H, N)`` keep each step's
-    block contiguous. The gates of all steps are one ``(4H, T*N)`` matrix, step t in columns
-    ``t*N`` to ``t*N + N``: the input projection of all steps is one product into it, the
-    backward pass turns the gates into dz in place, and the weight gradients are products
-    over it, with no copy; a step's gates are then 4H rows of N apart, which the compiled
-    step reads where they are. With one sequence the matrix is stored transposed, ``(T, 4H)``,
-    so that each step's gates are adjacent. The step's elementwise work is
-    :func:`lstm_forward_step`, or its compiled twin in :mod:`rnnkit.kernels` when Numba is
-    installed. It takes the layer input ``x`` itself (``forward_x`` / ``backward_x``) and does
-    the products over all steps too.
-    """
-
-    def __init__(self):
-        self.spares = _Spares()
-
-    @staticmethod
-    def _gate_layout(T: int, N: int, H: int) -> tuple[tuple, int, int, int]:
-        """The gate buffer's shape, and the step functions' ``rows, stride`` and the distance
-        between two steps' ``start``."""
-        if N == 1:
-            return (T, 4 * H), 1, H, 4 * H
-        return (4 * H, T * N), H, T * N, N
-
-    def forward_x(
-        self,
-        x: np.ndarray,
-        state: tuple,
-        p: CellParams,
-        mask: np.ndarray | None,
-        recycle: bool = False,
-    ) -> tuple[np.ndarray, tuple, dict]:
-        """The whole sequence forward from the layer input ``x (T, N, D)``; with ``recycle``
-        (evaluation mode) the buffers come back when the cache is dropped unused."""
-        T, N, D = x.shape
-        H = p.w_hh.shape[1]
-        dt = x.dtype
-        spares = self.spares
-        spares.start((T, N, H, dt))
-        shape, rows, stride, step = self._gate_layout(T, N, H)
-        z = spares.take(shape, dt)
-        if N == 1:  # W_ax x<t> for every step, one product
-            np.matmul(x.reshape(T, D), p.w_ih.T, out=z)
-        else:
-            np.matmul(p.w_ih, x.reshape(T * N, D).T, out=z)
-        bias = np.zeros(4 * H, dtype=dt)
-        for b in (p.b_ih, p.b_hh):
-            if b is not None:
-                bias += b
-        bias = np.repeat(bias, N)  # over each step's columns, (4HN,): the step adds it
-        h_all = spares.take((T + 1, H, N), dt)  # h_all[t] is a<t-1>, carried
-        c_all = spares.take((T + 1, H, N), dt)
-        h_all[0], c_all[0] = state[0].T, state[1].T
-        tanh_c = spares.take((T, H, N), dt)
-        out = None if mask is None else np.empty((T, H, N), dtype=dt)
-        # Each step's blocks as flat rows for the step function; rows of length 0 when absent.
-        none = np.empty((T, 0), dtype=dt)
-        h_, c_, tanh_c_ = (a.reshape(len(a), -1) for a in (h_all, c_all, tanh_c))
-        out_ = none if mask is None else out.reshape(T, -1)
-        keep_ = none if mask is None else _mask_columns(mask, H)
-        peep = none[0] if p.w_peep is None else _spread(p.w_peep, N)
-        run_step = kernels.lstm_forward_step if kernels.AVAILABLE else lstm_forward_step
-        z_ = z.reshape(-1)
-        states = (c_, h_, tanh_c_, out_, peep, bias, keep_)
-        if _compiled_loop(N, 4, H):
-            w, blas = _loop_product(p.w_hh, False, N, columns=True)
-            output = np.empty((T, N, H), dtype=dt)  # written by the loop, step by step
-            kernels.lstm_sequence_forward(w, N, z_, rows, stride, step, *states, output, blas)
-        else:
-            zt = np.empty((4 * H, N), dtype=dt)
-            zt_ = zt.reshape(-1)
-            for t in range(T):
-                np.matmul(p.w_hh, h_all[t], out=zt)  # W_aa a<t-1> for the four gates
-                run_step(zt_, z_, rows, t * step, stride, *states, t)
-            cols = h_all[1:] if mask is None else out
-            output = cols.transpose(0, 2, 1).copy()  # (T, N, H), never a view of a kept buffer
-        output.flags.writeable = False  # the backward pass reads a<t> from it
-        final = (h_all[T].T.copy(), c_all[T].T.copy())
-        cache = {"gates": z, "c_all": c_all, "tanh_c": tanh_c, "output": output}
-        cache["h0"] = np.array(state[0])  # (N, H), a copy
-        cache["h_all"] = h_all  # unread, given back with the rest after the backward pass
-        if recycle:
-            cache = spares.give_when_dropped(cache, z, h_all, c_all, tanh_c)
-        return output, final, cache
-
-    def backward_x(
-        self,
-        x: np.ndarray,
-        dout: np.ndarray,
-        dstate: tuple,
-        cache: dict,
-        p: CellParams,
-        mask: np.ndarray | None,
-    ) -> tuple[np.ndarray, tuple, dict]:
-        """Backpropagation through the sequence; returns ``(dx, dstate0, grads)``, the grads of
-        every parameter (input side included)."""
-        # Taken out of the (single-use) cache; all kept for the next call once used.
-        _keep_cache(cache)
-        h_all = cache.pop("h_all")
-        z, c_all, tanh_c = cache.pop("gates"), cache.pop("c_all"), cache.pop("tanh_c")
-        T, N, H = dout.shape
-        D = x.shape[2]
-        _, rows, stride, step = self._gate_layout(T, N, H)
-        dt = dout.dtype
-        if mask is not None:
-            dout = dout * mask  # a padded position's output is a constant zero
-        dh, dc = dstate[0].T.copy(), dstate[1].T.copy()  # (H, N)
-        none = np.empty((T, 0), dtype=dt)
-        c_, tanh_c_ = (a.reshape(len(a), -1) for a in (c_all, tanh_c))
-        keep_ = none if mask is None else _mask_columns(mask, H)
-        peep = none[0] if p.w_peep is None else _spread(p.w_peep, N)
-        carry = np.empty((2, 0 if mask is None else H * N), dtype=dt)  # see lstm_backward_step
-        dh_, dc_ = dh.reshape(-1), dc.reshape(-1)
-        dz = z.T if N == 1 else z  # (4H, T*N), dz<t> in columns t*N to t*N + N
-        run_step = kernels.lstm_backward_step if kernels.AVAILABLE else lstm_backward_step
-        z_ = z.reshape(-1)
-        if _compiled_loop(N, 4, H):
-            layout = (N, z_, rows, stride, step)
-            grads_in = (c_, tanh_c_, np.ascontiguousarray(dout), dh_, dc_, carry, peep, keep_)
-            w, blas = _loop_product(p.w_hh, True, N, columns=True)
-            kernels.lstm_sequence_backward(w, *layout, *grads_in, blas)
-        else:
-            # (H, 4H). With one state the view is as fast at H = 128, but at H = 512 a copy
-            # makes W_aa^T dz 1.4x faster (24 against 33 us), which repays it within 50 steps.
-            w_hh_t = _transposed(p.w_hh, view=N == 1 and H < 256)
-            for t in reversed(range(T)):
-                dh += dout[t].T  # da<t>
-                run_step(z_, rows, t * step, stride, c_, tanh_c_, dh_, dc_, carry, peep, keep_, t)
-                np.matmul(w_hh_t, dz[:, t * N : (t + 1) * N], out=dh)  # da<t-1> = W_aa^T dz
-                if mask is not None:
-                    dh += carry[0].reshape(H, N)
-        grads = {}
-        if p.w_peep is not None:  # Σ over steps and sequences of dz<t> * c<t-1>, for Γu, Γf, Γo
-            dz4 = dz.reshape(4, H, T, N)
-            c_prev = c_all[:T].transpose(1, 0, 2)  # (H, T, N)
-            grads["w_peep"] = np.stack([(dz4[g] * c_prev).sum(axis=(1, 2)) for g in (0, 1, 3)])
-        # dW_hh = Σ_t dz<t> a<t-1>^T, with a<t-1> read from the outputs (where they differ,
-        # past a sequence's end, dz is zero) and from h_0, skipped when zero, as it mostly is
-        # (with one state that term is an outer product, 2x the time of all the others).
-        out_rows = cache["output"][:-1].reshape((T - 1) * N, H)
-        grads["w_hh"] = dz[:, N:] @ out_rows
-        if cache["h0"].any():
-            grads["w_hh"] += dz[:, :N] @ cache["h0"]
-        grads["w_ih"] = dz @ x.reshape(T * N, D)
+        H, P, dt = p.w_hh.shape[0] // self.gates, p.w_hh.shape[1], dout.dtype
+        ctx = dict(cache, T=T, N=N, H=H, P=P, p=p, dt=dt)
+        ctx["dh"] = dstate[0].T.copy()  # (P, N): the chunks take da<0>
+        ctx["keep"] = _keep(mask, T, N, H, dt)
+        ctx["dout"] = np.ascontiguousarray(dout if mask is None else dout * mask)  # 0 past ends
+        ctx["w_hh_t"] = _transposed(p.w_hh)
+        self.prepare_backward(ctx, dstate)
+        parallel.run([self.chunk_backward(ctx, *span) for span in chunks])
+        Z, dx = _matrix(ctx["gates"], N), np.empty((T, N, D), dtype=dt)
+        X = x.reshape(T * N, D)
+        jobs = [(Z.T, p.w_ih, dx.reshape(T * N, D), 0.0), (Z, X, grads["w_ih"], 0.0)]
+        for dz, dw, inputs, first in self.hidden_side(ctx, grads):  # Σ_t dz<t> (input<t>)^T
+            jobs += [(dz[:, N:], inputs[: (T - 1) * N], dw, 1.0), (dz[:, :N], first, dw, 1.0)]
+        _products(jobs + self.more_products(ctx, grads), len(chunks) > 1)
         if p.b_ih is not None:
-            grads["b_ih"] = dz @ np.ones(T * N, dtype=dt)  # Σ over steps: BLAS, 2-4x .sum
-            grads["b_hh"] = grads["b_ih"].copy()
-        dx = (dz.T @ p.w_ih).reshape(T, N, D)
-        self.spares.give(z, h_all, c_all, tanh_c)  # for next time
-        return dx, (dh.T.copy(), dc.T.copy()), grads
+            self.bias_grads(ctx, grads)
+        self.finish_backward(ctx, grads)
+        return dx, self.dfinal(ctx)
+
+    def prepare_backward(self, ctx: dict, dstate: tuple) -> None:
+        """The cell's own buffers for the backward pass."""
+
+    def hidden_side(self, ctx: dict, grads: dict) -> list:
+        """``(dz, dW, inputs, first)``: the gradient of the hidden side of the gates over all
+        steps, the weights it is for, and what they multiply, a<t-1> (as rows of the output,
+        and h0 for the first step)."""
+        outputs = ctx["output"].reshape(-1, ctx["P"])
+        return [(_matrix(ctx["gates"], ctx["N"]), grads["w_hh"], outputs, ctx["h0"])]
+
+    def more_products(self, ctx: dict, grads: dict) -> list:
+        return []
+
+    def bias_grads(self, ctx: dict, grads: dict) -> None:
+        """Both biases enter one sum: db_ih = db_hh = Σ dz."""
+        db = _bias_grads(_matrix(ctx["gates"], ctx["N"]))
+        grads["b_ih"] += db
+        grads["b_hh"] += db
+
+    def finish_backward(self, ctx: dict, grads: dict) -> None:
+        """The cell's own gradients after the products."""
+
+    def dfinal(self, ctx: dict) -> tuple:
+        return (ctx["dh"].T.copy(),)
 
 
-# ---------------------------------------------------------------- GRU
+def _call(function, *args):
+    return lambda: function(*args)
 
 
-class GRULoop(_ProjectingLoop):
-    """The full GRU of :func:`rnnkit.cells.gru_step_forward`, reset after or before W_hn."""
-
-    kept = ("gates", "reset_in")
-
-    def __init__(self, reset_after: bool):
-        super().__init__()
-        self.reset_after = reset_after
-
-    def compiled(self) -> bool:
-        """Whether the step's gate arithmetic runs in :mod:`rnnkit.kernels` (reset after)."""
-        return kernels.AVAILABLE and self.reset_after
-
-    def input_bias(self, p: CellParams) -> np.ndarray | None:
-        """``b_ih``, but for the compiled step, which adds all biases itself (``xw`` is then
-        ``W_x x`` alone)."""
-        return None if self.compiled() else p.b_ih
-
-    def forward(
-        self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
-    ) -> tuple[np.ndarray, tuple, dict]:
-        """The whole sequence forward; see the module docstring."""
-        T, N, G = xw.shape
-        H = G // 3
-        s = gate_slices(GRU_GATES, H)
-        rz, n = slice(0, 2 * H), s["n"]
-        dt = xw.dtype
-        # With the NumPy step the Γr and z blocks are halved here (once, in the projection and
-        # the weights); the compiled step halves its own sums.
-        halve = [] if self.compiled() else [rz]
-        gates = _halved(xw, halve, copy=False)  # (T, N, 3H): Γr, z (= 1 - Γu), c̃
-        whole_loop = self.compiled() and _compiled_loop(N, 3, H)
-        if whole_loop:
-            w_hh_t, blas = _loop_product(p.w_hh, False, N)
-        else:
-            w_hh_t = _right_operand(p.w_hh, halve, N)  # (H, 3H)
-        if not self.reset_after:
-            w_rz_t = np.ascontiguousarray(w_hh_t[:, rz])
-            w_n_t = np.ascontiguousarray(w_hh_t[:, n])
-        b_hh = _halved(p.b_hh, halve)
-        h_all = np.empty((T + 1, N, H), dtype=dt)
-        h_all[0] = state[0]
-        reset_in = self.spares.take((T, N, H), dt)  # W_hn a + b_hn (after), or Γr*a (before)
-        out = _output_buffer(h_all, mask)
-        cache = {"gates": gates, "h_all": h_all, "reset_in": reset_in}
-        if self.compiled():
-            hw, empty = np.empty((N, G), dtype=dt), np.empty((0, 0), dtype=dt)
-            b_x, b_hn = np.zeros(G, dtype=dt), np.zeros(H, dtype=dt)  # added by the kernel
-            if p.b_ih is not None:
-                b_x += p.b_ih
-                b_x[rz] += p.b_hh[rz]
-                b_hn += p.b_hh[n]
-            if whole_loop:
-                out_ = np.empty((T, 0, 0), dtype=dt) if mask is None else out
-                keep = _sequence_mask(mask, T, dt)
-                args = (b_x, b_hn, h_all, reset_in, out_, keep)
-                kernels.gru_sequence_forward(gates, w_hh_t, *args, blas)
-                return out, (h_all[T].copy(),), cache
-            for t in range(T):
-                np.matmul(h_all[t], w_hh_t, out=hw)
-                kernels.gru_forward_step(
-                    gates[t],
-                    hw,
-                    b_x,
-                    b_hn,
-                    h_all[t],
-                    h_all[t + 1],
-                    reset_in[t],
-                    empty if mask is None else out[t],
-                    empty.reshape(0) if mask is None else mask[t, :, 0],
-                )
-            return out, (h_all[T].copy(),), cache
-        hw = np.empty((N, 3 * H if self.reset_after else 2 * H), dtype=dt)
-        hn, h_new = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
-        for t in range(T):
-            gt, h_prev = gates[t], h_all[t]
-            if self.reset_after:
-                np.matmul(h_prev, w_hh_t, out=hw)
-                if b_hh is not None:
-                    hw += b_hh
-            else:
-                np.matmul(h_prev, w_rz_t, out=hw)
-                if b_hh is not None:
-                    hw += b_hh[rz]
-            gt[:, rz] += hw[:, rz]
-            np.tanh(gt[:, rz], out=gt[:, rz])
-            _sigmoid_from_halved(gt[:, rz])  # Γr and z
-            r = gt[:, s["r"]]
-            if self.reset_after:
-                reset_in[t] = hw[:, n]
-                np.multiply(r, hw[:, n], out=hn)  # Γr*(W_hn a<t-1> + b_hn)
-            else:
-                np.multiply(r, h_prev, out=reset_in[t])  # Γr*a<t-1>
-                np.matmul(reset_in[t], w_n_t, out=hn)
-                if b_hh is not None:
-                    hn += b_hh[n]
-            gt[:, n] += hn
-            np.tanh(gt[:, n], out=gt[:, n])  # c̃
-            np.subtract(h_prev, gt[:, n], out=h_new)  # a<t> = c̃ + z*(a<t-1> - c̃)
-            h_new *= gt[:, s["z"]]
-            h_new += gt[:, n]
-            if mask is None:
-                h_all[t + 1] = h_new
-            else:
-                h_all[t + 1] = _carry(h_new, h_prev, mask[t] > 0)
-                np.multiply(h_new, mask[t], out=out[t])
-        return out, (h_all[T].copy(),), cache
-
-    def backward(
-        self, dout: np.ndarray, dstate: tuple, cache: dict, p: CellParams, mask: np.ndarray | None
-    ) -> tuple[np.ndarray, tuple, dict]:
-        """Backpropagation through the whole sequence; see the module docstring."""
-        gates, h_all, reset_in = cache["gates"], cache["h_all"], cache["reset_in"]
-        T, N, H = dout.shape
-        s = gate_slices(GRU_GATES, H)
-        rz, n = slice(0, 2 * H), s["n"]
-        dt = dout.dtype
-        dxw = gates  # overwritten step by step
-        dhn_all = self.spares.take((T, N, H), dt)  # gradient of the n block's hidden product
-        if self.compiled():
-            dout = np.ascontiguousarray(dout)
-            d_hidden = np.empty((N, 3 * H), dtype=dt)  # of W_hh a<t-1> + b_hh, one step
-            dh, dh_direct = dstate[0].copy(), np.empty((N, H), dtype=dt)
-            if _compiled_loop(N, 3, H):
-                keep = _sequence_mask(mask, T, dt)
-                w, blas = _loop_product(p.w_hh, True, N)
-                steps = (gates, h_all, reset_in, dout, dh, dhn_all, w, keep, blas)
-                kernels.gru_sequence_backward(*steps)
-            else:
-                no_mask = np.empty(0, dtype=dt)
-                for t in reversed(range(T)):
-                    keep = no_mask if mask is None else mask[t, :, 0]
-                    steps = (gates[t], h_all[t], reset_in[t], dout[t])
-                    kernels.gru_backward_step(*steps, dh, d_hidden, dhn_all[t], dh_direct, keep)
-                    np.matmul(d_hidden, p.w_hh, out=dh)  # da<t-1> through the hidden side
-                    dh += dh_direct
-            return dxw, (dh,), self._hidden_grads(dxw, dhn_all, h_all, reset_in, p)
-        dh = dstate[0].copy()
-        dnew, tmp = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
-        deriv = np.empty((N, 2 * H), dtype=dt)
-        d_reset = np.empty((N, H), dtype=dt)
-        for t in reversed(range(T)):
-            gt, h_prev = gates[t], h_all[t]
-            r, z, c_tilde = gt[:, s["r"]], gt[:, s["z"]], gt[:, n]
-            np.add(dh, dout[t], out=dnew)
-            if mask is not None:
-                dnew *= mask[t]
-                carry = dh * (1 - mask[t])
-            np.subtract(1, gt[:, rz], out=deriv)  # σ(1 - σ) for Γr and z
-            deriv *= gt[:, rz]
-            np.multiply(dnew, z, out=dh)  # da<t-1> through z*a<t-1>
-            np.subtract(h_prev, c_tilde, out=tmp)  # dz = da * (a<t-1> - c̃)
-            tmp *= dnew
-            np.subtract(1, z, out=z)  # z is free after dz: 1 - z = Γu
-            dnew *= z  # dc̃ = da * Γu
-            np.multiply(c_tilde, c_tilde, out=c_tilde)  # dn = dc̃ * (1 - c̃²)
-            np.subtract(1, c_tilde, out=c_tilde)
-            c_tilde *= dnew
-            gt[:, s["z"]] = tmp
-            if self.reset_after:
-                np.multiply(c_tilde, r, out=dhn_all[t])  # the hidden side saw Γr*(...)
-                np.multiply(c_tilde, reset_in[t], out=d_reset)  # dΓr
-            else:
-                dhn_all[t] = c_tilde
-                np.matmul(c_tilde, p.w_hh[n], out=d_reset)  # gradient of Γr*a<t-1>
-                np.multiply(d_reset, r, out=tmp)
-                dh += tmp
-                d_reset *= h_prev  # dΓr
-            gt[:, s["r"]] = d_reset
-            gt[:, rz] *= deriv
-            np.matmul(gt[:, rz], p.w_hh[rz], out=tmp)
-            dh += tmp
-            if self.reset_after:
-                np.matmul(dhn_all[t], p.w_hh[n], out=tmp)
-                dh += tmp
-            if mask is not None:
-                dh += carry
-        return dxw, (dh,), self._hidden_grads(dxw, dhn_all, h_all, reset_in, p)
-
-    def _hidden_grads(self, dxw, dhn_all, h_all, reset_in, p: CellParams) -> dict:
-        """dW_hh and db_hh over all steps: the Γr and z blocks' gradients are the input side's
-        (``dxw``), the n block's ``dhn_all``, which goes back to the kept buffers after."""
-        T, N, H = dhn_all.shape
-        rz = slice(0, 2 * H)
-        d_rz, d_n = dxw.reshape(-1, 3 * H)[:, rz], dhn_all.reshape(-1, H)
-        h_prev_all = h_all[:T].reshape(-1, H)
-        n_input = h_prev_all if self.reset_after else reset_in.reshape(-1, H)
-        grads = {"w_hh": np.concatenate([d_rz.T @ h_prev_all, d_n.T @ n_input])}
-        if p.b_hh is not None:  # db_ih, and db_hh's Γr and z blocks: Σ dxw
-            ones = np.ones(T * N, dtype=dhn_all.dtype)  # Σ over steps: BLAS, 2-4x .sum
-            grads["b_ih"] = ones @ dxw.reshape(-1, 3 * H)
-            grads["b_hh"] = np.concatenate([grads["b_ih"][rz], ones @ d_n])
-        self.spares.give(dhn_all)
-        return grads
+def _bias_sum(p: CellParams, G: int, H: int, dt) -> np.ndarray:
+    """``b_ih + b_hh`` (zeros without biases)."""
+    return np.zeros(G * H, dtype=dt) if p.b_ih is None else p.b_ih + p.b_hh
 
 
-class SimpleGRULoop(_ProjectingLoop):
-    """The course's simplified GRU of :func:`rnnkit.cells.simple_gru_step_forward`."""
-
-    kept = ("gates",)
-
-    def input_bias(self, p: CellParams) -> np.ndarray | None:
-        """Both biases, as for :class:`RNNLoop` (``xw`` includes b_hh)."""
-        return _bias_sum(p)
-
-    def forward(
-        self, xw: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
-    ) -> tuple[np.ndarray, tuple, dict]:
-        """The whole sequence forward; see the module docstring."""
-        T, N, G = xw.shape
-        H = G // 2
-        s = gate_slices(SIMPLE_GRU_GATES, H)
-        dt = xw.dtype
-        gates = _halved(xw, [s["z"]], copy=False)  # (T, N, 2H): z (= 1 - Γu), c̃
-        w_hh_t = _right_operand(p.w_hh, [s["z"]], N)
-        h_all = np.empty((T + 1, N, H), dtype=dt)
-        h_all[0] = state[0]
-        out = _output_buffer(h_all, mask)
-        hw, h_new = np.empty((N, G), dtype=dt), np.empty((N, H), dtype=dt)
-        for t in range(T):
-            gt, h_prev = gates[t], h_all[t]
-            np.matmul(h_prev, w_hh_t, out=hw)
-            gt += hw
-            np.tanh(gt, out=gt)
-            _sigmoid_from_halved(gt[:, s["z"]])
-            np.subtract(h_prev, gt[:, s["n"]], out=h_new)  # c<t> = c̃ + z*(c<t-1> - c̃)
-            h_new *= gt[:, s["z"]]
-            h_new += gt[:, s["n"]]
-            if mask is None:
-                h_all[t + 1] = h_new
-            else:
-                h_all[t + 1] = _carry(h_new, h_prev, mask[t] > 0)
-                np.multiply(h_new, mask[t], out=out[t])
-        return out, (h_all[T].copy(),), {"gates": gates, "h_all": h_all}
-
-    def backward(
-        self, dout: np.ndarray, dstate: tuple, cache: dict, p: CellParams, mask: np.ndarray | None
-    ) -> tuple[np.ndarray, tuple, dict]:
-        """Backpropagation through the whole sequence; see the module docstring."""
-        gates, h_all = cache["gates"], cache["h_all"]
-        T, N, H = dout.shape
-        s = gate_slices(SIMPLE_GRU_GATES, H)
-        dt = dout.dtype
-        dh = dstate[0].copy()
-        dnew, tmp = np.empty((N, H), dtype=dt), np.empty((N, H), dtype=dt)
-        for t in reversed(range(T)):
-            gt, h_prev = gates[t], h_all[t]
-            z, c_tilde = gt[:, s["z"]], gt[:, s["n"]]
-            np.add(dh, dout[t], out=dnew)
-            if mask is not None:
-                dnew *= mask[t]
-                carry = dh * (1 - mask[t])
-            np.multiply(dnew, z, out=dh)
-            np.subtract(h_prev, c_tilde, out=tmp)  # dz = da * (c<t-1> - c̃) * σ'
-            tmp *= dnew
-            tmp *= z * (1 - z)
-            np.subtract(1, z, out=z)  # Γu
-            z *= dnew  # dc̃ = da * Γu
-            np.multiply(c_tilde, c_tilde, out=c_tilde)
-            np.subtract(1, c_tilde, out=c_tilde)
-            c_tilde *= z
-            gt[:, s["z"]] = tmp
-            np.matmul(gt, p.w_hh, out=tmp)
-            dh += tmp
-            if mask is not None:
-                dh += carry
-        return gates, (dh,), _recurrent_weight_grads(gates, h_all[:T], p.b_hh is not None)
+def _carry(ctx: dict, rows: int) -> np.ndarray:
+    """Scratch for what finished sequences carry past a step (empty without a mask)."""
+    return np.empty((rows * ctx["N"] if ctx["keep"].size else 0), dtype=ctx["dt"])
 
 
-LSTM_COLUMNS = LSTMColumnLoop()
+class _Gated(_Compiled):
+    """The vanilla RNN (tanh or relu) and the course's simplified GRU: the recurrent product
+    goes into the gates, the step's arithmetic follows."""
+
+    def __init__(self, cell: int, gates: int):
+        self.cell, self.gates = cell, gates
+
+    def chunk_forward(self, ctx, n0, n1):
+        Z, L = ctx["gates"], kernels.layout(ctx["T"], ctx["N"], n0, n1, self.gates, ctx["H"])
+        rest = (ctx["states"], ctx["bias"], ctx["keep"], ctx["held"], ctx["output"])
+        return _call(kernels.gated_forward, self.cell, L, n1, Z, ctx["p"].w_hh, *rest)
+
+    def chunk_backward(self, ctx, n0, n1):
+        Z, L = ctx["gates"], kernels.layout(ctx["T"], ctx["N"], n0, n1, self.gates, ctx["H"])
+        rest = (ctx["states"], ctx["keep"], ctx["dout"], ctx["dh"], _carry(ctx, ctx["H"]))
+        return _call(kernels.gated_backward, self.cell, L, n1, Z, ctx["w_hh_t"], *rest)
 
 
-def lstm_uses_columns(batch_size: int, hidden_size: int) -> bool:
-    """Whether the LSTM runs in the column layout: always with the compiled kernels. With NumPy
-    alone, rows win for tiny steps (N <= 2 with H = 128, by 10% to 20%) and columns from N = 4
-    or H = 256 on (up to 2.5x)."""
-    return kernels.AVAILABLE or batch_size >= 4 or hidden_size >= 256
+class _GRU(_Compiled):
+    """The full GRU, the reset after W_hn (PyTorch, cuDNN) or before (the course)."""
+
+    gates = 3
+    kept = ("gates", "states", "reset_in")
+
+    def __init__(self, after: bool):
+        self.after = after
+
+    def _reset_layout(self, ctx) -> tuple:
+        """Where the reset's input lies (``t*r[0] + a*r[1] + ..``): as one gate of the gates."""
+        L = kernels.layout(ctx["T"], ctx["N"], 0, ctx["N"], 1, ctx["H"])
+        return (L[5], L[7])
+
+    def prepare(self, ctx, state):
+        p, H, N, dt = ctx["p"], ctx["H"], ctx["N"], ctx["dt"]
+        bias, b_hn = _bias_sum(p, 3, H, dt), np.zeros(H, dtype=dt)
+        if self.after and p.b_ih is not None:  # b_hn stays inside the reset, apart
+            bias[2 * H :], b_hn = p.b_ih[2 * H :], p.b_hh[2 * H :]
+        ctx["bias"] = _spread(bias, N)
+        ctx["b_hn"] = _spread(b_hn, N) if self.after else None  # None: the reset before
+        ctx["reset_in"] = _gates(ctx["ws"], "reset_in", H, ctx["T"], N, dt)
+        ctx["w_h"] = p.w_hh if self.after else np.ascontiguousarray(p.w_hh[: 2 * H])
+
+    def chunk_forward(self, ctx, n0, n1):
+        N, H, Z, R = ctx["N"], ctx["H"], ctx["gates"], ctx["reset_in"]
+        L, hw = kernels.layout(ctx["T"], N, n0, n1, 3, H), np.empty(3 * H * N, dtype=ctx["dt"])
+        weights = (ctx["w_h"], ctx["p"].w_hh[2 * H :], ctx["states"], hw, ctx["bias"], ctx["b_hn"])
+        reset = (R, self._reset_layout(ctx))
+        args = (L, n1, Z, *weights, *reset, ctx["keep"], ctx["held"], ctx["output"])
+        return _call(kernels.gru_forward, *args)
+
+    def prepare_backward(self, ctx, dstate):
+        H, w_hh = ctx["H"], ctx["p"].w_hh
+        if not self.after:
+            ctx["w_hh_t"] = _transposed(w_hh[: 2 * H])
+        ctx["w_n_t"] = _transposed(w_hh[2 * H :])
+        if self.after:  # the n row of the hidden side's gradient, over all steps
+            ctx["dhn"] = _gates(None, "", H, ctx["T"], ctx["N"], ctx["dt"])
+
+    def chunk_backward(self, ctx, n0, n1):
+        N, H, Z, R = ctx["N"], ctx["H"], ctx["gates"], ctx["reset_in"]
+        L, hw = kernels.layout(ctx["T"], N, n0, n1, 3, H), np.empty(3 * H * N, dtype=ctx["dt"])
+        dhn = ctx["dhn"].reshape(-1) if self.after else None
+        weights = (ctx["w_hh_t"], ctx["w_n_t"], ctx["states"], hw)
+        reset = (R, self._reset_layout(ctx), dhn)
+        grads = (ctx["keep"], ctx["dout"], ctx["dh"], _carry(ctx, H))
+        return _call(kernels.gru_backward, L, n1, Z, *weights, *reset, *grads)
+
+    def hidden_side(self, ctx, grads):
+        H, dW = ctx["H"], grads["w_hh"]
+        outputs = ctx["output"].reshape(-1, ctx["P"])
+        Z = _matrix(ctx["gates"], ctx["N"])
+        sides = [(Z[: 2 * H], dW[: 2 * H], outputs, ctx["h0"])]  # Γr and z
+        if self.after:  # the n row saw Γr * (W_hn a<t-1> + b_hn)
+            sides.append((_matrix(ctx["dhn"], ctx["N"]), dW[2 * H :], outputs, ctx["h0"]))
+        return sides
+
+    def more_products(self, ctx, grads):
+        if self.after:
+            return []
+        H = ctx["H"]  # the n row saw Γr * a<t-1>
+        Z, R = _matrix(ctx["gates"], ctx["N"]), _matrix(ctx["reset_in"], ctx["N"])
+        return [(Z[2 * H :], R.T, grads["w_hh"][2 * H :], 1.0)]
+
+    def bias_grads(self, ctx, grads):
+        if not self.after:
+            return super().bias_grads(ctx, grads)
+        H, db = ctx["H"], _bias_grads(_matrix(ctx["gates"], ctx["N"]))
+        grads["b_ih"] += db
+        grads["b_hh"][: 2 * H] += db[: 2 * H]
+        grads["b_hh"][2 * H :] += _bias_grads(_matrix(ctx["dhn"], ctx["N"]))
 
 
-FAST_LOOPS = {
-    "rnn_tanh": RNNLoop("tanh"),
-    "rnn_relu": RNNLoop("relu"),
-    "lstm": LSTMLoop(),
-    "gru": GRULoop(reset_after=True),
-    "gru_reset_before": GRULoop(reset_after=False),
-    "gru_simple": SimpleGRULoop(),
+class _LSTM(_Compiled):
+    """The LSTM of :func:`rnnkit.cells.lstm_step_forward`: peepholes in either form, and a
+    projection of the output (then ``P``, the size of a<t>, is less than H)."""
+
+    gates = 4
+    kept = ("gates", "states", "cells", "tanh_cells", "m")
+
+    def __init__(self, gers: bool):
+        self.gers = gers
+
+    def prepare(self, ctx, state):
+        super().prepare(ctx, state)
+        T, N, H, p, ws, dt = ctx["T"], ctx["N"], ctx["H"], ctx["p"], ctx["ws"], ctx["dt"]
+        ctx["cells"] = ws.take("cells", ((T + 1) * H * N,), dt)  # c<t-1> as columns, flat
+        ctx["cells"][: H * N] = state[1].T.reshape(-1)
+        ctx["tanh_cells"] = ws.take("tanh_cells", ((T + 1) * H * N,), dt)
+        ctx["peep"] = None if p.w_peep is None else _spread(p.w_peep, N)
+        if p.w_hr is not None:  # Γo*tanh(c<t>) before the projection, laid out as the gates
+            ctx["m"] = _gates(ws, "m", H, T, N, dt)
+
+    def _m(self, ctx, n0, n1):
+        """Where Γo*tanh(c<t>) goes: M, or without a projection the states themselves."""
+        T, N, S = ctx["T"], ctx["N"], ctx["states"]
+        if "m" in ctx:
+            L = kernels.layout(T, N, n0, n1, 1, ctx["H"])
+            return ctx["m"], ctx["p"].w_hr, ctx["m"].reshape(-1), (L[5], L[7])
+        L, none = kernels.layout(T, N, n0, n1, 4, ctx["P"]), np.empty((0, 0), dtype=ctx["dt"])
+        return none, none, S.reshape(-1)[L[3] :], (L[3], L[4])
+
+    def _peepholes(self, peep: np.ndarray | None, size: int) -> tuple:
+        """The spread peepholes of Γu and Γf, of Γo, and the Gers form's flag (an array, or
+        None for the notes' form): each None without peepholes."""
+        if peep is None:
+            return None, None, None
+        return peep[: 2 * size], peep[2 * size :], (peep if self.gers else None)
+
+    def chunk_forward(self, ctx, n0, n1):
+        T, N, H, P, Z = ctx["T"], ctx["N"], ctx["H"], ctx["P"], ctx["gates"]
+        L, Lp = kernels.layout(T, N, n0, n1, 4, H), kernels.layout(T, N, n0, n1, 4, P)
+        M, w_hr, m, ml = self._m(ctx, n0, n1)
+        peepholes = self._peepholes(ctx["peep"], H * N)
+        states = (ctx["states"], ctx["cells"], ctx["tanh_cells"], M, m, ml)
+        outputs = (ctx["keep"], ctx["held"], ctx["output"])
+        weights = (ctx["p"].w_hh, w_hr, ctx["bias"])
+        return _call(kernels.lstm_forward, L, Lp, n1, Z, *weights, peepholes, states, outputs)
+
+    def final(self, ctx):
+        T, N, H = ctx["T"], ctx["N"], ctx["H"]
+        return super().final(ctx) + (ctx["cells"][T * H * N :].reshape(H, N).T.copy(),)
+
+    def prepare_backward(self, ctx, dstate):
+        p, dt, N, H, P, T = ctx["p"], ctx["dt"], ctx["N"], ctx["H"], ctx["P"], ctx["T"]
+        ctx["dc"] = dstate[1].T.copy()  # (H, N): the chunks take dc<0>
+        ctx["peep"] = None if p.w_peep is None else _spread(p.w_peep, N)
+        ctx["dpeep"] = None if p.w_peep is None else np.zeros_like(ctx["peep"])
+        proj = p.w_hr is not None
+        ctx["dM"] = _gates(None, "", P if proj else 0, T, N, dt)  # da<t> over all steps, for W_hr
+        ctx["dm"] = np.empty(H * N if proj else 0, dtype=dt)
+        ctx["w_hr_t"] = _transposed(p.w_hr) if proj else np.empty((0, 0), dtype=dt)
+
+    def chunk_backward(self, ctx, n0, n1):
+        T, N, H, P, Z = ctx["T"], ctx["N"], ctx["H"], ctx["P"], ctx["gates"]
+        L, Lp = kernels.layout(T, N, n0, n1, 4, H), kernels.layout(T, N, n0, n1, 4, P)
+        carry = _carry(ctx, max(H, P)).reshape(1, -1).repeat(2, axis=0)
+        peepholes = self._peepholes(ctx["peep"], H * N)
+        states = (ctx["cells"], ctx["tanh_cells"], ctx["keep"])
+        dpeep_if, dpeep_o, _ = self._peepholes(ctx["dpeep"], H * N)
+        grads = (ctx["dout"], ctx["dh"], ctx["dc"], ctx["dM"], ctx["dm"], carry, dpeep_if, dpeep_o)
+        weights = (ctx["w_hh_t"], ctx["w_hr_t"])
+        return _call(kernels.lstm_backward, L, Lp, n1, Z, *weights, peepholes, states, grads)
+
+    def more_products(self, ctx, grads):
+        if "m" not in ctx:
+            return []
+        dM, M = _matrix(ctx["dM"], ctx["N"]), _matrix(ctx["m"], ctx["N"])
+        return [(dM, M.T, grads["w_hr"], 1.0)]  # dW_hr = Σ da<t> m<t>^T
+
+    def finish_backward(self, ctx, grads):
+        if ctx["dpeep"] is not None:
+            grads["w_peep"] += ctx["dpeep"].reshape(3, ctx["H"], ctx["N"]).sum(axis=2)
+
+    def dfinal(self, ctx):
+        return super().dfinal(ctx) + (ctx["dc"].T.copy(),)
+
+
+_CELLS = {
+    "rnn_tanh": _Gated(kernels.TANH, gates=1),
+    "rnn_relu": _Gated(kernels.RELU, gates=1),
+    "gru_simple": _Gated(kernels.SIMPLE, gates=2),
+    "gru": _GRU(after=True),
+    "gru_reset_before": _GRU(after=False),
+    "lstm": _LSTM(gers=False),
+    "lstm_gers": _LSTM(gers=True),
 }

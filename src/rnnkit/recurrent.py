@@ -14,16 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cells import CELL_KINDS, CellParams, input_projection, input_projection_backward
+from . import loops
+from .cells import CELL_KINDS, CellParams
 from .gates import gate_slices
 from .init import as_generator, uniform
-from .loops import (
-    FAST_LOOPS,
-    LSTM_COLUMNS,
-    lstm_uses_columns,
-    reference_backward,
-    reference_forward,
-)
 from .module import Module
 
 State = np.ndarray | tuple[np.ndarray, np.ndarray]
@@ -35,7 +29,9 @@ _PARAM_NAMES = {
     "b_ih": "bias_ih",
     "b_hh": "bias_hh",
     "w_peep": "weight_peephole",
+    "w_hr": "weight_hr",
 }
+_PEEPHOLES = (False, "notes", "gers")
 
 
 @dataclass
@@ -72,8 +68,9 @@ def _as_float_array(name: str, value: object, dtype: np.dtype) -> np.ndarray:
 class RNNBase(Module):
     """The generic recurrent layer; use :class:`RNN`, :class:`GRU` or :class:`LSTM`.
 
-    ``layer.backend`` picks the time loop: ``"fast"`` (default, :mod:`rnnkit.loops`) or
-    ``"reference"``, the readable loop over the cells of :mod:`rnnkit.cells`. Both give the
+    ``layer.backend`` picks the time loop: ``"fast"`` (default, the compiled loop of
+    :mod:`rnnkit.kernels` on rnnkit's threads) or ``"reference"``, the readable loop over the
+    cells of :mod:`rnnkit.cells`; :mod:`rnnkit.loops` decides, once per call. Both give the
     same numbers. The fast loop's backward pass reuses the forward buffers, so a cache serves
     one backward pass (as in PyTorch, where a graph is freed by ``backward``).
     """
@@ -89,7 +86,9 @@ class RNNBase(Module):
         dropout: float = 0.0,
         bidirectional: bool = False,
         *,
-        peephole: bool = False,
+        reverse: bool = False,
+        peephole: bool | str = False,
+        proj_size: int = 0,
         rng: np.random.Generator | int | None = None,
         dtype: object = np.float32,
     ):
@@ -97,6 +96,23 @@ class RNNBase(Module):
         self.input_size = _check_int("input_size", input_size, 1)
         self.hidden_size = _check_int("hidden_size", hidden_size, 1)
         self.num_layers = _check_int("num_layers", num_layers, 1)
+        self.proj_size = _check_int("proj_size", proj_size, 0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size ({self.hidden_size}), "
+                f"got {self.proj_size}; 0 means no projection"
+            )
+        self.peephole = "notes" if peephole is True else peephole
+        if self.peephole not in _PEEPHOLES:
+            raise ValueError(
+                f"peephole must be False, True (or 'notes': every gate sees c<t-1>) or 'gers' "
+                f"(the output gate sees c<t>, as in Gers et al. and ONNX), got {peephole!r}"
+            )
+        if reverse and bidirectional:
+            raise ValueError(
+                "reverse=True runs one direction backwards in time; bidirectional=True already "
+                "has a reverse direction: choose one"
+            )
         if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         dtype = np.dtype(dtype)
@@ -108,28 +124,35 @@ class RNNBase(Module):
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
-        self.peephole = bool(peephole)
+        self.reverse = bool(reverse)
+        if self.peephole == "gers":
+            self.kind = CELL_KINDS["lstm_gers"]
         self.dtype = dtype
         self.rng = as_generator(rng)
         self.backend = "fast"  # or "reference": the readable loop over rnnkit.cells
+        self._workspaces: dict[tuple[int, int], loops.Workspace] = {}
 
-        gh = len(self.kind.gates) * self.hidden_size
-        bound = 1.0 / math.sqrt(self.hidden_size)  # PyTorch's default initialisation
+        H, P = self.hidden_size, self.output_size
+        gh = len(self.kind.gates) * H
+        bound = 1.0 / math.sqrt(H)  # PyTorch's default initialisation
         for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else self.hidden_size * self.num_directions
+            in_size = self.input_size if layer == 0 else P * self.num_directions
             for sfx in self._suffixes(layer):
                 self.add_param("weight_ih" + sfx, uniform(self.rng, (gh, in_size), bound, dtype))
-                self.add_param(
-                    "weight_hh" + sfx, uniform(self.rng, (gh, self.hidden_size), bound, dtype)
-                )
+                self.add_param("weight_hh" + sfx, uniform(self.rng, (gh, P), bound, dtype))
                 if self.bias:
                     self.add_param("bias_ih" + sfx, uniform(self.rng, (gh,), bound, dtype))
                     self.add_param("bias_hh" + sfx, uniform(self.rng, (gh,), bound, dtype))
                 if self.peephole:
-                    self.add_param(
-                        "weight_peephole" + sfx,
-                        uniform(self.rng, (3, self.hidden_size), bound, dtype),
-                    )
+                    self.add_param("weight_peephole" + sfx, uniform(self.rng, (3, H), bound, dtype))
+                if self.proj_size:
+                    self.add_param("weight_hr" + sfx, uniform(self.rng, (P, H), bound, dtype))
+
+    @property
+    def output_size(self) -> int:
+        """The size of a<t> in each direction: ``proj_size`` where the LSTM projects it, else
+        ``hidden_size``."""
+        return self.proj_size or self.hidden_size
 
     def _add_to_initial_bias(self, gate: str, value: float) -> None:
         """Shift one gate's initial bias (in ``bias_ih``) in every layer and direction."""
@@ -157,6 +180,7 @@ class RNNBase(Module):
             get("bias_ih" + sfx),
             get("bias_hh" + sfx),
             get("weight_peephole" + sfx),
+            get("weight_hr" + sfx),
         )
 
     def __repr__(self) -> str:
@@ -173,6 +197,7 @@ class RNNBase(Module):
             ("batch_first", False),
             ("dropout", 0.0),
             ("bidirectional", False),
+            ("reverse", False),
         ):
             if getattr(self, key) != default:
                 out[key] = getattr(self, key)
@@ -189,7 +214,7 @@ class RNNBase(Module):
                 f"a single sequence needs a batch axis of size 1"
             )
         if self.batch_first:
-            x = x.transpose(1, 0, 2)
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
         if x.shape[2] != self.input_size:
             raise ValueError(
                 f"input has feature size {x.shape[2]}, expected "
@@ -204,9 +229,10 @@ class RNNBase(Module):
 
     def _check_state(self, name: str, state: object, N: int) -> tuple[np.ndarray, ...]:
         n = self.kind.num_states
-        shape = (self.num_layers * self.num_directions, N, self.hidden_size)
+        k = self.num_layers * self.num_directions
+        shapes = [(k, N, self.output_size), (k, N, self.hidden_size)][:n]
         if state is None:
-            return tuple(np.zeros(shape, dtype=self.dtype) for _ in range(n))
+            return tuple(np.zeros(shape, dtype=self.dtype) for shape in shapes)
         if n == 2:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError(
@@ -221,12 +247,13 @@ class RNNBase(Module):
                 )
             parts = [(name, state)]
         out = []
-        for part_name, part in parts:
+        for (part_name, part), shape in zip(parts, shapes):
             array = _as_float_array(part_name, part, self.dtype)
             if array.shape != shape:
+                size = "proj_size" if shape[2] != self.hidden_size else "hidden_size"
                 raise ValueError(
                     f"{part_name} must have shape (num_layers * num_directions, N, "
-                    f"hidden_size) = {shape}, got {array.shape}"
+                    f"{size}) = {shape}, got {array.shape}"
                 )
             out.append(array)
         return tuple(out)
@@ -289,11 +316,12 @@ class RNNBase(Module):
             outputs, inputs, steps = [], [], []
             for direction in range(self.num_directions):
                 k = layer * self.num_directions + direction
-                seq = layer_input if direction == 0 else self._flip(layer_input, flip)
+                backwards = self._runs_backwards(direction)
+                seq = self._flip(layer_input, flip) if backwards else layer_input
                 out, final, step_caches = self._run(
-                    seq, tuple(s[k] for s in state0), self.cell_params(layer, direction), mask
+                    seq, tuple(s[k] for s in state0), layer, direction, mask
                 )
-                outputs.append(out if direction == 0 else self._flip(out, flip))
+                outputs.append(self._flip(out, flip) if backwards else out)
                 inputs.append(seq)
                 steps.append(step_caches)
                 for i, s in enumerate(final):
@@ -307,31 +335,28 @@ class RNNBase(Module):
 
     @staticmethod
     def _flip(seq: np.ndarray, flip: np.ndarray | None) -> np.ndarray:
-        """Reverse each sequence in time within its length (its own inverse)."""
+        """Reverse each sequence in time within its length (its own inverse), as a new array."""
         if flip is None:
-            return seq[::-1]
+            return np.ascontiguousarray(seq[::-1])
         return seq[flip, np.arange(seq.shape[1])]
 
-    def _loop(self, batch_size: int):
-        if self.backend not in ("fast", "reference"):
-            raise ValueError(f"backend must be 'fast' or 'reference', got {self.backend!r}")
-        if self.backend == "reference":
-            return None
-        if self.mode == "lstm" and lstm_uses_columns(batch_size, self.hidden_size):
-            return LSTM_COLUMNS
-        return FAST_LOOPS[self.mode]
+    def _runs_backwards(self, direction: int) -> bool:
+        """Whether a direction runs from the last step to the first (it sees the flipped
+        sequence): the second of a bidirectional layer, or the one of a ``reverse`` layer."""
+        return direction == 1 or self.reverse
+
+    def _workspace(self, layer: int, direction: int) -> loops.Workspace:
+        key = (layer, direction)
+        if key not in self._workspaces:
+            self._workspaces[key] = loops.Workspace()
+        return self._workspaces[key]
 
     def _run(
-        self, x: np.ndarray, state: tuple, p: CellParams, mask: np.ndarray | None
+        self, x: np.ndarray, state: tuple, layer: int, direction: int, mask: np.ndarray | None
     ) -> tuple[np.ndarray, tuple, object]:
         """One direction of one layer, forward in time. x is (T, N, D)."""
-        loop = self._loop(x.shape[1])
-        if hasattr(loop, "forward_x"):  # a loop that projects the inputs itself
-            return loop.forward_x(x, state, p, mask, recycle=not self.training)
-        xw = input_projection(x, p)  # (T, N, G*H): every step's input projection in one product
-        if loop is None:
-            return reference_forward(self.kind, xw, state, p, mask)
-        return loop.forward(xw, state, p, mask)
+        p, ws = self.cell_params(layer, direction), self._workspace(layer, direction)
+        return loops.forward(self.kind, self.backend, x, state, p, mask, ws, not self.training)
 
     # ------------------------------------------------------------ backward
 
@@ -356,7 +381,7 @@ class RNNBase(Module):
                 "buffers; run forward again before another backward"
             )
         T, N = cache.shape
-        H, dirs = self.hidden_size, self.num_directions
+        H, dirs = self.output_size, self.num_directions
         dout = _as_float_array("doutput", doutput, self.dtype)
         expected = (N, T, dirs * H) if self.batch_first else (T, N, dirs * H)
         if dout.shape != expected:
@@ -370,12 +395,13 @@ class RNNBase(Module):
             for direction in range(dirs):
                 k = layer * dirs + direction
                 d = dout[:, :, direction * H : (direction + 1) * H]
-                if direction == 1:
+                backwards = self._runs_backwards(direction)
+                if backwards:
                     d = self._flip(d, cache.flip)
                 dx, ds0 = self._run_backward(
                     d, tuple(s[k] for s in dfinal), cache, layer, direction
                 )
-                if direction == 1:
+                if backwards:
                     dx = self._flip(dx, cache.flip)
                 dinput = dx if dinput is None else dinput + dx
                 for i, s in enumerate(ds0):
@@ -383,7 +409,7 @@ class RNNBase(Module):
             if cache.dropout_masks[layer] is not None:
                 dinput = dinput * cache.dropout_masks[layer]
             dout = dinput
-        cache.used = self.backend == "fast"
+        cache.used = any(isinstance(c, loops.LoopCache) for row in cache.steps for c in row)
         dx = dout.transpose(1, 0, 2) if self.batch_first else dout
         return dx, (tuple(dstate0) if len(dstate0) == 2 else dstate0[0])
 
@@ -393,23 +419,11 @@ class RNNBase(Module):
         """Backward through one direction of one layer; dout is (T, N, H) in its own time order."""
         p = self.cell_params(layer, direction)
         x, steps = cache.inputs[layer][direction], cache.steps[layer][direction]
-        loop = self._loop(x.shape[1])
-        if hasattr(loop, "backward_x"):
-            dx, dstate, grads = loop.backward_x(x, dout, dstate, steps, p, cache.mask)
-            hidden_grads, input_grads = grads, {}
-        else:
-            if loop is None:
-                dxw, dstate, hidden_grads = reference_backward(
-                    self.kind, dout, dstate, steps, p, cache.mask
-                )
-            else:
-                dxw, dstate, hidden_grads = loop.backward(dout, dstate, steps, p, cache.mask)
-            db_ih = hidden_grads.pop("b_ih", None)  # where the loop has it already
-            dx, input_grads = input_projection_backward(dxw, x, p, db_ih)  # one product, all t
         sfx = self._suffixes(layer)[direction]
-        for key, value in {**hidden_grads, **input_grads}.items():
-            self.grads[_PARAM_NAMES[key] + sfx] += value
-        return dx, dstate
+        grads = {key: self.grads[name + sfx] for key, name in _PARAM_NAMES.items()
+                 if name + sfx in self.grads}  # fmt: skip
+        ws = self._workspace(layer, direction)
+        return loops.backward(self.kind, x, dout, dstate, steps, p, cache.mask, grads, ws)
 
 
 _NONLINEARITIES = ("tanh", "relu")
@@ -446,6 +460,7 @@ class RNN(RNNBase):
         dropout: float = 0.0,
         bidirectional: bool = False,
         *,
+        reverse: bool = False,
         rng: np.random.Generator | int | None = None,
         dtype: object = np.float32,
     ):
@@ -461,6 +476,7 @@ class RNN(RNNBase):
             batch_first,
             dropout,
             bidirectional,
+            reverse=reverse,
             rng=rng,
             dtype=dtype,
         )
@@ -498,6 +514,7 @@ class GRU(RNNBase):
         reset_after: bool = True,
         simplified: bool = False,
         carry_bias: float = 0.0,
+        reverse: bool = False,
         rng: np.random.Generator | int | None = None,
         dtype: object = np.float32,
     ):
@@ -513,6 +530,7 @@ class GRU(RNNBase):
             batch_first,
             dropout,
             bidirectional,
+            reverse=reverse,
             rng=rng,
             dtype=dtype,
         )
@@ -555,8 +573,10 @@ class LSTM(RNNBase):
         dropout: float = 0.0,
         bidirectional: bool = False,
         *,
-        peephole: bool = False,
+        peephole: bool | str = False,
+        proj_size: int = 0,
         forget_bias: float = 0.0,
+        reverse: bool = False,
         rng: np.random.Generator | int | None = None,
         dtype: object = np.float32,
     ):
@@ -569,7 +589,9 @@ class LSTM(RNNBase):
             batch_first,
             dropout,
             bidirectional,
+            reverse=reverse,
             peephole=peephole,
+            proj_size=proj_size,
             rng=rng,
             dtype=dtype,
         )
@@ -578,5 +600,7 @@ class LSTM(RNNBase):
     def _extra_repr(self) -> dict:
         out = super()._extra_repr()
         if self.peephole:
-            out["peephole"] = True
+            out["peephole"] = self.peephole
+        if self.proj_size:
+            out["proj_size"] = self.proj_size
         return out
