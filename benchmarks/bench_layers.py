@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 import rnnkit
-from rnnkit.loops import lstm_uses_columns
 
 T = 100
+PAUSE = 0.25  # seconds between two libraries' timings
 RESULTS = Path(__file__).parent / "results" / "layers.json"
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -82,47 +82,19 @@ def torch_steps(m, x: np.ndarray, dout: np.ndarray):
 
 
 def gemm_steps(cell: str, N: int, H: int):
-    """The products a layer cannot avoid, with preallocated outputs, nothing else; in the
-    layout rnnkit uses for that point (the LSTM keeps its states as columns, see loops.py)."""
-    if cell == "lstm" and lstm_uses_columns(N, H):
-        return gemm_steps_columns(N, H)
+    """The products a layer cannot avoid, in the layout rnnkit keeps (states as columns, the
+    gates of all steps one (G*H, T*N) matrix), with preallocated outputs and nothing else, on
+    NumPy's BLAS with its own threads."""
     G = GATES[cell]
     rng = np.random.default_rng(0)
     f = np.float32
     x = rng.standard_normal((T * N, H), dtype=f)
     w_ih, w_hh = rng.standard_normal((G * H, H), dtype=f), rng.standard_normal((G * H, H), dtype=f)
-    xw, hw = np.empty((T * N, G * H), f), np.empty((N, G * H), f)
-    h = rng.standard_normal((N, H), dtype=f)
-    dz = rng.standard_normal((T * N, G * H), dtype=f)
-    dh, dw, dx = np.empty((N, H), f), np.empty((G * H, H), f), np.empty((T * N, H), f)
-
-    def infer():
-        np.matmul(x, w_ih.T, out=xw)  # input projection, all steps
-        for _ in range(T):
-            np.matmul(h, w_hh.T, out=hw)  # the recurrent product, step by step
-
-    def train():
-        infer()
-        for t in range(T):
-            np.matmul(dz[t * N : (t + 1) * N], w_hh, out=dh)  # dh<t-1>, step by step
-        np.matmul(dz.T, x, out=dw)  # dW_ih, all steps
-        np.matmul(dz.T, x, out=dw)  # dW_hh, all steps (same shape)
-        np.matmul(dz, w_ih, out=dx)  # dx, all steps
-
-    return train, infer
-
-
-def gemm_steps_columns(N: int, H: int):
-    """The LSTM's products with states as columns: W @ a, gates (4H, T*N)."""
-    rng = np.random.default_rng(0)
-    f = np.float32
-    x = rng.standard_normal((T * N, H), dtype=f)
-    w_ih, w_hh = rng.standard_normal((4 * H, H), dtype=f), rng.standard_normal((4 * H, H), dtype=f)
     w_hh_t = np.ascontiguousarray(w_hh.T)
-    z, hw = np.empty((4 * H, T * N), f), np.empty((4 * H, N), f)
+    z, hw = np.empty((G * H, T * N), f), np.empty((G * H, N), f)
     h = rng.standard_normal((H, N), dtype=f)
-    dz = rng.standard_normal((4 * H, T * N), dtype=f)
-    dh, dw, dx = np.empty((H, N), f), np.empty((4 * H, H), f), np.empty((T * N, H), f)
+    dz = rng.standard_normal((G * H, T * N), dtype=f)
+    dh, dw, dx = np.empty((H, N), f), np.empty((G * H, H), f), np.empty((T * N, H), f)
 
     def infer():
         np.matmul(w_ih, x.T, out=z)  # input projection, all steps
@@ -240,13 +212,15 @@ def main() -> int:
                 for mode, k in (("train", 0), ("infer", 1)):
                     t_ours, t_bound, t_theirs = [], [], []
                     for _ in range(args.repeats):  # interleave, so drift hits both alike
+                        # The pauses outlast the spin of idle BLAS and OpenMP threads after a
+                        # product (about 0.1 s), which would otherwise take the next one's core.
                         t_ours.append(timed(ours[k]))
-                        time.sleep(0.05)
+                        time.sleep(PAUSE)
                         t_bound.append(timed(bound[k]))
+                        time.sleep(PAUSE)
                         if theirs:
-                            time.sleep(0.05)
                             t_theirs.append(timed(theirs[k]))
-                            time.sleep(0.05)
+                            time.sleep(PAUSE)
                     row = {
                         "cell": cell,
                         "N": N,
