@@ -368,3 +368,34 @@ def test_an_application_error_goes_through_the_one_mapping(tmp_path):
         env=ENV,
     )
     assert bad.returncode == 2 and len(lines_of(bad.stderr)) == 1 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ("tokens_fewer_than_the_model", "its vocabulary has 18 tokens, its model 19"),
+        ("no_eos", "<eos>"),
+        ("duplicate_tokens", "distinct"),
+        ("unknown_mode", "--mode must be one of stream, lines"),
+        ("level_disagrees", "disagree on the level"),
+    ],
+)
+def test_a_vocabulary_or_options_that_do_not_fit_the_model_are_refused(
+    here, tmp_path, change, needle
+):
+    """Sampling an id the vocabulary lacks was an IndexError; a mode nobody knows, a KeyError."""
+    arrays, meta = load_checkpoint(here / "done" / CKPT)
+    tokens = meta["vocabulary"]["tokens"]
+    if change == "tokens_fewer_than_the_model":
+        meta["vocabulary"]["tokens"] = tokens[:-1]
+    elif change == "no_eos":
+        meta["vocabulary"]["tokens"] = ["#", *tokens[1:]]
+    elif change == "duplicate_tokens":
+        meta["vocabulary"]["tokens"] = [*tokens[:-1], tokens[1]]
+    elif change == "unknown_mode":
+        meta["options"]["mode"] = "banana"
+    else:
+        meta["options"]["level"] = "word"
+    save_checkpoint(tmp_path / CKPT, arrays, meta)
+    for args in (["sample", CKPT], ["score", CKPT, "kalo"]):
+        assert needle in fails(tmp_path, *args)
