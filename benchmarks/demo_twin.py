@@ -19,16 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnkit.cli import (
-    DEMO,
-    TRAIN_DEFAULTS,
-    build_model,
-    build_vocabulary,
-    bundled_names,
-    prepare_data,
-)
+from rnnkit.cli.options import DEFAULTS
+from rnnkit.cli.runs import bundled_names
+from rnnkit.cli.train import DEMO, model_config, read_corpus
 from rnnkit.data import IGNORE_INDEX, lm_lines_batch
-from rnnkit.text import read_text
+from rnnkit.models import LanguageModel
 from rnnkit.train import LinesLMTask, TrainConfig, lines_loss, train
 
 RESULTS = Path(__file__).parent / "results" / "demo_twin.json"
@@ -73,25 +68,14 @@ def twin_loss(twin: Twin, lines: list, eos_id: int) -> float:
 
 def main() -> int:
     torch.set_num_threads(2)
-    opts = {**TRAIN_DEFAULTS, **DEMO}
-    text = read_text(bundled_names())
-    vocab = build_vocabulary(text, opts)
-    train_lines, val_lines, _ = prepare_data(text, opts, vocab)
-    spec = {
-        "vocab_size": len(vocab),
-        "hidden_size": opts["hidden_size"],
-        "num_layers": 1,
-        "cell": "lstm",
-        "embedding_dim": None,
-        "dropout": opts["dropout"],
-        "seed": opts["seed"],
-        "dtype": "float32",
-    }
+    opts = {**DEFAULTS, **DEMO}
+    corpus = read_corpus(bundled_names(), opts)
+    vocab, train_lines, val_lines = corpus.vocab, corpus.train, corpus.val
     config = TrainConfig(
         steps=opts["steps"], lr=opts["lr"], clip=opts["clip"], seed=opts["seed"], progress="none"
     )
 
-    model = build_model(spec)
+    model = LanguageModel(**model_config(opts, vocab))
     twin = Twin(len(vocab), opts["hidden_size"], opts["dropout"])
     twin.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()})
 

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -36,7 +37,8 @@ ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_N
 ENV.pop("COLUMNS", None)
 TIMEOUT = 120
 
-TINY = ["--hidden-size", "16", "--batch-size", "8", "--seq-len", "20", "--progress", "none"]
+TINY = ["--hidden-size", "16", "--batch-size", "8", "--progress", "none"]
+LOCK = ".lock"  # the lock file a training run holds in its folder
 
 
 def command(args, module: bool = False) -> list[str]:
@@ -158,9 +160,15 @@ def work(tmp_path_factory) -> Path:
 # level, mode -> (text, extra flags). The four runs also cover each cell, --num-layers,
 # --dropout, --min-count, --val-frac, --eval-every, --checkpoint-every, --seed, --lr, --clip.
 RUNS = {
-    ("char", "stream"): ("text.txt", ["--cell", "gru", "--steps", "40", "--dropout", "0.1"]),
+    ("char", "stream"): (
+        "text.txt",
+        ["--cell", "gru", "--steps", "40", "--dropout", "0.1", "--seq-len", "20"],
+    ),
     ("char", "lines"): ("names.txt", ["--cell", "lstm", "--steps", "40", "--lr", "0.01"]),
-    ("word", "stream"): ("text.txt", ["--cell", "rnn", "--steps", "30", "--clip", "1"]),
+    ("word", "stream"): (
+        "text.txt",
+        ["--cell", "rnn", "--steps", "30", "--clip", "1", "--seq-len", "20"],
+    ),
     (
         "word",
         "lines",
@@ -234,15 +242,16 @@ def test_train_prints_what_it_resolved_and_saves(work, runs, level, mode):
     n_params = sum(a.size for k, a in arrays.items() if k.startswith("model."))
     assert f"{n_params:,} parameters" in lines[2]
     assert lines[3].startswith(f"training: {steps} steps (")
+    best = meta["history"]["best_step"]
     assert re.fullmatch(
-        rf"done: {steps} steps, held-out loss \d+\.\d+ nats per token \(perplexity \d+\.\d+\); "
-        rf"saved in {folder}",
+        rf"done: {steps} steps, best held-out loss \d+\.\d+ nats per token \(perplexity "
+        rf"\d+\.\d+\) at step {best}, the weights kept; saved in {folder}",
         lines[4],
     )
-    assert meta["step"] == steps
+    assert meta["step"] == steps and any(k.startswith("best.") for k in arrays)
     assert Vocabulary.from_json(meta["vocabulary"]) == vocab
     assert meta["options"]["level"] == level and meta["options"]["mode"] == mode
-    assert sorted(os.listdir(work / folder)) == [CKPT]  # no temporary files left behind
+    assert sorted(os.listdir(work / folder)) == [LOCK, CKPT]  # no temporary files left behind
 
 
 def test_word_min_count_reads_rare_words_as_unk(work, runs):
@@ -286,8 +295,8 @@ def test_every_optimizer_and_progress_display(work, tmp_path):
         assert f", {opt} lr " in result.stdout
         meta = arrays_of(tmp_path / f"o-{opt}")[1]
         assert meta["config"]["optimizer"] == opt and meta["step"] == 20
-        if progress == "bar":  # (text mode reads its carriage returns as line breaks)
-            assert "] step 20/20 loss" in result.stderr and "\x1b[K" in result.stderr
+        if progress == "bar":  # tqdm's bar (text mode reads its carriage returns as breaks)
+            assert "20/20" in result.stderr and "loss" in result.stderr
         elif progress in ("line", "auto"):  # auto: no terminal here, so plain lines
             assert "\r" not in result.stderr and "step 20/20 loss" in result.stderr
         else:
@@ -329,7 +338,7 @@ def test_train_refuses_a_folder_that_holds_a_run(work, runs):
     assert "already holds a training run" in err and "--resume" in err
     assert (folder / CKPT).read_bytes() == before
     assert (folder / CKPT).stat().st_mtime_ns == mtime
-    assert sorted(os.listdir(folder)) == [CKPT]
+    assert sorted(os.listdir(folder)) == [LOCK, CKPT]
 
 
 # ---------------------------------------------------------------- sample
@@ -352,12 +361,13 @@ def test_sample(work, runs, level, mode):
     # the same seed gives the same samples, another seed others
     assert rnnkit(work, *args, "--seed", "1").stdout == first
     assert rnnkit(work, *args, "--seed", "2").stdout != first
-    # --top-k 1 is greedy decoding, whatever the seed
-    greedy = rnnkit(work, *args, "--greedy").stdout
-    assert rnnkit(work, *args, "--top-k", "1", "--seed", "7").stdout == greedy
-    if mode == "lines":
-        greedy_samples = greedy.splitlines()[1:]
-        assert len(set(greedy_samples)) == 1 and len(greedy_samples) == 4
+    # --top-k 1 is greedy decoding, whatever the seed; --greedy gives one sample
+    one = ["sample", folder, "--length", "30"]
+    greedy = rnnkit(work, *one, "--greedy").stdout
+    assert rnnkit(work, *one, "--num", "1", "--top-k", "1", "--seed", "7").stdout == greedy
+    top1 = rnnkit(work, *args, "--top-k", "1", "--seed", "7").stdout.splitlines()[1:]
+    if mode == "lines":  # one line: one sample
+        assert len(greedy.splitlines()) == 2 and top1 == greedy.splitlines()[1:] * 4
 
 
 def test_sample_options(work, runs):
@@ -676,7 +686,7 @@ def test_damaged_checkpoint(work, runs, tmp_path, damage):
         assert ckpt.read_bytes() == data  # the file is left as it is
     err = fails(tmp_path, "train", "names.txt", "--out", "run", *TINY)
     assert "already holds" in err
-    assert ckpt.read_bytes() == data and sorted(os.listdir(run)) == [CKPT]
+    assert ckpt.read_bytes() == data and sorted(os.listdir(run)) == [LOCK, CKPT]
 
 
 def test_resume_with_other_flags_or_text_is_refused(work, runs, tmp_path):
@@ -690,15 +700,16 @@ def test_resume_with_other_flags_or_text_is_refused(work, runs, tmp_path):
     assert "--cell lstm (saved: gru)" in err
     err = fails(tmp_path, "train", "text.txt", "--out", "run", "--resume", "--level", "word")
     assert "--level word (saved: char)" in err
-    # a text with a character the run never saw: another vocabulary
-    (tmp_path / "more.txt").write_text((work / "text.txt").read_text() + "Price: 5€ (or 6€)\n")
+    # another text, even one byte more: refused by its SHA-256, without echoing any of it
+    secret = "Price: 5€ (or 6€) PASSWORD\n"
+    (tmp_path / "more.txt").write_text((work / "text.txt").read_text() + secret)
     err = fails(tmp_path, "train", "more.txt", "--out", "run", "--resume")
-    assert "vocabulary of more.txt" in err and "differs" in err and "'€'" in err
-    # a text with fewer characters: also another vocabulary
+    assert "more.txt is not the text the run was trained on" in err and "SHA-256" in err
+    assert "PASSWORD" not in err and "€" not in err
     (tmp_path / "less.txt").write_text("the cat sat on the mat\n" * 200)
     err = fails(tmp_path, "train", "less.txt", "--out", "run", "--resume")
-    assert "vocabulary of less.txt" in err and "missing" in err
-    assert (run / CKPT).read_bytes() == before and sorted(os.listdir(run)) == [CKPT]
+    assert "less.txt is not the text the run was trained on" in err
+    assert (run / CKPT).read_bytes() == before and sorted(os.listdir(run)) == [LOCK, CKPT]
     # a folder without a run
     err = fails(tmp_path, "train", "text.txt", "--out", "nothing-here", "--resume")
     assert "holds no checkpoint.safetensors" in err and "drop --resume" in err
@@ -719,7 +730,17 @@ def test_resume_continues_to_a_longer_run_from_any_folder(work, runs, tmp_path):
 # Long enough to be interrupted at several points; dropout and a carried stream state make the
 # random state and the data position matter.
 KILL_RUNS = {
-    "stream": ["text.txt", "--mode", "stream", "--cell", "lstm", "--steps", "300"],
+    "stream": [
+        "text.txt",
+        "--mode",
+        "stream",
+        "--cell",
+        "lstm",
+        "--seq-len",
+        "20",
+        "--steps",
+        "300",
+    ],
     "lines": ["names.txt", "--mode", "lines", "--cell", "gru", "--steps", "200"],
 }
 KILL_FLAGS = [
@@ -727,8 +748,6 @@ KILL_FLAGS = [
     "16",
     "--batch-size",
     "8",
-    "--seq-len",
-    "20",
     "--dropout",
     "0.3",
     "--eval-every",
@@ -836,7 +855,7 @@ def test_sigkill_then_resume_gives_the_same_weights(work, references, mode):
             assert "resuming at step" in result.stdout
         arrays, meta = arrays_of(work / folder)
         assert meta["step"] == int(KILL_RUNS[mode][-1])
-        assert sorted(os.listdir(work / folder)) == [CKPT], "temporary files left behind"
+        assert sorted(os.listdir(work / folder)) == [LOCK, CKPT], "temporary files left behind"
         try:
             assert_same_arrays(arrays, ref_arrays)
         except AssertionError as e:
@@ -858,7 +877,7 @@ def test_killed_before_the_first_checkpoint(work, references):
     err = fails(work, "train", "names.txt", "--out", "early", "--resume")
     assert "holds no checkpoint.safetensors" in err
     rnnkit(work, *kill_args("lines", "early"))
-    assert sorted(os.listdir(work / "early")) == [CKPT]
+    assert sorted(os.listdir(work / "early")) == [LOCK, CKPT]
     assert_same_arrays(arrays_of(work / "early")[0], references["lines"][0])
 
 
@@ -895,39 +914,43 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(work, references):
     assert (work / folder / CKPT).read_bytes() == before
 
 
-def test_a_failing_disk_ends_in_one_line(work, tmp_path, monkeypatch):
-    """An OSError while saving (a full disk) is one line, exit 1, and the old file stays."""
-    from rnnkit import checkpoint, cli
+def fill_the_disk_at(limit: int):
+    """A full disk for the process: files may grow to ``limit`` bytes, and a write past it
+    fails with EFBIG (SIGXFSZ ignored) as ENOSPC would on a full disk."""
 
-    out = tmp_path / "run"
-    assert (
-        cli.main(
-            [
-                "train",
-                str(work / "names.txt"),
-                "--out",
-                str(out),
-                "--steps",
-                "4",
-                "--hidden-size",
-                "8",
-                "--progress",
-                "none",
-                "--batch-size",
-                "8",
-            ]
-        )
-        == 0
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return preexec
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_folder(work, tmp_path):
+    """Checkpoints grow with the run (each step's loss is kept): with files limited to the
+    size of the first one, a later save fails. One line names the folder and the space needed,
+    exit 1, the last checkpoint that fitted is whole, and the run continues with --resume
+    once there is room."""
+    shutil.copy(work / "names.txt", tmp_path)
+    flags = [*TINY, "--checkpoint-every", "1", "--eval-every", "5"]
+    rnnkit(tmp_path, "train", "names.txt", "--out", "probe", *flags, "--steps", "1")
+    limit = (tmp_path / "probe" / CKPT).stat().st_size + 200  # room for a few more steps
+    env = {**ENV, "RNNKIT_COMPILED": "0"}  # no compiler cache to write either
+    result = subprocess.run(
+        command(["train", "names.txt", "--out", "run", *flags, "--steps", "40"]),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        preexec_fn=fill_the_disk_at(limit),
     )
-    before = (out / "checkpoint.safetensors").read_bytes()
-
-    def full_disk(path, data):
-        raise OSError(28, "No space left on device", str(path))
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint", lambda *a, **k: full_disk(a[0], b""))
-    monkeypatch.setattr("rnnkit.train.save_checkpoint", lambda *a, **k: full_disk(a[0], b""))
-    assert (
-        cli.main(["train", "--out", str(out), "--resume", "--steps", "8", "--progress", "none"])
-        == 1
-    )
-    assert (out / "checkpoint.safetensors").read_bytes() == before
+    assert result.returncode == 1, result.stderr
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"cannot write {CKPT} in run:" in err and "it needs" in err and "free" in err, err
+    assert "was left as it is" in err and "--resume" in err
+    _, meta = arrays_of(tmp_path / "run")  # the previous checkpoint loads
+    assert 1 <= meta["step"] < 40
+    assert sorted(os.listdir(tmp_path / "run")) == [LOCK, CKPT]
+    result = rnnkit(tmp_path, "train", "--out", "run", "--resume", "--progress", "none")
+    assert f"resuming at step {meta['step']}" in result.stdout and "done: 40 steps" in result.stdout

@@ -463,9 +463,54 @@ def test_load_state_dict_restores_lr_and_rejects_mismatches():
     bad = dict(state, buffers={"momentum.a.nothing": np.zeros((4, 3))})
     with pytest.raises(ValueError, match="a.nothing"):
         SGD(Tiny(), momentum=0.9).load_state_dict(bad)
-    bad = dict(state, buffers={"momentum.a.weight": np.zeros((3, 4))})
-    with pytest.raises(ValueError, match="shape"):
+    bad = dict(state, buffers={**state["buffers"], "momentum.a.weight": np.zeros((3, 4))})
+    with pytest.raises(ValueError, match=r"'momentum.a.weight' is float64 \(3, 4\)"):
         SGD(Tiny(), momentum=0.9).load_state_dict(bad)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"buffers": {}}, "missing"),  # the optimiser's state lost: it would restart from zero
+        ({"step": -1}, "step must be a whole number >= 0"),
+        ({"step": True}, "step must be a whole number"),
+        ({"step": 2.5}, "step must be a whole number"),
+        ({"hyper": {"lr": float("nan")}}, "learning rate must be a number > 0"),
+        ({"hyper": {}}, "learning rate"),
+        ({"type": "SGD"}, "optimiser state is for 'SGD'"),
+    ],
+)
+def test_load_state_dict_refuses_a_state_no_run_reaches(change, message):
+    """Adam's buffers missing at step 3, a negative or boolean step, a learning rate that is
+    not a number: each raises, and the optimiser is left as it was."""
+    model = Tiny()
+    opt = Adam(model, lr=0.01)
+    for seed in range(3):
+        _set_grads(model, _random_grads(model, np.random.default_rng(seed)))
+        opt.step()
+    target = Adam(Tiny(), lr=0.02)
+    with pytest.raises(ValueError, match=message):
+        target.load_state_dict({**opt.state_dict(), **change})
+    assert (
+        target.step_count == 0
+        and target.lr == 0.02
+        and target.buffers
+        == {
+            "exp_avg": {},
+            "exp_avg_sq": {},
+        }
+    )
+
+
+def test_a_state_at_step_zero_has_no_buffers_and_sgd_without_momentum_none():
+    model = Tiny()
+    Adam(Tiny()).load_state_dict(Adam(model).state_dict())  # step 0, no buffers: fine
+    plain = SGD(model, lr=0.1)
+    _set_grads(model, _random_grads(model, np.random.default_rng(1)))
+    plain.step()
+    SGD(Tiny(), lr=0.1).load_state_dict(plain.state_dict())  # no momentum: no buffers
+    with pytest.raises(ValueError, match="missing"):
+        SGD(Tiny(), lr=0.1, momentum=0.5).load_state_dict(plain.state_dict())
 
 
 # ---------------------------------------------------------------- schedules

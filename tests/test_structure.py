@@ -11,6 +11,8 @@ SRC = Path(rnnkit.__file__).parent
 ORDER = [
     "version",
     "allocator",
+    "memory",
+    "files",
     "functional",
     "init",
     "gates",
@@ -19,6 +21,7 @@ ORDER = [
     "parallel",
     "kernels",
     "loops",
+    "checkpoint",
     "module",
     "recurrent",
     "layers",
@@ -26,7 +29,6 @@ ORDER = [
     "optim",
     "data",
     "text",
-    "checkpoint",
     "models",
     "sampling",
     "train",
@@ -38,9 +40,12 @@ ORDER = [
 ]
 
 
+PACKAGES = ("apps", "cli")  # sub-packages: each one layer of its own
+
+
 def local_imports(path: Path) -> set[str]:
-    """The package modules a file imports (inside ``apps``, its own siblings do not count)."""
-    depth = 2 if path.parent.name == "apps" else 1  # the relative level that reaches rnnkit/
+    """The package modules a file imports (inside a sub-package, its siblings do not count)."""
+    depth = 2 if path.parent.name in PACKAGES else 1  # the relative level that reaches rnnkit/
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = set()
     for node in ast.walk(tree):
@@ -55,8 +60,8 @@ def local_imports(path: Path) -> set[str]:
 
 
 def module_name(path: Path) -> str:
-    """``apps/x.py`` counts as the package ``apps``, one layer of its own."""
-    return "apps" if path.parent.name == "apps" else path.stem
+    """``apps/x.py`` counts as the package ``apps``, one layer of its own (so does ``cli``)."""
+    return path.parent.name if path.parent.name in PACKAGES else path.stem
 
 
 def test_imports_point_down():

@@ -253,3 +253,40 @@ def test_read_text_unknown_encoding(tmp_path):
 
 def test_text_error_is_a_value_error():
     assert issubclass(TextError, ValueError)
+
+
+# ---------------------------------------------------------------- reading as a user expects
+
+
+def test_a_byte_order_mark_is_dropped_and_line_breaks_become_newlines(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"\xef\xbb\xbfab\r\ncd\ref\n")
+    assert read_text(path) == "ab\ncd\nef\n"
+    path.write_bytes(b"\xef\xbb\xbfab\xff")  # the offset counts the mark's bytes too
+    with pytest.raises(TextError, match=r"byte 5 \(0xff\)"):
+        read_text(path)
+
+
+@pytest.mark.parametrize("codec", ["base64", "rot13", "zlib", "hex"])
+def test_codecs_that_are_not_text_encodings_are_refused_by_name(tmp_path, codec):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"")  # even for an empty file
+    with pytest.raises(TextError, match=f"'{codec}' is not a text encoding"):
+        read_text(path, codec)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"level": "char", "tokens": ["a", "b"]}, "<eos>"),
+        ({"level": "char", "tokens": ["<eos>", "a", "a"]}, "distinct"),
+        ({"level": "char", "tokens": ["<eos>", "ab"]}, "single characters"),
+        ({"level": "char", "tokens": ["<eos>", 3]}, "non-empty strings"),
+        ({"level": "byte", "tokens": ["<eos>"]}, "level"),
+        ({"level": "word", "tokens": "<eos>"}, "non-empty strings"),
+        (["<eos>"], "a vocabulary is"),
+    ],
+)
+def test_a_vocabulary_read_back_must_be_one_that_was_written(data, message):
+    with pytest.raises(ValueError, match=message):
+        Vocabulary.from_json(data)

@@ -1,8 +1,11 @@
 """The training loop: tracking a PyTorch twin, exact resume, clipping, stopping."""
 
+import io
+import json
 import math
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +15,10 @@ from rnnkit.losses import cross_entropy
 from rnnkit.models import LanguageModel
 from rnnkit.train import (
     CHECKPOINT_NAME,
+    ConfigError,
+    Interrupted,
     LinesLMTask,
+    Progress,
     StreamLMTask,
     TrainConfig,
     TrainingError,
@@ -248,14 +254,6 @@ def test_ctrl_c_saves_a_whole_step_then_stops(tmp_path):
         np.testing.assert_array_equal(resumed_model.state_dict()[name], value)
 
 
-def test_bad_config_is_reported():
-    model, task = make_lines_run()
-    with pytest.raises(ValueError, match="optimizer must be one of"):
-        train(model, task, TrainConfig(steps=1, optimizer="lbfgs", progress="none"))
-    with pytest.raises(ValueError, match="progress must be"):
-        train(model, task, TrainConfig(steps=1, progress="fancy"))
-
-
 def test_early_stopped_run_saves_its_best_weights_and_resume_stops_there(tmp_path):
     model, task = make_lines_run(dropout=0.0)
     scores = iter([3.0, 2.0, 2.5, 2.6, 2.7])
@@ -269,12 +267,17 @@ def test_early_stopped_run_saves_its_best_weights_and_resume_stops_there(tmp_pat
     config = TrainConfig(steps=100, eval_every=2, patience=3, progress="none")
     train(model, task, config, tmp_path)
     arrays, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    for name, value in snapshots[2].items():  # the file holds the best weights, not the last
-        np.testing.assert_array_equal(arrays["model." + name], value)
-    assert meta["history"]["stopped_early"]
+    for name, value in snapshots[2].items():  # the file holds the best weights...
+        np.testing.assert_array_equal(arrays["best." + name], value)
+    for name, value in model.state_dict().items():  # (which the model ends with)
+        np.testing.assert_array_equal(arrays["best." + name], value)
+    assert not np.array_equal(arrays["model.head.weight"], arrays["best.head.weight"])
+    assert meta["history"]["stopped_early"]  # ...and the last ones, to resume from
     again, again_task = make_lines_run(dropout=0.0)
     history = train(again, again_task, config, tmp_path, resume=True)
     assert len(history.train_loss) == 10  # nothing trained after the early stop
+    for name, value in again.state_dict().items():
+        np.testing.assert_array_equal(arrays["best." + name], value)
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)[1]["step"] == meta["step"]
 
 
@@ -286,7 +289,7 @@ def test_resuming_an_inconsistent_checkpoint_says_so(tmp_path):
     arrays, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     del meta["history"]
     save_checkpoint(tmp_path / CHECKPOINT_NAME, arrays, meta)
-    with pytest.raises(CheckpointError, match="cannot be resumed.*history"):
+    with pytest.raises(CheckpointError, match="cannot be resumed: history must hold"):
         train(model, task, TrainConfig(steps=4, progress="none"), tmp_path, resume=True)
 
 
@@ -294,12 +297,179 @@ def test_resuming_an_inconsistent_checkpoint_says_so(tmp_path):
     "field,value,message",
     [
         ("steps", 0, "steps must be >= 1"),
+        ("steps", 10**9, "steps must be <= 1,000,000"),
+        ("steps", True, "steps must be a whole number"),
+        ("steps", 5.0, "steps must be a whole number"),
         ("eval_every", -1, "eval_every must be >= 0"),
         ("patience", -2, "patience must be >= 0"),
+        ("checkpoint_every", "10", "checkpoint_every must be a whole number"),
         ("clip_mode", "l1", "clip_mode must be"),
         ("lr", 0.0, "lr must be > 0"),
+        ("lr", float("nan"), "lr must be > 0 and finite"),
+        ("lr", float("inf"), "lr must be > 0 and finite"),
+        ("lr", "0.1", "lr must be > 0"),
+        ("clip", float("nan"), "clip must be >= 0 and finite"),  # nan once turned clipping off
+        ("clip", -1.0, "clip must be >= 0"),
+        ("optimizer", "lbfgs", "optimizer must be one of"),
+        ("lr_schedule", "linear", "lr_schedule must be one of"),
+        ("progress", "fancy", "progress must be one of"),
+        ("seed", -1, "seed must be >= 0"),
+        ("restore_best", 1, "restore_best must be True or False"),
     ],
 )
 def test_train_config_checks_its_fields(field, value, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message) as info:
         TrainConfig(**{field: value})
+    assert info.value.field == field and isinstance(info.value, ValueError)
+
+
+def test_the_rate_shown_counts_only_this_runs_steps(monkeypatch):
+    """A resumed run at step 90 of 100 that takes 10 s for its 10 steps shows 1 step/s (it
+    used to count the 90 steps it did not take)."""
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
+    out = io.StringIO()
+    progress = Progress("line", 100, start=90, stream=out)
+    progress.update(100, 1.5)
+    assert out.getvalue() == "step 100/100 loss 1.5000 (1.0 steps/s)\n"
+
+
+def test_a_bar_on_a_terminal_and_lines_otherwise():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    bar = Terminal()
+    progress = Progress("auto", 4, stream=bar)
+    for step in range(1, 5):
+        progress.update(step, 2.0, 1.0 if step == 4 else None)
+    progress.close()
+    assert "4/4" in bar.getvalue() and "\r" in bar.getvalue() and "val 1.0000" in bar.getvalue()
+    lines = io.StringIO()
+    progress = Progress("auto", 40, stream=lines)
+    for step in range(1, 41):
+        progress.update(step, 2.0)
+    assert "\r" not in lines.getvalue() and len(lines.getvalue().splitlines()) == 20
+
+
+def test_sigterm_saves_a_whole_step_then_stops(tmp_path):
+    """How schedulers stop a job: handled like Ctrl-C, a checkpoint first."""
+    model, task = make_stream_run()
+    calls = []
+
+    def step(m):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return StreamLMTask.train_step(task, m)
+
+    task.train_step = step
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as info:
+        train(model, task, TrainConfig(steps=12, progress="none"), tmp_path)
+    assert info.value.signum == signal.SIGTERM
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)[1]["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_the_best_weights_are_kept_and_the_last_saved_for_resume(tmp_path):
+    model, task = make_lines_run(dropout=0.0)
+    scores = iter([3.0, 1.0, 2.0, 2.5])
+    snapshots = []
+
+    def evaluate(m):
+        snapshots.append(m.state_dict())
+        return next(scores)
+
+    task.evaluate = evaluate
+    config = TrainConfig(steps=8, eval_every=2, restore_best=True, progress="none")
+    history = train(model, task, config, tmp_path)
+    assert (history.best_step, history.best_val, history.stopped_early) == (4, 1.0, False)
+    arrays, _ = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, snapshots[1][name])  # returned: the best
+        np.testing.assert_array_equal(arrays["best." + name], snapshots[1][name])
+        np.testing.assert_array_equal(arrays["model." + name], snapshots[3][name])  # the last
+
+
+def test_a_task_without_validation_data_is_not_validated(tmp_path):
+    model = LanguageModel(V, 8, cell="gru", rng=5)
+    task = LinesLMTask(lines(20), [], 4, eos_id=0, rng=np.random.default_rng(3))
+    config = TrainConfig(steps=4, eval_every=1, patience=2, restore_best=True, progress="none")
+    history = train(model, task, config, tmp_path)
+    assert history.val_loss == [] and not history.stopped_early and len(history.train_loss) == 4
+    arrays, _ = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert not any(k.startswith("best.") for k in arrays)
+
+
+# ---------------------------------------------------------------- resuming checks
+
+
+def damage(meta: dict, arrays: dict, case: str) -> None:
+    """Change a checkpoint (rewritten with a valid checksum, as if crafted)."""
+    if case.startswith("step="):
+        meta["step"] = json.loads(case[5:])
+    elif case == "optimizer_buffers_missing":
+        for k in [k for k in arrays if k.startswith("optim.")]:
+            del arrays[k]
+    elif case == "optimizer_step_negative":
+        meta["optimizer"]["step"] = -1
+    elif case == "stream_position_missing":
+        del meta["task"]["batches"]
+    elif case == "stream_index_past_an_epoch":
+        meta["task"]["batches"]["index"] = 10**6
+    elif case == "carried_state_missing":
+        for k in [k for k in arrays if k.startswith("task.")]:
+            del arrays[k]
+    elif case == "carried_state_misshapen":
+        arrays["task.carry.0"] = np.zeros((2, 3, 5), np.float32)
+        arrays["task.carry.1"] = np.zeros((2, 3, 5), np.float32)
+    elif case == "stopped_early_without_patience":
+        meta["history"]["stopped_early"] = True
+    elif case == "history_too_short":
+        meta["history"]["train_loss"] = meta["history"]["train_loss"][:-1]
+    elif case == "config_lr_text":
+        meta["config"]["lr"] = "fast"
+    elif case == "generators_missing":
+        meta["generators"] = []
+    elif case == "weights_int32":
+        arrays["model.head.bias"] = arrays["model.head.bias"].view(np.int32)
+    else:
+        raise AssertionError(case)
+
+
+RESUME_DAMAGE = {
+    "step=-1": "step must be a whole number in",
+    "step=0": "step must be a whole number in",
+    "step=true": "step must be a whole number in",
+    "step=1000000000": "step must be a whole number in",
+    "optimizer_buffers_missing": "does not hold the buffers it should",
+    "optimizer_step_negative": "optimiser step must be a whole number >= 0",
+    "stream_position_missing": "task state",
+    "stream_index_past_an_epoch": "past the",
+    "carried_state_missing": "carried state is missing",
+    "carried_state_misshapen": "carried state is",
+    "stopped_early_without_patience": "stopped early, which its patience does not allow",
+    "history_too_short": "one training loss for each",
+    "config_lr_text": "lr must be > 0",
+    "generators_missing": "random generators",
+    "weights_int32": "head.bias is int32",
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_DAMAGE))
+def test_resume_refuses_a_state_the_run_could_not_have_reached(tmp_path, case):
+    from rnnkit.checkpoint import CheckpointError, save_checkpoint
+
+    config = TrainConfig(steps=6, eval_every=2, progress="none")
+    model, task = make_stream_run()
+    train(model, task, TrainConfig(steps=3, eval_every=2, progress="none"), tmp_path)
+    path = tmp_path / CHECKPOINT_NAME
+    arrays, meta = load_checkpoint(path)
+    damage(meta, arrays, case)
+    save_checkpoint(path, arrays, meta)
+    before = path.read_bytes()
+    model, task = make_stream_run()
+    with pytest.raises(CheckpointError, match=RESUME_DAMAGE[case]):
+        train(model, task, config, tmp_path, resume=True)
+    assert path.read_bytes() == before  # a failed resume never rewrites the file

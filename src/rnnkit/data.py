@@ -73,9 +73,18 @@ class SequenceBatches:
         return {"epoch": self.epoch, "index": self.index, "order": self.order.tolist()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a saved position."""
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self.order = np.asarray(state["order"], dtype=np.int64)
+        """Continue from a saved position; ValueError if it is not one of these batches'."""
+        epoch, index = _position(state, self.batches_per_epoch, {"order"})
+        order = state["order"]
+        if not (
+            isinstance(order, list)
+            and len(order) == self.num_examples
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in order)
+            and sorted(order) == list(range(self.num_examples))
+        ):
+            raise ValueError(f"the saved order is not an order of {self.num_examples} examples")
+        self.epoch, self.index = epoch, index
+        self.order = np.asarray(order, dtype=np.int64)
 
 
 class StreamBatches:
@@ -129,8 +138,25 @@ class StreamBatches:
         return {"epoch": self.epoch, "index": self.index}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a saved position."""
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        """Continue from a saved position; ValueError if it is not one of this stream's."""
+        self.epoch, self.index = _position(state, self.chunks_per_epoch)
+
+
+def _position(state: object, per_epoch: int, more: set[str] = frozenset()) -> tuple[int, int]:
+    """``(epoch, index)`` of a saved position, checked: whole numbers, index in an epoch."""
+    if not isinstance(state, dict) or set(state) != {"epoch", "index", *more}:
+        raise ValueError(f"a data position is {{{', '.join(sorted({'epoch', 'index', *more}))}}}")
+    epoch, index = state["epoch"], state["index"]
+    for name, value in (("epoch", epoch), ("index", index)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(
+                f"the data position's {name} must be a whole number >= 0, got {value!r}"
+            )
+    if index > per_epoch:
+        raise ValueError(
+            f"the data position's index {index} is past the {per_epoch} batches of an epoch"
+        )
+    return epoch, index
 
 
 def lm_lines_batch(

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from . import parallel
-from .init import as_generator, uniform
+from .init import as_generator, normal, uniform
 from .module import Module
 
 
@@ -87,7 +87,7 @@ class Embedding(Module):
                 )
             padding_idx %= num_embeddings  # as torch: -1 names the last row
         self.padding_idx = padding_idx
-        weight = rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype)
+        weight = normal(rng, (num_embeddings, embedding_dim), dtype)
         if padding_idx is not None:
             weight[padding_idx] = 0
         self.add_param("weight", weight)

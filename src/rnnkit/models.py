@@ -19,7 +19,7 @@ import functools
 
 import numpy as np
 
-from .functional import log_softmax
+from .functional import log_softmax, softmax
 from .init import as_generator
 from .layers import Dropout, Embedding, Linear
 from .module import Module, evaluating
@@ -258,6 +258,12 @@ class SequenceClassifier(Module):
         """Most likely class of each sequence, ``(N,)``."""
         logits, _ = self.forward(inputs, lengths)
         return logits.argmax(axis=-1)
+
+    @inference
+    def predict_proba(self, inputs: np.ndarray, lengths=None) -> np.ndarray:
+        """P(class | sequence) = softmax(logits), ``(N, C)``; each row sums to 1."""
+        logits, _ = self.forward(inputs, lengths)
+        return softmax(logits.astype(np.float64))
 
 
 class SequenceTagger(Module):

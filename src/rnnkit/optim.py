@@ -139,26 +139,48 @@ class Optimizer:
             "buffers": flat,
         }
 
+    def used_buffers(self) -> tuple[str, ...]:
+        """The kinds of buffer a step of this optimiser fills (with these settings)."""
+        return self.buffer_names
+
     def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` gave; raises ValueError on a mismatch."""
-        if state.get("type") != type(self).__name__:
+        """Restore what :meth:`state_dict` gave; ValueError, changing nothing, if it is not a
+        state this optimiser could have reached (another optimiser, a step count that is not
+        a whole number >= 0, a missing, extra or misshapen buffer)."""
+        if not isinstance(state, dict) or state.get("type") != type(self).__name__:
+            got = state.get("type") if isinstance(state, dict) else state
+            raise ValueError(f"optimiser state is for {got!r}, not {type(self).__name__}")
+        step, hyper = state.get("step"), state.get("hyper")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"optimiser step must be a whole number >= 0, got {step!r}")
+        lr = hyper.get("lr") if isinstance(hyper, dict) else None
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            raise ValueError(f"optimiser learning rate must be a number > 0, got {lr!r}")
+        expected = {f"{kind}.{name}" for kind in self.used_buffers() for name in self.params}
+        saved = state.get("buffers")
+        if not isinstance(saved, dict) or set(saved) != (expected if step else set()):
+            missing = sorted(expected - set(saved or ())) if step else []
+            extra = sorted(set(saved or ()) - (expected if step else set()))
             raise ValueError(
-                f"optimiser state is for {state.get('type')}, not {type(self).__name__}"
+                f"optimiser state at step {step} does not hold the buffers it should "
+                f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})"
             )
         buffers: dict[str, dict[str, np.ndarray]] = {b: {} for b in self.buffer_names}
-        for key, value in state["buffers"].items():
+        for key, value in saved.items():
             kind, _, name = key.partition(".")
-            if kind not in buffers or name not in self.params:
-                raise ValueError(f"optimiser state has unknown entry {key!r}")
-            if value.shape != self.params[name].shape:
+            p = self.params[name]
+            if value.shape != p.shape or value.dtype != p.dtype:
                 raise ValueError(
-                    f"optimiser state {key!r} has shape {value.shape}, "
-                    f"expected {self.params[name].shape}"
+                    f"optimiser state {key!r} is {value.dtype} {value.shape}, "
+                    f"expected {p.dtype} {p.shape}"
                 )
-            buffers[kind][name] = np.array(value, dtype=self.params[name].dtype)
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"optimiser state {key!r} holds non-finite values")
+            buffers[kind][name] = np.array(value)
         self.buffers = buffers
-        self.step_count = int(state["step"])
-        self.lr = float(state["hyper"]["lr"])
+        self.step_count = step
+        self.lr = float(lr)
 
 
 class SGD(Optimizer):
@@ -186,6 +208,9 @@ class SGD(Optimizer):
             "nesterov": self.nesterov,
             "weight_decay": self.weight_decay,
         }
+
+    def used_buffers(self) -> tuple[str, ...]:
+        return ("momentum",) if self.momentum else ()
 
     def _update(self, name, p, g):
         if self.weight_decay:
@@ -238,6 +263,9 @@ class RMSprop(Optimizer):
 
     def hyperparameters(self) -> dict:
         return {"lr": self.lr, "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum}
+
+    def used_buffers(self) -> tuple[str, ...]:
+        return ("square_avg", "momentum") if self.momentum else ("square_avg",)
 
     def _update(self, name, p, g):
         sq = self._buffer("square_avg", name, p)

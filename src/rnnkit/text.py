@@ -13,6 +13,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .files import NotARegularFile, read_regular_file
+from .memory import NotEnoughMemory
+
 EOS, UNK = "<eos>", "<unk>"
 LEVELS = ("char", "word")
 _WORD = re.compile(r"\w+(?:'\w+)*|[^\w\s]")  # words (with inner apostrophes) or punctuation
@@ -22,30 +25,64 @@ class TextError(ValueError):
     """A text file cannot be used; the message says where and what to do."""
 
 
-def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict") -> str:
-    """Read a whole text file. Undecodable bytes raise :class:`TextError` naming the byte
-    offset, unless ``errors="replace"``."""
-    path = Path(path)
+def check_codec(encoding: str, errors: str = "strict") -> None:
+    """Raise :class:`TextError` unless ``encoding`` is a text encoding and ``errors`` an error
+    handler (checked before reading: a bad name is an error even for clean bytes)."""
     try:
-        codecs.lookup(encoding)  # before reading: a bad name is an error even for clean bytes
-    except LookupError:
+        codec = codecs.lookup(encoding)
+    except (LookupError, ValueError, TypeError):  # (a name with a NUL byte: ValueError)
         raise TextError(f"unknown encoding {encoding!r}; try utf-8 or latin-1") from None
+    # base64, rot13, zlib, ...: codecs, but not from bytes to text (the flag bytes.decode reads)
+    if not getattr(codec, "_is_text_encoding", True):
+        raise TextError(
+            f"{encoding!r} is not a text encoding (it does not turn bytes into text); "
+            f"try utf-8 or latin-1"
+        )
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TextError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise TextError(f"{path} is a folder, not a text file") from None
-    except OSError as e:
-        raise TextError(f"{path}: cannot read ({e.strerror})") from None
+        codecs.lookup_error(errors)
+    except (LookupError, ValueError, TypeError):
+        raise TextError(f"unknown error handler {errors!r}; use strict or replace") from None
+
+
+def decode_text(data: bytes, name: str, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """Bytes to text: a UTF-8 byte-order mark is dropped, line breaks ``\\r\\n`` and ``\\r``
+    become ``\\n`` (as Python's text files read them), and undecodable bytes raise
+    :class:`TextError` naming their offset in the file ``name``, unless
+    ``errors="replace"``."""
+    check_codec(encoding, errors)
+    skipped = 0
+    if codecs.lookup(encoding).name == "utf-8" and data.startswith(codecs.BOM_UTF8):
+        data, skipped = data[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
     try:
-        return data.decode(encoding, errors=errors)
+        text = data.decode(encoding, errors=errors)
     except UnicodeDecodeError as e:
         raise TextError(
-            f"{path}: byte {e.start} (0x{data[e.start]:02x}) is not valid "
+            f"{name}: byte {skipped + e.start} (0x{data[e.start]:02x}) is not valid "
             f"{e.encoding}; give the file's encoding with --encoding (for example "
             f"latin-1) or replace bad bytes with --errors replace"
         ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of a text file to read; :class:`TextError` for a missing file, a folder, a
+    FIFO or a device (refused before reading), or one larger than the memory available."""
+    try:
+        return read_regular_file(path, "text file")
+    except FileNotFoundError:
+        raise TextError(f"{path}: no such file") from None
+    except NotARegularFile as e:
+        raise TextError(f"{e.strerror}; give a text file") from None
+    except NotEnoughMemory as e:
+        raise TextError(str(e)) from None
+    except OSError as e:
+        raise TextError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """Read a whole text file (see :func:`read_bytes` and :func:`decode_text`)."""
+    check_codec(encoding, errors)
+    return decode_text(read_bytes(path), str(path), encoding, errors)
 
 
 def tokenize(text: str, level: str) -> list[str]:
@@ -144,9 +181,20 @@ class Vocabulary:
         return {"level": self.level, "tokens": self.tokens}
 
     @classmethod
-    def from_json(cls, data: dict) -> Vocabulary:
-        """Inverse of :meth:`to_json`."""
-        return cls(data["tokens"], data["level"])
+    def from_json(cls, data: object) -> Vocabulary:
+        """Inverse of :meth:`to_json`; ValueError for anything it would not have written
+        (tokens that are not distinct strings, a character-level token longer than one
+        character, a missing ``<eos>``)."""
+        if not (isinstance(data, dict) and set(data) == {"level", "tokens"}):
+            raise ValueError('a vocabulary is {"level": ..., "tokens": [...]}')
+        level, tokens = data["level"], data["tokens"]
+        if level not in LEVELS:
+            raise ValueError(f"vocabulary level must be 'char' or 'word', got {level!r}")
+        if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+            raise ValueError("vocabulary tokens must be a list of non-empty strings")
+        if level == "char" and any(len(t) != 1 for t in tokens if t not in (EOS, UNK)):
+            raise ValueError("a character-level vocabulary holds single characters")
+        return cls(tokens, level)
 
 
 def split_lines(text: str) -> list[str]:

@@ -11,20 +11,31 @@ data, its random generator and any state it carries between steps. :class:`Strea
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import IGNORE_INDEX, SequenceBatches, StreamBatches, lm_lines_batch
 from .losses import cross_entropy
-from .module import Module, evaluating
+from .module import (
+    BEST,
+    MODEL,
+    Module,
+    check_tensors,
+    describe,
+    evaluating,
+    random_generators,
+    restore_generators,
+)
 from .optim import (
     OPTIMIZERS,
     Optimizer,
@@ -34,44 +45,85 @@ from .optim import (
     grad_norm,
     warmup_cosine_lr,
 )
-from .version import __version__
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+MAX_STEPS = 1_000_000  # each step's loss is kept in the checkpoint's header (100 MB at most)
+PROGRESS = ("auto", "bar", "line", "none")
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss or gradient); the last good checkpoint is kept."""
 
 
+class ConfigError(ValueError):
+    """A :class:`TrainConfig` field that cannot make a run; ``field`` names it and
+    ``message`` says what is wrong with it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field} {message}")
+        self.field, self.message = field, message
+
+
 @dataclass
 class TrainConfig:
-    """How to train; every field is saved in the checkpoint."""
+    """How to train; every field is saved in the checkpoint, and checked here (the one place
+    training options are checked, for Python callers, the command line and resumed runs)."""
 
-    steps: int = 1000  # optimiser steps in the whole run
+    steps: int = 1000  # optimiser steps in the whole run, at most MAX_STEPS
     optimizer: str = "adam"  # adam | adamw | sgd | adagrad | rmsprop
     lr: float = 2e-3  # peak learning rate
     lr_schedule: str = "constant"  # constant | cosine (with warm-up)
     warmup_steps: int = 0  # linear warm-up steps for the cosine schedule
-    clip: float | None = 5.0  # global-norm bound (or element bound with clip_mode "value")
+    clip: float | None = 5.0  # norm bound (element bound with clip_mode "value"); 0/None: off
     clip_mode: str = "norm"  # norm: clip_grad_norm_; value: the course's element-wise clip
     eval_every: int = 0  # validate every this many steps (0: only at the end)
     patience: int = 0  # stop after this many validations without improvement (0: never)
     checkpoint_every: int = 0  # save every this many steps (0: only at the end)
-    progress: str = "auto"  # auto | bar | line | none
+    progress: str = "auto"  # auto (a bar on a terminal, else lines) | bar | line | none
     seed: int = 0  # reseeds the model's dropout at the start of a run (a stream of its own)
+    restore_best: bool = False  # end with the weights of the best validation (as with patience)
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        _whole(self, "steps", 1, MAX_STEPS)
+        _one_of(self, "optimizer", OPTIMIZERS)
+        lr = self.lr
+        if not _is_number(lr) or not 0 < lr < math.inf:
+            raise ConfigError("lr", f"must be > 0 and finite, got {lr!r}")
+        _one_of(self, "lr_schedule", ("constant", "cosine"))
         for name in ("warmup_steps", "eval_every", "patience", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
-        if self.clip is not None and self.clip < 0:
-            raise ValueError(f"clip must be >= 0 or None, got {self.clip}")
-        if self.clip_mode not in ("norm", "value"):
-            raise ValueError(f"clip_mode must be 'norm' or 'value', got {self.clip_mode!r}")
+            _whole(self, name, 0, note=" (0 turns it off)" if name != "warmup_steps" else "")
+        clip = self.clip
+        if clip is not None and (not _is_number(clip) or not 0 <= clip < math.inf):
+            raise ConfigError(
+                "clip", f"must be >= 0 and finite (0 turns clipping off), got {clip!r}"
+            )
+        _one_of(self, "clip_mode", ("norm", "value"))
+        _one_of(self, "progress", PROGRESS)
+        _whole(self, "seed", 0)
+        if not isinstance(self.restore_best, bool):
+            raise ConfigError("restore_best", f"must be True or False, got {self.restore_best!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _whole(
+    config: TrainConfig, name: str, low: int, high: float = math.inf, note: str = ""
+) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(name, f"must be a whole number, got {value!r}")
+    if value < low:
+        raise ConfigError(name, f"must be >= {low}{note}, got {value}")
+    if value > high:
+        raise ConfigError(name, f"must be <= {high:,} (each step's loss is saved), got {value:,}")
+
+
+def _one_of(config: TrainConfig, name: str, choices) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
 @dataclass
@@ -87,33 +139,13 @@ class History:
 
 def make_optimizer(config: TrainConfig, model: Module) -> Optimizer:
     """The optimiser named in the config, on every parameter of ``model``."""
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(
-            f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}"
-        )
     return OPTIMIZERS[config.optimizer](model, lr=config.lr)
 
 
 def _learning_rate(config: TrainConfig, step: int) -> float:
     if config.lr_schedule == "cosine":
         return warmup_cosine_lr(step, config.lr, config.steps, config.warmup_steps)
-    if config.lr_schedule == "constant":
-        return constant_lr(step, config.lr)
-    raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
-
-
-def model_generators(model: Module) -> list[np.random.Generator]:
-    """Every distinct random generator the model's modules hold (for dropout), in a fixed
-    order, so a checkpoint can save and restore them."""
-    found: list[np.random.Generator] = []
-    stack = [model]
-    while stack:
-        module = stack.pop(0)
-        rng = getattr(module, "rng", None)
-        if isinstance(rng, np.random.Generator) and all(rng is not g for g in found):
-            found.append(rng)
-        stack.extend(module.children.values())
-    return found
+    return constant_lr(step, config.lr)
 
 
 # ---------------------------------------------------------------- tasks
@@ -145,9 +177,9 @@ class StreamLMTask:
         self.carry = state  # the arrays carry on; the gradient stops here
         return loss
 
-    def evaluate(self, model) -> float:
-        """Mean loss per token over the validation stream (train stream if there is none)."""
-        return stream_loss(model, self.val or self.batches)[0]
+    def evaluate(self, model) -> float | None:
+        """Mean loss per token over the validation stream; None without one."""
+        return None if self.val is None else stream_loss(model, self.val)[0]
 
     def state_dict(self) -> tuple[dict, dict]:
         """Data position and carried state."""
@@ -158,10 +190,40 @@ class StreamLMTask:
         return arrays, {"batches": self.batches.state_dict()}
 
     def load_state_dict(self, arrays: dict, meta: dict) -> None:
-        """Continue from a checkpoint."""
+        """Continue from a checkpoint; ValueError if its position or carried state is not
+        one this task could have reached."""
+        if not isinstance(meta, dict) or set(meta) != {"batches"}:
+            raise ValueError('the task state must be {"batches": position}')
         self.batches.load_state_dict(meta["batches"])
-        parts = [arrays[f"carry.{i}"] for i in range(2) if f"carry.{i}" in arrays]
+        names = sorted(arrays)
+        if names not in ([], ["carry.0"], ["carry.0", "carry.1"]):
+            raise ValueError(f"the carried state must be carry.0 (and carry.1), got {names}")
+        started = self.batches.epoch > 0 or self.batches.index > 0
+        if started != bool(names):
+            raise ValueError(
+                "the carried state is missing" if started else "a state is carried before any step"
+            )
+        N = self.batches.inputs.shape[1]
+        parts = [arrays[n] for n in names]
+        if any(p.ndim != 3 or p.shape != parts[0].shape or p.shape[1] != N for p in parts):
+            shapes = [p.shape for p in parts]
+            raise ValueError(f"the carried state must be (layers, {N}, hidden), got {shapes}")
+        if not all(np.isfinite(p).all() for p in parts):
+            raise ValueError("the carried state holds non-finite values")
         self.carry = None if not parts else tuple(parts) if len(parts) == 2 else parts[0]
+
+    def check_state(self, model) -> None:
+        """ValueError unless the carried state has the shape and dtype of ``model``'s."""
+        if self.carry is None:
+            return
+        want = model.initial_state(self.batches.inputs.shape[1])
+        want = want if isinstance(want, tuple) else (want,)
+        got = self.carry if isinstance(self.carry, tuple) else (self.carry,)
+        if [(a.shape, a.dtype) for a in got] != [(a.shape, a.dtype) for a in want]:
+            raise ValueError(
+                f"the carried state is {[(a.dtype.name, a.shape) for a in got]}, the model's "
+                f"{[(a.dtype.name, a.shape) for a in want]}"
+            )
 
 
 def stream_loss(model, batches: StreamBatches) -> tuple[float, int]:
@@ -202,9 +264,9 @@ class LinesLMTask:
         model.backward(dlogits, cache)
         return loss
 
-    def evaluate(self, model) -> float:
-        """Mean loss per token over the validation lines (training lines if there are none)."""
-        return lines_loss(model, self.val_lines or self.lines, self.eos_id)[0]
+    def evaluate(self, model) -> float | None:
+        """Mean loss per token over the validation lines; None without any."""
+        return lines_loss(model, self.val_lines, self.eos_id)[0] if self.val_lines else None
 
     def state_dict(self) -> tuple[dict, dict]:
         """Data position and the shuffling generator."""
@@ -212,8 +274,7 @@ class LinesLMTask:
 
     def load_state_dict(self, arrays: dict, meta: dict) -> None:
         """Continue from a checkpoint."""
-        self.batches.load_state_dict(meta["batches"])
-        self.rng.bit_generator.state = meta["rng"]
+        _load_shuffled(self.batches, self.rng, arrays, meta)
 
 
 def lines_loss(
@@ -249,10 +310,10 @@ class BatchTask:
         """One batch forward and backward."""
         return self.step_fn(model, self.batches.next())
 
-    def evaluate(self, model) -> float:
-        """The validation loss, in evaluation mode (nan without an ``eval_fn``)."""
+    def evaluate(self, model) -> float | None:
+        """The validation loss, in evaluation mode; None without an ``eval_fn``."""
         if self.eval_fn is None:
-            return math.nan
+            return None
         with evaluating(model):
             return float(self.eval_fn(model))
 
@@ -262,75 +323,107 @@ class BatchTask:
 
     def load_state_dict(self, arrays: dict, meta: dict) -> None:
         """Continue from a checkpoint."""
-        self.batches.load_state_dict(meta["batches"])
-        self.rng.bit_generator.state = meta["rng"]
+        _load_shuffled(self.batches, self.rng, arrays, meta)
+
+
+def _load_shuffled(batches: SequenceBatches, rng, arrays: dict, meta: dict) -> None:
+    """Restore shuffled batches and their generator; ValueError, changing nothing, if the
+    state is not theirs."""
+    if arrays or not isinstance(meta, dict) or set(meta) != {"batches", "rng"}:
+        raise ValueError('the task state must be {"batches": position, "rng": state}')
+    saved_rng = rng.bit_generator.state
+    try:
+        rng.bit_generator.state = meta["rng"]
+        batches.load_state_dict(meta["batches"])
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        rng.bit_generator.state = saved_rng
+        raise ValueError(f"the task state cannot be restored ({e})") from None
 
 
 # ---------------------------------------------------------------- progress
 
 
 class Progress:
-    """A one-line bar on a terminal; plain lines (about 20 a run) otherwise."""
+    """A tqdm bar on a terminal; plain lines (about 20 a run) otherwise; or nothing.
 
-    def __init__(self, mode: str, total: int, stream=None):
+    ``start`` is the step a resumed run begins at: the rate counts only the steps of this run.
+    """
+
+    def __init__(self, mode: str, total: int, start: int = 0, stream=None):
         self.stream = stream or sys.stderr
         if mode == "auto":
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "line"
-        if mode not in ("bar", "line", "none"):
-            raise ValueError(f"progress must be auto, bar, line or none, got {mode!r}")
-        self.mode, self.total = mode, total
+        self.mode, self.total, self.first = mode, total, start
         self.every = max(1, total // 20)
-        self.start = time.perf_counter()
+        self.started = time.perf_counter()
+        self.bar = None
+        if mode == "bar":
+            self.bar = tqdm(
+                total=total,
+                initial=start,
+                file=self.stream,
+                unit="step",
+                dynamic_ncols=True,
+                leave=True,
+            )
 
     def update(self, step: int, loss: float, val: float | None = None) -> None:
         """Show the state after ``step``."""
-        if self.mode == "none":
-            return
-        rate = step / max(time.perf_counter() - self.start, 1e-9)
-        text = f"step {step}/{self.total} loss {loss:.4f}"
-        if val is not None:
-            text += f" val {val:.4f}"
-        if self.mode == "bar":
-            filled = int(30 * step / self.total)
-            self.stream.write(
-                f"\r[{'#' * filled}{'.' * (30 - filled)}] {text} ({rate:.1f} steps/s)\x1b[K"
-            )
-            if step == self.total:
-                self.stream.write("\n")
-        elif step % self.every == 0 or step == self.total or val is not None:
-            self.stream.write(f"{text} ({rate:.1f} steps/s)\n")
-        self.stream.flush()
+        text = f"loss {loss:.4f}" + (f" val {val:.4f}" if val is not None else "")
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(step - self.bar.n)
+        elif self.mode == "line" and (
+            step % self.every == 0 or step == self.total or val is not None
+        ):
+            rate = (step - self.first) / max(time.perf_counter() - self.started, 1e-9)
+            self.stream.write(f"step {step}/{self.total} {text} ({rate:.1f} steps/s)\n")
+            self.stream.flush()
 
     def close(self) -> None:
-        """End a bar that stopped early."""
-        if self.mode == "bar":
-            self.stream.write("\n")
-            self.stream.flush()
+        """End the bar (also one that stopped early)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 # ---------------------------------------------------------------- the loop
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training was stopped by Ctrl-C (SIGINT) or SIGTERM after a whole step; ``signum``
+    says which signal, ``checkpoint`` the file then saved (None without an ``out_dir``)."""
+
+    def __init__(self, signum: int, checkpoint: Path | None = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.checkpoint = signum, checkpoint
+
+
 class _DeferredInterrupt:
-    """Holds Ctrl-C until the current step is whole, so a checkpoint is never half a step."""
+    """Holds Ctrl-C and SIGTERM (how schedulers stop a job) until the current step is whole,
+    so a checkpoint is never half a step; the previous handlers come back afterwards."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
-        self.previous = None
+        self.signum = None
+        self.previous = {}
 
     def __enter__(self):
         try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not the main thread: leave signals alone
-            self.previous = None
+            self.__exit__()
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
 
 def _checkpoint(
@@ -344,44 +437,96 @@ def _checkpoint(
     config: TrainConfig,
     extra: dict,
 ) -> None:
-    arrays = {f"model.{k}": v for k, v in model.named_parameters()}
+    arrays = {MODEL + k: v for k, v in model.named_parameters()}  # the last weights
     opt_state = opt.state_dict()
     arrays |= {f"optim.{k}": v for k, v in opt_state.pop("buffers").items()}
     task_arrays, task_meta = task.state_dict()
     arrays |= {f"task.{k}": v for k, v in task_arrays.items()}
     if best is not None:
-        arrays |= {f"best.{k}": v for k, v in best.items()}
+        arrays |= {BEST + k: v for k, v in best.items()}
     meta = {
-        "format": "rnnkit-checkpoint-1",
-        "library_version": __version__,
+        **describe(model),
         "step": step,
         "config": asdict(config),
         "optimizer": opt_state,
         "task": task_meta,
-        "generators": [g.bit_generator.state for g in model_generators(model)],
         "history": asdict(history),
         **extra,
     }
     save_checkpoint(path, arrays, meta)
 
 
-def _restore(
-    arrays: dict, meta: dict, model: Module, opt: Optimizer, task, generators: list
-) -> tuple[History, dict | None, int, int]:
-    """Put a checkpoint back into the model, optimiser, task and generators."""
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-    opt_state = dict(meta["optimizer"])
-    opt_state["buffers"] = {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}
-    opt.load_state_dict(opt_state)
-    task.load_state_dict(
-        {k[5:]: v for k, v in arrays.items() if k.startswith("task.")}, meta["task"]
+def _saved_history(meta: dict, step: int) -> History:
+    """The History a checkpoint at ``step`` holds; ValueError if it is not one a run makes."""
+    saved = meta.get("history")
+    names = [f.name for f in fields(History)]
+    if not isinstance(saved, dict) or sorted(saved) != sorted(names):
+        raise ValueError(f"history must hold {', '.join(names)}")
+    h = History(**saved)
+    if not (isinstance(h.train_loss, list) and len(h.train_loss) == step):
+        raise ValueError(f"history must hold one training loss for each of the {step} steps")
+    if not all(_is_number(x) and math.isfinite(x) for x in h.train_loss):
+        raise ValueError("the training losses must be finite numbers")
+    pairs = isinstance(h.val_loss, list) and all(
+        isinstance(v, list)
+        and len(v) == 2
+        and isinstance(v[0], int)
+        and _is_number(v[1])
+        and 0 < v[0] <= step
+        for v in h.val_loss
     )
-    if len(meta["generators"]) != len(generators):
-        raise ValueError("the model's random generators differ from the saved ones")
-    for g, state in zip(generators, meta["generators"]):
-        g.bit_generator.state = state
-    best = {k[5:]: v for k, v in arrays.items() if k.startswith("best.")} or None
-    return History(**meta["history"]), best, int(meta["step"]), int(meta.get("bad_evals", 0))
+    if not pairs:
+        raise ValueError("the validation losses must be [step, loss] pairs up to the saved step")
+    if not (_is_number(h.best_val) and isinstance(h.best_step, int) and 0 <= h.best_step <= step):
+        raise ValueError("best_val must be a number and best_step a step up to the saved one")
+    if not isinstance(h.stopped_early, bool):
+        raise ValueError("stopped_early must be true or false")
+    return h
+
+
+def _restore(
+    path: Path, arrays: dict, meta: dict, model: Module, opt: Optimizer, task, config: TrainConfig
+) -> tuple[History, dict | None, int, int]:
+    """Put a checkpoint back into the model, optimiser, task and generators, after checking
+    that it is a state this run could have reached; ValueError (or CheckpointError) if not."""
+    step, bad_evals = meta.get("step"), meta.get("bad_evals")
+    saved = meta.get("config")
+    if not isinstance(saved, dict) or set(saved) != {f.name for f in fields(TrainConfig)}:
+        raise ValueError("it holds no training configuration (TrainConfig's fields)")
+    saved = TrainConfig(**saved)  # types and ranges
+    if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= saved.steps:
+        raise ValueError(f"step must be a whole number in [1, {saved.steps}], got {step!r}")
+    if step > config.steps:
+        raise ValueError(f"it is at step {step}, past the {config.steps} steps asked for")
+    if isinstance(bad_evals, bool) or not isinstance(bad_evals, int) or bad_evals < 0:
+        raise ValueError(f"bad_evals must be a whole number >= 0, got {bad_evals!r}")
+    history = _saved_history(meta, step)
+    if history.stopped_early and not (saved.patience and bad_evals >= saved.patience):
+        raise ValueError("it says it stopped early, which its patience does not allow")
+    last = {k[len(MODEL) :]: v for k, v in arrays.items() if k.startswith(MODEL)}
+    best = {k[len(BEST) :]: v for k, v in arrays.items() if k.startswith(BEST)} or None
+    check_tensors(path, model, last, MODEL)
+    if best is not None:
+        check_tensors(path, model, best, BEST)
+    model.load_state_dict(last)
+    opt_state = meta.get("optimizer")
+    if not isinstance(opt_state, dict):
+        raise ValueError("it holds no optimiser state")
+    opt_state = {
+        **opt_state,
+        "buffers": {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")},
+    }
+    opt.load_state_dict(opt_state)
+    if opt.step_count != step:
+        raise ValueError(f"the optimiser took {opt.step_count} steps, the run {step}")
+    task.load_state_dict(
+        {k[5:]: v for k, v in arrays.items() if k.startswith("task.")}, meta.get("task")
+    )
+    check = getattr(task, "check_state", None)
+    if check is not None:
+        check(model)
+    restore_generators(path, model, meta.get("generators"))
+    return history, best, step, bad_evals
 
 
 def _diverged(progress: Progress, what: str, step: int) -> None:
@@ -400,29 +545,42 @@ def train(
     resume: bool = False,
     extra_metadata: dict | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> History:
     """Train ``model`` on ``task`` for ``config.steps`` optimiser steps.
 
     Args:
         model: any :class:`Module` the task knows how to run.
-        task: see the module docstring.
+        task: see the module docstring; a task whose ``evaluate`` returns None has no
+            validation data (no validation, no best weights, no early stopping).
         config: the settings; saved in every checkpoint.
-        out_dir: folder for ``checkpoint.safetensors`` (None: no checkpoints).
+        out_dir: folder for ``checkpoint.safetensors`` (None: no checkpoints). The
+            checkpoint holds the last weights (``model.*``, what a resumed run continues
+            from) and, with ``config.restore_best`` or ``patience``, the best ones
+            (``best.*``, which :func:`rnnkit.load` takes).
         resume: continue the run saved in ``out_dir`` up to ``config.steps``, restoring
             weights, optimiser, step, data position and random state; the result is
-            bit-identical to an uninterrupted run.
-        extra_metadata: JSON-friendly entries stored in each checkpoint (vocabulary, model
-            configuration).
+            bit-identical to an uninterrupted run. The saved state is checked first (a step
+            within the run's length, the optimiser's buffers and the data position present
+            and consistent, the task's carried state fitting the model).
+        extra_metadata: JSON-friendly entries stored in each checkpoint (vocabulary, options).
         on_checkpoint: called with the step after each checkpoint is written.
+        on_start: called with the step training starts from (0, or the step a resumed run
+            is at), once the saved state has been checked and restored.
 
     Returns:
-        The :class:`History`. With ``patience`` and early stopping, the best weights seen at a
-        validation are restored before returning.
+        The :class:`History`. With ``restore_best`` or ``patience``, the weights of the best
+        validation are in the model on return.
 
     Raises:
         TrainingError: a non-finite loss or gradient; the last checkpoint on disk is kept.
-        KeyboardInterrupt: after Ctrl-C, once the current step is whole and (with ``out_dir``)
-            a checkpoint of it has been written.
+        CheckpointError: ``resume`` from a checkpoint that is damaged or not a state of this
+            run; the file is left as it is.
+        Interrupted: (a KeyboardInterrupt) after Ctrl-C or SIGTERM, once the current step is
+            whole and (with ``out_dir``) a checkpoint of it has been written.
+
+    Signals: during the call, SIGINT and SIGTERM are held until the step in progress is whole
+    (the caller's handlers are put back on return).
     """
     extra = dict(extra_metadata or {})
     path = None
@@ -430,43 +588,38 @@ def train(
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         path = Path(out_dir) / CHECKPOINT_NAME
     opt = make_optimizer(config, model)
-    generators = model_generators(model)
     history, step, best, bad_evals = History(), 0, None, 0
+    keep_best = config.restore_best or bool(config.patience)
     if resume:
         if path is None:
             raise ValueError("resume needs out_dir")
         arrays, meta = load_checkpoint(path)
         try:
-            history, best, step, bad_evals = _restore(arrays, meta, model, opt, task, generators)
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(
-                f"checkpoint {path} cannot be resumed ({type(e).__name__}: {e})"
-            ) from None
-        if history.stopped_early:  # the run ended by early stopping: nothing left to do
-            return history
+            history, best, step, bad_evals = _restore(path, arrays, meta, model, opt, task, config)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise CheckpointError(f"checkpoint {path} cannot be resumed: {e}") from None
     else:
         # Dropout draws from a stream of its own, never the one that drew the initial weights.
         dropout_state = np.random.default_rng([config.seed, 1]).bit_generator.state
-        for g in generators:
+        for g in random_generators(model):
             g.bit_generator.state = dropout_state
+    if on_start is not None:
+        on_start(step)
+    if history.stopped_early:  # a resumed run that ended by early stopping: nothing to do
+        if best is not None:
+            model.load_state_dict(best)
+        return history
 
     def save(at_step: int) -> None:
         if path is not None:
-            _checkpoint(
-                path,
-                model,
-                opt,
-                task,
-                at_step,
-                history,
-                best,
-                config,
-                {**extra, "bad_evals": bad_evals},
-            )
+            state = {**extra, "bad_evals": bad_evals}
+            _checkpoint(path, model, opt, task, at_step, history, best, config, state)
             if on_checkpoint is not None:
                 on_checkpoint(at_step)
 
-    progress = Progress(config.progress, config.steps)
+    progress = Progress(config.progress, config.steps, start=step)
     model.train()
     with _DeferredInterrupt() as interrupt:
         while step < config.steps:
@@ -492,10 +645,11 @@ def train(
             val = None
             if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
                 val = task.evaluate(model)
+            if val is not None:
                 history.val_loss.append([step, val])
                 if val < history.best_val:
                     history.best_val, history.best_step, bad_evals = val, step, 0
-                    if config.patience:
+                    if keep_best:
                         best = {k: v.copy() for k, v in model.named_parameters()}
                 else:
                     bad_evals += 1
@@ -507,16 +661,15 @@ def train(
                 (config.checkpoint_every and step % config.checkpoint_every == 0)
                 or step == config.steps
                 or stop
-                or interrupt.requested
+                or interrupt.signum
             ):
                 save(step)
-            if interrupt.requested:
+            if interrupt.signum:
                 progress.close()
-                raise KeyboardInterrupt
+                raise Interrupted(interrupt.signum, path)
             if stop:
-                progress.close()
                 break
-    if best is not None and config.patience:
-        model.load_state_dict(best)
-        save(step)  # the saved run holds the weights it returns: the best ones
+    progress.close()
+    if best is not None:
+        model.load_state_dict(best)  # the checkpoint keeps the last weights too, for --resume
     return history

@@ -1,0 +1,456 @@
+"""``rnnkit train`` and ``rnnkit demo``: a language model learns a text, in a run folder that
+one process at a time writes.
+
+The order of the work is what keeps a user's files safe: every option and the text are checked
+before the folder is created; the folder is locked before anything in it is read or written;
+a resumed run's checkpoint, its options and its text (by SHA-256) are all checked before
+training continues; a failure leaves every saved file as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..files import lock_folder, remove_stale_temporaries
+from ..init import ParameterBudgetExceeded, parameter_budget
+from ..memory import NotEnoughMemory, available_bytes, check_fits, format_bytes
+from ..models import LanguageModel
+from ..module import module_from_checkpoint
+from ..sampling import generate
+from ..text import Vocabulary, decode_text, read_bytes, split_lines
+from ..train import (
+    CHECKPOINT_NAME,
+    MAX_STEPS,
+    ConfigError,
+    History,
+    LinesLMTask,
+    StreamLMTask,
+    train,
+)
+from .core import UsageError, say
+from .options import (
+    FLAGS,
+    TRAIN_FLAGS,
+    check_options,
+    given_flags,
+    resolve,
+    saved_problem,
+    train_config,
+)
+from .runs import NAMES_FILE, bundled_names
+
+# The demo is a short run with the defaults: past about 300 steps (8 epochs) the held-out loss
+# of the bundled names stops falling, and the run keeps its best weights anyway.
+DEMO = {"steps": 300}
+BYTES_PER_CHARACTER = 32  # what decoding, tokenising and encoding a text take, at their peak
+
+
+def add_commands(sub) -> None:
+    """``train`` and ``demo``."""
+    t = sub.add_parser(
+        "train",
+        help="train a language model on a text file",
+        description="Train a language model; the run is saved in --out (one process writes "
+        "there at a time) and can be continued with --resume. The weights of the best "
+        "validation are the ones the run keeps, the last ones are kept for --resume.",
+    )
+    t.add_argument(
+        "file", nargs="?", help="UTF-8 text to learn (default: the bundled dinosaur names)"
+    )
+    t.add_argument("--out", required=True, help="folder for the checkpoint")
+    for flag in TRAIN_FLAGS:
+        flag.add_to(t)
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "continue the run saved in --out up to its configured length (or a new --steps "
+            "or --epochs), from its last weights, optimiser, step, data position and random "
+            "state; FILE, if given, must be the very text it was trained on"
+        ),
+    )
+    t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("demo", help="train on the bundled dinosaur names and print new ones")
+    m.add_argument("--out", help="keep the run in this folder (default: none is kept)")
+    m.add_argument(
+        "--progress",
+        choices=FLAGS["progress"].choices,
+        default="auto",
+        help="progress display (default auto)",
+    )
+    m.set_defaults(func=cmd_demo)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    model, _, history, validating = train_language_model(
+        out, args.file, given_flags(args), args.resume
+    )
+    say(done_line(out, history, validating))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    keep = Path(args.out) if args.out else None
+    if keep is not None and (keep / CHECKPOINT_NAME).exists():
+        raise UsageError(f"{keep} already holds a training run; choose another --out")
+    with (
+        nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="rnnkit-demo-") as folder
+    ):
+        folder = Path(folder)
+        check_writable(folder)  # before the first line is printed: a bad --out is one error line
+        say(f"demo: a character-level LSTM learns {NAMES_FILE} (bundled) and invents new names")
+        given = {**DEMO, "progress": args.progress}
+        model, vocab, history, _ = train_language_model(folder, None, given, resume=False)
+        say(done_line(folder if keep else None, history, True))
+    known = set(split_lines(bundled_names().read_text(encoding="utf-8")))
+    rng = np.random.default_rng(1)
+    novel: list[str] = []
+    for _ in range(20):  # names the list already holds are not novel: draw until ten are
+        for ids in generate(
+            model, 40, rng, prime=[vocab.eos_id], num=20, stop_id=vocab.eos_id, temperature=0.8
+        ):
+            name = vocab.decode(ids).strip()
+            if name and name not in known and name not in novel:
+                novel.append(name)
+        if len(novel) >= 10:
+            break
+    kept = f"; run kept in {keep}" if keep else ""
+    say(f"ten novel names, none of them in the list (temperature 0.8{kept}):")
+    for name in novel[:10]:
+        say(name)
+    return 0
+
+
+def done_line(out: Path | None, history: History, validating: bool) -> str:
+    """The last line of a run: its length and the loss of the weights it keeps."""
+    steps = len(history.train_loss)
+    stopped = " (stopped early)" if history.stopped_early else ""
+    saved = f"; saved in {out}" if out is not None else ""
+    if not validating:
+        recent = history.train_loss[-50:]
+        return (
+            f"done: {steps} steps{stopped}, no validation: the last weights are kept, mean "
+            f"training loss of the last {len(recent)} steps {np.mean(recent):.4f}{saved}"
+        )
+    loss = history.best_val
+    return (
+        f"done: {steps} steps{stopped}, best held-out loss {loss:.4f} nats per token "
+        f"(perplexity {math.exp(loss):.2f}) at step {history.best_step}, the weights kept{saved}"
+    )
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Corpus:
+    """A text read, checked and encoded for training."""
+
+    source: Path
+    sha256: str
+    vocab: Vocabulary
+    train: list | np.ndarray  # id lines (lines mode) or one id stream
+    val: list | np.ndarray
+    sizes: dict
+    longest: int  # tokens in the longest sequence a step reads
+
+    def record(self) -> dict:
+        """What a checkpoint keeps about its text, so --resume can refuse another."""
+        return {"path": str(self.source.resolve()), "sha256": self.sha256}
+
+
+def train_language_model(
+    out: Path, file: str | None, given: dict, resume: bool
+) -> tuple[LanguageModel, Vocabulary, History, bool]:
+    """Train (or continue) the run in ``out``; prints what it resolved on the way. Returns
+    the model (with the weights the run keeps), its vocabulary, the history, and whether it
+    was validated."""
+    if resume:
+        if not (out / CHECKPOINT_NAME).exists():
+            raise UsageError(
+                f"--resume: {out} holds no {CHECKPOINT_NAME} to continue; "
+                f"drop --resume to start a new run there"
+            )
+        with lock_folder(out):
+            return _resume(out, file, given)
+    opts = resolve(given, None)
+    check_options(opts, given)  # before anything is read or written
+    corpus = read_corpus(Path(file) if file else bundled_names(), opts)
+    steps = run_length(opts, corpus)
+    config = train_config(opts, steps, validating=bool(len(corpus.val)))
+    model = new_model(opts, corpus)
+    check_writable(out)  # only now: bad input must not leave an empty folder behind
+    with lock_folder(out):
+        if (out / CHECKPOINT_NAME).exists():
+            raise UsageError(
+                f"{out} already holds a training run; continue it with --resume or "
+                f"choose another --out (nothing was changed)"
+            )
+        remove_stale_temporaries(out, CHECKPOINT_NAME)
+        return _fit(out, model, corpus, opts, config, resume=False)
+
+
+def _resume(out: Path, file: str | None, given: dict):
+    ckpt = out / CHECKPOINT_NAME
+    arrays, meta = load_checkpoint(ckpt)
+    saved, source = meta.get("options"), meta.get("source")
+    problem = saved_problem(saved)
+    if problem is None and not _is_source_record(source):
+        problem = "it does not record the text it was trained on"
+    if problem:
+        raise CheckpointError(f"checkpoint {ckpt} cannot be resumed: {problem}")
+    clash = [
+        f"{FLAGS[k].option} {v} (saved: {saved[k]})"
+        for k, v in given.items()
+        if FLAGS[k].fixed and v != saved[k]
+    ]
+    if clash:
+        raise UsageError(
+            f"--resume: the flags differ from the run saved in {out}: "
+            f"{', '.join(clash)}; drop them or train into a new --out"
+        )
+    opts = resolve(given, saved)
+    check_options(opts, given)
+    corpus = read_corpus(Path(file) if file else Path(source["path"]), opts, source["sha256"])
+    if corpus.vocab.to_json() != meta.get("vocabulary"):
+        raise CheckpointError(
+            f"checkpoint {ckpt} cannot be resumed: its vocabulary is not its text's"
+        )
+    steps = run_length(opts, corpus)
+    validating = bool(len(corpus.val))
+    try:
+        train_config(saved, saved["steps"], validating)  # the saved options, as they were
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {ckpt} cannot be resumed: its option {e}") from None
+    config = train_config(opts, steps, validating)
+    model = module_from_checkpoint(ckpt, meta, arrays, weights="last")
+    described = model_config(opts, corpus.vocab)
+    config_saved = model.config()
+    if not isinstance(model, LanguageModel) or any(
+        config_saved.get(k) != v for k, v in described.items()
+    ):
+        raise CheckpointError(
+            f"checkpoint {ckpt} cannot be resumed: its model is not the one its options describe"
+        )
+    check_training_memory(opts, corpus)
+    remove_stale_temporaries(out, CHECKPOINT_NAME)
+    return _fit(out, model, corpus, opts, config, resume=True)
+
+
+def _is_source_record(source: object) -> bool:
+    return (
+        isinstance(source, dict)
+        and set(source) == {"path", "sha256"}
+        and all(isinstance(v, str) for v in source.values())
+    )
+
+
+def _fit(out, model, corpus: Corpus, opts: dict, config, resume: bool):
+    vocab = corpus.vocab
+    if opts["mode"] == "stream":
+        task = StreamLMTask(corpus.train, corpus.val, opts["batch_size"], opts["seq_len"])
+        per_epoch = task.batches.chunks_per_epoch
+    else:
+        rng = np.random.default_rng(opts["seed"] + 1)
+        task = LinesLMTask(corpus.train, corpus.val, opts["batch_size"], vocab.eos_id, rng)
+        per_epoch = task.batches.batches_per_epoch
+    sizes = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in corpus.sizes.items())
+    say(f"data: {corpus.source} ({opts['level']} level, {opts['mode']} mode): {sizes}")
+    say(f"vocabulary: {len(vocab)} tokens")
+    say(
+        f"model: {opts['cell']} x {opts['num_layers']}, hidden {opts['hidden_size']}, "
+        f"{model.num_parameters():,} parameters"
+    )
+    validation = "" if len(corpus.val) else ", no validation (--val-frac 0)"
+
+    start = []
+
+    def announce(step: int) -> None:  # once the saved state (if any) is checked
+        start.append(step)
+        say(
+            f"training: {config.steps} steps ({config.steps / max(per_epoch, 1):.2f} epochs), "
+            f"{opts['optimizer']} lr {opts['lr']}, batch {opts['batch_size']}"
+            + (f", seq-len {opts['seq_len']}" if opts["mode"] == "stream" else "")
+            + validation
+            + (f", resuming at step {step}" if resume else "")
+        )
+
+    extra = {
+        "vocabulary": vocab.to_json(),
+        "options": {**opts, "steps": config.steps},
+        "source": corpus.record(),  # so --resume works from any folder, on the same text
+    }
+    # A diverging run overflows on its way to a non-finite loss: that is reported as one
+    # line, not as a screen of RuntimeWarnings.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        history = train(
+            model, task, config, out, resume=resume, extra_metadata=extra, on_start=announce
+        )
+    if resume and len(history.train_loss) == start[0]:
+        why = "had stopped early" if history.stopped_early else f"had run its {config.steps} steps"
+        say(f"nothing to train: the run in {out} {why}")
+    return model, vocab, history, bool(len(corpus.val))
+
+
+# ---------------------------------------------------------------- data and sizes
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(
+            f"cannot write to output folder {folder}: {e.strerror or e}; choose another --out"
+        ) from None
+
+
+def read_corpus(source: Path, opts: dict, sha256: str | None = None) -> Corpus:
+    """Read, check and encode the text of a run; with ``sha256`` (resuming) it must be the
+    text the run was trained on, which is checked before a byte of it is decoded."""
+    data = read_bytes(source)
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise UsageError(
+            f"--resume: {source} is not the text the run was trained on (its SHA-256 differs "
+            f"from the one saved); resume with that text, or train into a new --out"
+        )
+    check_fits(
+        BYTES_PER_CHARACTER * len(data),
+        f"encoding {source} ({format_bytes(len(data))})",
+        "train on a smaller text",
+    )
+    text = decode_text(data, str(source), opts["encoding"], opts["errors"])
+    if not text.strip():
+        raise UsageError(f"{source} is empty: there is nothing to train on")
+    lines = split_lines(text) if opts["mode"] == "lines" else None
+    vocab = Vocabulary.build(
+        lines if lines is not None else [text], opts["level"], opts["min_count"]
+    )
+    if lines is not None:
+        train_ids, val_ids, sizes = split_lines_data(lines, opts, vocab)
+        longest = 1 + max(len(x) for x in train_ids)
+    else:
+        train_ids, val_ids, sizes = split_stream_data(text, opts, vocab)
+        longest = min(opts["seq_len"], (len(train_ids) - 1) // opts["batch_size"])
+    return Corpus(source, digest, vocab, train_ids, val_ids, sizes, longest)
+
+
+def split_lines_data(lines: list[str], opts: dict, vocab: Vocabulary):
+    """Lines mode: a seeded shuffle holds out ``val_frac`` of the lines (at least one when
+    it is > 0). Returns ``(train id lines, val id lines, sizes)``."""
+    frac = opts["val_frac"]
+    order = np.random.default_rng(opts["seed"]).permutation(len(lines))
+    n_val = int(round(len(lines) * frac))
+    if frac > 0 and len(lines) > 1:
+        n_val = max(1, n_val)
+    train_ids = [vocab.encode(lines[i]) for i in order[n_val:]]
+    val_ids = [vocab.encode(lines[i]) for i in order[:n_val]]
+    if len(train_ids) < opts["batch_size"]:
+        raise UsageError(
+            f"the text has {len(train_ids)} training lines, fewer than one batch of "
+            f"--batch-size {opts['batch_size']}; use a smaller --batch-size or a longer text"
+        )
+    sizes = {
+        "train_lines": len(train_ids),
+        "val_lines": len(val_ids),
+        "train_tokens": sum(len(x) + 1 for x in train_ids),
+    }
+    return train_ids, val_ids, sizes
+
+
+def split_stream_data(text: str, opts: dict, vocab: Vocabulary):
+    """Stream mode: the last ``val_frac`` of the tokens are held out. Returns
+    ``(train ids, val ids, sizes)``."""
+    ids = np.asarray(vocab.encode_stream(text), dtype=np.int64)
+    n_val = int(len(ids) * opts["val_frac"])
+    train_ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+    need = opts["batch_size"] * opts["seq_len"] + 1
+    if len(train_ids) < need:
+        raise UsageError(
+            f"the text has {len(train_ids)} training tokens, too few for one batch: "
+            f"--batch-size {opts['batch_size']} x --seq-len {opts['seq_len']} + 1 = {need}; "
+            f"use a smaller --batch-size or --seq-len, or a longer text"
+        )
+    if len(val_ids) < 2:
+        val_ids = val_ids[:0]  # one token predicts nothing: no validation
+    return train_ids, val_ids, {"train_tokens": len(train_ids), "val_tokens": len(val_ids)}
+
+
+def run_length(opts: dict, corpus: Corpus) -> int:
+    """Optimiser steps of the run: --epochs passes over the data, or --steps."""
+    if opts["epochs"] is None:
+        return opts["steps"]
+    N = min(opts["batch_size"], len(corpus.train))
+    if opts["mode"] == "lines":
+        per_epoch = len(corpus.train) // N
+    else:
+        per_epoch = ((len(corpus.train) - 1) // N) // corpus.longest
+    steps = max(1, int(round(opts["epochs"] * per_epoch)))
+    if steps > MAX_STEPS:
+        raise UsageError(f"--epochs {opts['epochs']} is {steps:,} steps, more than {MAX_STEPS:,}")
+    return steps
+
+
+def model_config(opts: dict, vocab: Vocabulary) -> dict:
+    """The LanguageModel a run's options describe, as constructor arguments."""
+    return {
+        "vocab_size": len(vocab),
+        "hidden_size": opts["hidden_size"],
+        "num_layers": opts["num_layers"],
+        "cell": opts["cell"],
+        "embedding_dim": opts["embedding_dim"],
+        "dropout": opts["dropout"],
+        "rng": opts["seed"],
+        "dtype": "float32",
+    }
+
+
+def activation_bytes(opts: dict, corpus: Corpus) -> int:
+    """About what one training step holds besides the weights: the layers' buffers for every
+    time step, the embeddings and the logits with their gradients (float32)."""
+    T, N = corpus.longest, min(opts["batch_size"], len(corpus.train))
+    H, L, V = opts["hidden_size"], opts["num_layers"], len(corpus.vocab)
+    E = opts["embedding_dim"] or H
+    return 4 * T * N * (L * 16 * H + 2 * E + 4 * V)
+
+
+def check_training_memory(opts: dict, corpus: Corpus) -> None:
+    """NotEnoughMemory if one training step's activations would not fit."""
+    sizes = "--batch-size, --seq-len" if opts["mode"] == "stream" else "--batch-size"
+    hint = f"use a smaller {sizes}, --hidden-size, --embedding-dim or --num-layers"
+    check_fits(activation_bytes(opts, corpus), "one training step (activations)", hint)
+
+
+def new_model(opts: dict, corpus: Corpus) -> LanguageModel:
+    """The run's model, refused before its weights are allocated if training it (weights,
+    gradients, optimiser state, best weights: about 5 copies) would not fit in memory."""
+    check_training_memory(opts, corpus)  # first: it needs no allocation to tell
+    config = model_config(opts, corpus.vocab)
+    available = available_bytes()
+    budget = parameter_budget(available // 5) if available is not None else nullcontext()
+    try:
+        with budget:
+            model = LanguageModel(**config)
+    except ParameterBudgetExceeded as e:
+        raise NotEnoughMemory(
+            f"a {opts['cell']} with --hidden-size {opts['hidden_size']}, --num-layers "
+            f"{opts['num_layers']} and {len(corpus.vocab):,} tokens has at least "
+            f"{format_bytes(e.needed)} of weights, and training needs about 5 times that; "
+            f"{format_bytes(available)} is available; use a smaller --hidden-size, "
+            f"--num-layers or --embedding-dim"
+        ) from None
+    return model
