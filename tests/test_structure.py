@@ -30,6 +30,7 @@ ORDER = [
     "sampling",
     "train",
     "course",
+    "onnx",
     "__init__",
     "apps",
     "cli",

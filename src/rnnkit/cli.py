@@ -538,6 +538,20 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .onnx import OnnxError, export_run  # the optional extra rnnkit[onnx], loaded on use
+
+    model, vocab, meta, _ = load_run(args.dir)
+    mode = meta["options"]["mode"]
+    stop = vocab.eos_id if mode == "lines" else None
+    try:
+        path = export_run(model, vocab, args.path, start_id(vocab, mode), stop)
+    except OnnxError as e:
+        raise UsageError(str(e)) from None
+    say(f"{describe_run(args.dir, model, vocab, meta)}\nexported to {path} (ONNX)")
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 
 
@@ -786,6 +800,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("text", help="the sentence or name to score")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_score)
+
+    x = sub.add_parser("export", help="write a trained model as ONNX, for onnxruntime")
+    x.add_argument("dir", help="the --out folder of a training run")
+    x.add_argument("path", help="the .onnx file to write (see examples/onnx_names.py)")
+    x.set_defaults(func=cmd_export)
 
     m = sub.add_parser("demo", help="train on the bundled dinosaur names and print new ones")
     m.add_argument("--out", help="keep the run in this folder (default: a temporary folder)")
