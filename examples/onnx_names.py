@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 
@@ -52,10 +53,8 @@ class ExportedModel:
     """The ONNX language model: ``ids (T, N)`` and state in, logits and state out."""
 
     def __init__(self, path: str):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # one sequence of small products: threads do not pay
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        self.info = json.loads(self.session.get_modelmeta().custom_metadata_map["rnnkit"])
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.info = json.loads(self.session.get_modelmeta().custom_metadata_map.get("rnnkit", "{}"))
         self.states = [i for i in self.session.get_inputs() if i.name in ("h0", "c0")]
 
     def forward(self, ids: np.ndarray, state: list[np.ndarray] | None):
@@ -104,6 +103,12 @@ def decode(ids, tokens, level):
     return "\n".join(" ".join(line) for line in lines)
 
 
+def fail(message: str):
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"onnx_names.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Sample from an exported rnnkit language model.")
     p.add_argument("model", help="the .onnx file written by rnnkit export")
@@ -117,16 +122,23 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the same seed, the same samples")
     args = p.parse_args(argv)
     if not args.greedy and not args.temperature > 0:
-        p.error("--temperature must be > 0 (or use --greedy)")
-    model = ExportedModel(args.model)
+        fail("--temperature must be > 0 (or use --greedy)")
+    if not os.path.isfile(args.model):
+        fail(f"{args.model}: no such file; write one with: rnnkit export RUN {args.model}")
+    try:
+        model = ExportedModel(args.model)
+    except Exception as e:  # onnxruntime's error for a damaged file, in one line
+        fail(f"cannot load {args.model}: {e}")
     info = model.info
+    if "tokens" not in info:
+        fail(f"{args.model} holds no vocabulary; write it with: rnnkit export RUN {args.model}")
     ids = {t: i for i, t in enumerate(info["tokens"])}
     prime = []
     if args.prime:
         parts = list(args.prime) if info["level"] == "char" else WORD.findall(args.prime)
         unknown = [t for t in parts if t not in ids]
         if unknown:
-            p.error(f"--prime has tokens the model never saw: {unknown}")
+            fail(f"--prime has tokens the model never saw: {unknown}")
         prime = [ids[t] for t in parts]
     sampling = (
         {"greedy": True}

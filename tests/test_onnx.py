@@ -572,17 +572,16 @@ def rnnkit_cli(cwd: Path, *args: str, rc: int = 0) -> subprocess.CompletedProces
     return result
 
 
-def example(cwd: Path, *args: str) -> str:
+def example(cwd: Path, *args: str, rc: int = 0) -> subprocess.CompletedProcess:
     """Run examples/onnx_names.py where rnnkit cannot be imported."""
     code = (
         "import runpy, sys; sys.modules['rnnkit'] = None; "
         f"sys.argv = ['onnx_names.py', *{list(args)!r}]; "
         f"runpy.run_path({str(ROOT / 'examples' / 'onnx_names.py')!r}, run_name='__main__')"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True
-    )
-    return result.stdout
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == rc, result.stderr
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -610,7 +609,7 @@ SAMPLINGS = [
 @pytest.mark.parametrize("flags", SAMPLINGS, ids=[" ".join(f) for f in SAMPLINGS])
 def test_example_samples_what_rnnkit_samples(demo_export, flags):
     expected = rnnkit_cli(demo_export, "sample", "run", *flags).stdout.splitlines()[1:]
-    got = example(demo_export, "names.onnx", *flags).splitlines()
+    got = example(demo_export, "names.onnx", *flags).stdout.splitlines()
     assert got == expected and len(got) == int(flags[flags.index("--num") + 1])
     assert len(set(got)) > 1 or "--greedy" in flags
 
@@ -618,3 +617,14 @@ def test_example_samples_what_rnnkit_samples(demo_export, flags):
 def test_export_command_bad_input_is_one_line(tmp_path):
     err = rnnkit_cli(tmp_path, "export", "nowhere", "m.onnx", rc=2).stderr
     assert err.count("\n") == 1 and "nowhere is not a folder" in err
+
+
+def test_example_bad_input_is_one_line(tmp_path):
+    export(rnnkit.GRU(2, 3), tmp_path / "layer.onnx")
+    for args, needle in (
+        (["missing.onnx"], "missing.onnx: no such file; write one with: rnnkit export"),
+        (["layer.onnx"], "layer.onnx holds no vocabulary"),
+        (["layer.onnx", "--temperature", "0"], "--temperature must be > 0"),
+    ):
+        err = example(tmp_path, *args, rc=2).stderr
+        assert err.count("\n") == 1 and needle in err, err
