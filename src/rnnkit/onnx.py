@@ -589,6 +589,10 @@ def export(
     Returns:
         The paths written.
 
+    Layer options map to ONNX's: ``reverse=True`` to ``direction="reverse"``,
+    ``peephole="gers"`` to the input ``P``; an LSTM with ``proj_size`` (which ONNX's LSTM
+    lacks) becomes a ``Scan`` over its cell.
+
     Raises:
         OnnxError: a form ONNX's recurrent operators cannot express (the notes' peepholes),
             with what does export; or a module that has no export.
