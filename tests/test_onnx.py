@@ -376,17 +376,21 @@ def test_seq2seq_greedy_decode_gives_the_same_tokens(cell, tmp_path):
 # ---------------------------------------------------------------- import
 
 
-@pytest.mark.parametrize("variant", ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"])
-@pytest.mark.parametrize(
-    "bidirectional, bias, batch_first", [(False, True, False), (True, False, True)]
-)
-def test_round_trip_gives_the_same_weights_and_outputs(
-    variant, bidirectional, bias, batch_first, tmp_path
-):
+ROUND_TRIPS = [
+    (variant, {"bidirectional": bi, "bias": bias, "batch_first": bf})
+    for variant in ("rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm")
+    for bi, bias, bf in ((False, True, False), (True, False, True))
+] + [
+    pytest.param("gru", {"reverse": True}, marks=needs_reverse, id="gru-reverse"),
+    pytest.param("lstm", {"peephole": "gers", "bidirectional": True}, marks=needs_gers, id="gers"),
+]
+
+
+@pytest.mark.parametrize("variant, options", ROUND_TRIPS)
+def test_round_trip_gives_the_same_weights_and_outputs(variant, options, tmp_path):
     rng = np.random.default_rng(9)
-    layer = make_layer(
-        variant, 3, 5, num_layers=2, bidirectional=bidirectional, bias=bias, batch_first=batch_first
-    )
+    batch_first = options.get("batch_first", False)
+    layer = make_layer(variant, 3, 5, num_layers=2, **options)
     randomize(layer, rng)
     path = export(layer, tmp_path / "layer.onnx")[0]
     back = import_layer(path, batch_first=batch_first)
