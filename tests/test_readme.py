@@ -20,5 +20,7 @@ def test_readme_example_runs(index, capsys, tmp_path, monkeypatch):
     if "import torch" in code:
         pytest.importorskip("torch")
         code = BLOCKS[0] + code  # the torch example continues the first one
+    if "onnxruntime" in code:
+        pytest.importorskip("onnxruntime")
     exec(compile(code, f"README.md example {index}", "exec"), {})
     assert capsys.readouterr().out or "print" not in code

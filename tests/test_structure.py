@@ -33,6 +33,7 @@ ORDER = [
     "sampling",
     "train",
     "course",
+    "onnx",
     "__init__",
     "apps",
     "cli",

@@ -111,3 +111,18 @@ def pytorch_to_course(state: dict[str, np.ndarray], cell: str, suffix: str = "_l
     if cell == "gru":
         out["Wr"], out["br"] = blocks["r"][0].copy(), blocks["r"][1].copy()
     return out
+
+
+# ONNX's gate orders, in the gate names above: LSTM i, o, f, c; GRU z, r, h; peepholes i, o, f.
+ONNX_LSTM_GATES = ("i", "o", "f", "g")
+ONNX_GRU_GATES = ("z", "r", "n")
+ONNX_PEEPHOLE_GATES = ("i", "o", "f")
+
+
+def reorder_gates(
+    array: np.ndarray, source: tuple[str, ...], target: tuple[str, ...], hidden_size: int
+) -> np.ndarray:
+    """The gate blocks of ``array`` (stacked along the first axis in the order ``source``)
+    restacked in the order ``target``, e.g. PyTorch's LSTM weights into ONNX's."""
+    blocks = gate_slices(source, hidden_size)
+    return np.concatenate([array[blocks[g]] for g in target], axis=0)
