@@ -30,6 +30,7 @@ from rnnkit.text import Vocabulary, split_lines, tokenize
 
 RNNKIT = shutil.which("rnnkit", path=str(Path(sys.executable).parent)) or shutil.which("rnnkit")
 CKPT = "checkpoint.safetensors"
+RUN_FILES = [CKPT, "record.jsonl"]  # what a run folder holds, sorted
 # Several rnnkit processes may run at once (a killed run and the test's own NumPy): on a small
 # machine OpenBLAS threads spinning against each other make everything many times slower.
 ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -242,7 +243,7 @@ def test_train_prints_what_it_resolved_and_saves(work, runs, level, mode):
     assert meta["step"] == steps
     assert Vocabulary.from_json(meta["vocabulary"]) == vocab
     assert meta["options"]["level"] == level and meta["options"]["mode"] == mode
-    assert sorted(os.listdir(work / folder)) == [CKPT]  # no temporary files left behind
+    assert sorted(os.listdir(work / folder)) == RUN_FILES  # no temporary files left behind
 
 
 def test_word_min_count_reads_rare_words_as_unk(work, runs):
@@ -329,7 +330,7 @@ def test_train_refuses_a_folder_that_holds_a_run(work, runs):
     assert "already holds a training run" in err and "--resume" in err
     assert (folder / CKPT).read_bytes() == before
     assert (folder / CKPT).stat().st_mtime_ns == mtime
-    assert sorted(os.listdir(folder)) == [CKPT]
+    assert sorted(os.listdir(folder)) == RUN_FILES
 
 
 # ---------------------------------------------------------------- sample
@@ -676,7 +677,7 @@ def test_damaged_checkpoint(work, runs, tmp_path, damage):
         assert ckpt.read_bytes() == data  # the file is left as it is
     err = fails(tmp_path, "train", "names.txt", "--out", "run", *TINY)
     assert "already holds" in err
-    assert ckpt.read_bytes() == data and sorted(os.listdir(run)) == [CKPT]
+    assert ckpt.read_bytes() == data and sorted(os.listdir(run)) == RUN_FILES
 
 
 def test_resume_with_other_flags_or_text_is_refused(work, runs, tmp_path):
@@ -698,7 +699,7 @@ def test_resume_with_other_flags_or_text_is_refused(work, runs, tmp_path):
     (tmp_path / "less.txt").write_text("the cat sat on the mat\n" * 200)
     err = fails(tmp_path, "train", "less.txt", "--out", "run", "--resume")
     assert "vocabulary of less.txt" in err and "missing" in err
-    assert (run / CKPT).read_bytes() == before and sorted(os.listdir(run)) == [CKPT]
+    assert (run / CKPT).read_bytes() == before and sorted(os.listdir(run)) == RUN_FILES
     # a folder without a run
     err = fails(tmp_path, "train", "text.txt", "--out", "nothing-here", "--resume")
     assert "holds no checkpoint.safetensors" in err and "drop --resume" in err
@@ -836,7 +837,7 @@ def test_sigkill_then_resume_gives_the_same_weights(work, references, mode):
             assert "resuming at step" in result.stdout
         arrays, meta = arrays_of(work / folder)
         assert meta["step"] == int(KILL_RUNS[mode][-1])
-        assert sorted(os.listdir(work / folder)) == [CKPT], "temporary files left behind"
+        assert sorted(os.listdir(work / folder)) == RUN_FILES, "temporary files left behind"
         try:
             assert_same_arrays(arrays, ref_arrays)
         except AssertionError as e:
@@ -858,7 +859,7 @@ def test_killed_before_the_first_checkpoint(work, references):
     err = fails(work, "train", "names.txt", "--out", "early", "--resume")
     assert "holds no checkpoint.safetensors" in err
     rnnkit(work, *kill_args("lines", "early"))
-    assert sorted(os.listdir(work / "early")) == [CKPT]
+    assert sorted(os.listdir(work / "early")) == RUN_FILES
     assert_same_arrays(arrays_of(work / "early")[0], references["lines"][0])
 
 

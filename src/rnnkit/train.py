@@ -400,6 +400,7 @@ def train(
     resume: bool = False,
     extra_metadata: dict | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    recorder=None,
 ) -> History:
     """Train ``model`` on ``task`` for ``config.steps`` optimiser steps.
 
@@ -414,6 +415,8 @@ def train(
         extra_metadata: JSON-friendly entries stored in each checkpoint (vocabulary, model
             configuration).
         on_checkpoint: called with the step after each checkpoint is written.
+        recorder: a :class:`rnnkit.record.TrainingRecord` (or an object with its ``begin``,
+            ``step``, ``evaluation`` and ``checkpoint``), told of each step as it happens.
 
     Returns:
         The :class:`History`. With ``patience`` and early stopping, the best weights seen at a
@@ -449,8 +452,12 @@ def train(
         dropout_state = np.random.default_rng([config.seed, 1]).bit_generator.state
         for g in generators:
             g.bit_generator.state = dropout_state
+    if recorder is not None:
+        recorder.begin(config, step)  # a resumed run cuts the record back to its checkpoint
 
-    def save(at_step: int) -> None:
+    def save(at_step: int, interrupted: bool = False) -> None:
+        if recorder is not None:  # the record reaches at_step on disk before the checkpoint
+            recorder.checkpoint(at_step, model, interrupted)
         if path is not None:
             _checkpoint(
                 path,
@@ -478,6 +485,8 @@ def train(
             norm = grad_norm(model)  # checked before clipping, which could hide an inf
             if not math.isfinite(norm):
                 _diverged(progress, f"the gradient became non-finite (norm {norm})", step)
+            if recorder is not None:  # before clipping: the norms as the backward pass left them
+                recorder.step(step + 1, loss, opt.lr, norm, model)
             if config.clip:
                 if config.clip_mode == "value":
                     clip_grad_value_(model, config.clip)
@@ -493,6 +502,8 @@ def train(
             if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
                 val = task.evaluate(model)
                 history.val_loss.append([step, val])
+                if recorder is not None:
+                    recorder.evaluation(step, val)
                 if val < history.best_val:
                     history.best_val, history.best_step, bad_evals = val, step, 0
                     if config.patience:
@@ -509,7 +520,7 @@ def train(
                 or stop
                 or interrupt.requested
             ):
-                save(step)
+                save(step, interrupt.requested)
             if interrupt.requested:
                 progress.close()
                 raise KeyboardInterrupt
