@@ -24,6 +24,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .data import StreamBatches
 from .models import CELLS, LanguageModel
 from .optim import OPTIMIZERS
+from .record import language_model_record
 from .sampling import check_sampling_options, generate
 from .text import TextError, Vocabulary, read_text, split_lines
 from .train import (
@@ -394,11 +395,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         "options": opts,
         "source": str(source.resolve()),  # so --resume works from any folder
     }
+    recorder = language_model_record(
+        out,
+        vocab,
+        opts["mode"],
+        start_id(vocab, opts["mode"]),
+        train_data,
+        val_data,
+        sizes,
+        opts["seed"],
+    )
     try:
         # A diverging run overflows on its way to a non-finite loss: that is reported below as
         # one line, not as a screen of RuntimeWarnings.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            history = train(model, task, config, out, resume=bool(meta), extra_metadata=extra)
+            history = train(
+                model,
+                task,
+                config,
+                out,
+                resume=bool(meta),
+                extra_metadata=extra,
+                recorder=recorder,
+            )
     except KeyboardInterrupt:
         print(f"interrupted: checkpoint saved in {out}; continue with --resume", file=sys.stderr)
         return 130
@@ -535,6 +554,28 @@ def cmd_score(args: argparse.Namespace) -> int:
         )
         for tok, p in result["per_token"]:
             say(f"  {tok!r:>12} {p:9.4f}")
+    return 0
+
+
+# ---------------------------------------------------------------- report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import ReportError, check_run_folder, write_report  # plotly only here
+
+    try:
+        check_run_folder(args.dir, CHECKPOINT_NAME)
+        model, vocab, meta, _ = load_run(args.dir)
+        text = read_text(args.text) if args.text else None
+        first = start_id(vocab, meta["options"]["mode"])
+        path, notes = write_report(
+            args.dir, model, vocab, meta, first, text, args.unit, args.layer, args.out
+        )
+    except ReportError as e:
+        raise UsageError(str(e)) from None
+    for note in notes:
+        print(f"rnnkit report: note: {note}", file=sys.stderr)
+    say(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, open it with any browser)")
     return 0
 
 
@@ -786,6 +827,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("text", help="the sentence or name to score")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_score)
+
+    r = sub.add_parser(
+        "report", help="an HTML report of a run: curves, samples, gates over a text, gradients"
+    )
+    r.add_argument("dir", help="the --out folder of a training run")
+    r.add_argument("--text", help="text to read the gates over (default: the run's held-out text)")
+    r.add_argument("--unit", type=int, help="a unit to colour the text by (default: found)")
+    r.add_argument("--layer", type=int, help="the layer of --unit, from 0 (default: the top one)")
+    r.add_argument("--out", help="the HTML file to write (default: DIR/report.html)")
+    r.set_defaults(func=cmd_report)
 
     m = sub.add_parser("demo", help="train on the bundled dinosaur names and print new ones")
     m.add_argument("--out", help="keep the run in this folder (default: a temporary folder)")
