@@ -6,8 +6,12 @@ Shapes are the course's: x (n_x, m, T_x), states (n_a, m), biases (n_a, 1).
 
 from __future__ import annotations
 
+import importlib
 import re
+import subprocess
+import sys
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,8 +114,18 @@ def test_rnn_cell_forward_golden_value():
 
     a_next, yt_pred, _ = course.rnn_cell_forward(xt, a_prev, params)
 
-    expected = [0.59584544, 0.18141802, 0.61311866, 0.99808218, 0.85016201,
-                0.99980978, -0.18887155, 0.99815551, 0.6531151, 0.82872037]  # fmt: skip
+    expected = [
+        0.59584544,
+        0.18141802,
+        0.61311866,
+        0.99808218,
+        0.85016201,
+        0.99980978,
+        -0.18887155,
+        0.99815551,
+        0.6531151,
+        0.82872037,
+    ]
     assert a_next.shape == (5, 10)
     assert_allclose(a_next[4], expected, rtol=0, atol=1e-7)
     assert yt_pred.shape == (2, 10)
@@ -460,9 +474,47 @@ def test_sample_starts_as_the_notebook_printed():
     _, parameters = dino_parameters(2, with_a_prev=False)
     indices = course.sample(parameters, CHAR_TO_IX, 0)
     assert indices[:40] == [
-        12, 17, 24, 14, 13, 9, 10, 22, 24, 6, 13, 11, 12, 6, 21, 15, 21, 14, 3, 2,
-        1, 21, 18, 24, 7, 25, 6, 25, 18, 10, 16, 2, 3, 8, 15, 12, 11, 7, 1, 12,
-    ]  # fmt: skip
+        12,
+        17,
+        24,
+        14,
+        13,
+        9,
+        10,
+        22,
+        24,
+        6,
+        13,
+        11,
+        12,
+        6,
+        21,
+        15,
+        21,
+        14,
+        3,
+        2,
+        1,
+        21,
+        18,
+        24,
+        7,
+        25,
+        6,
+        25,
+        18,
+        10,
+        16,
+        2,
+        3,
+        8,
+        15,
+        12,
+        11,
+        7,
+        1,
+        12,
+    ]
     assert len(indices) == 51 and indices[-1] == 0
 
 
@@ -490,3 +542,81 @@ def test_model_trains_on_the_bundled_names_and_prints_the_notebook_lines(capsys)
     capsys.readouterr()
     first, _ = course.model(data.split("\n"), ix_to_char, char_to_ix, 50)
     assert all(np.array_equal(again[k], first[k]) for k in first)  # a run reproduces exactly
+
+
+# ---------------------------------------------------------------- docs/course.md
+
+COURSE_MD = Path(__file__).resolve().parent.parent / "docs" / "course.md"
+# - [`module.function`](../src/rnnkit/file.py)...: `the quoted line` (the last code span)
+REFERENCE = re.compile(r"^- \[`([\w.]+)`\]\(\.\./(src/rnnkit/[\w/]+\.py)\).*`([^`]+)`$", re.M)
+
+
+def resolve(name: str):
+    """The object a dotted name points to: the longest module prefix, then attributes."""
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for part in parts[cut:]:
+            obj = getattr(obj, part)
+        return obj
+    raise ImportError(name)
+
+
+def test_course_md_quotes_lines_that_are_in_the_code():
+    text = COURSE_MD.read_text(encoding="utf-8")
+    refs = REFERENCE.findall(text)
+    assert len(refs) >= 20
+    root = COURSE_MD.parent.parent
+    for name, path, line in refs:
+        assert callable(resolve(f"rnnkit.{name}")), name
+        assert line in (root / path).read_text(encoding="utf-8"), f"{path} lacks: {line}"
+    # the lines below a reference without a link ("- the update: `...`") quote its file too
+    for block in re.findall(
+        r"^- \[`[\w.]+`\]\(\.\./(src/rnnkit/[\w/]+\.py)\).*\n((?:- [^[].*\n)*)", text, re.M
+    ):
+        path, more = block
+        for line in re.findall(r"`([^`]+)`$", more, re.M):
+            assert line in (root / path).read_text(encoding="utf-8"), f"{path} lacks: {line}"
+
+
+def test_course_md_has_every_section_of_the_notes():
+    text = COURSE_MD.read_text(encoding="utf-8").lower()
+    for topic in (
+        "applications",
+        "notation",
+        "forward propagation",
+        "backpropagation through",
+        "types of rnns",
+        "language model",
+        "sampling novel",
+        "vanishing and exploding",
+        "gated recurrent unit",
+        "long short-term memory",
+        "bidirectional",
+        "deep rnns",
+        "dinosaurus",
+    ):
+        assert topic in text, topic
+
+
+def test_course_md_commands_name_real_commands():
+    text = COURSE_MD.read_text(encoding="utf-8")
+    usage = subprocess.run(
+        [sys.executable, "-m", "rnnkit", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    commands = set(re.findall(r"^    (\w+)\s{2,}", usage, re.M))
+    used = re.findall(
+        r"^rnnkit (\w+)", "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S)), re.M
+    )
+    assert used and set(used) <= commands, set(used) - commands
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_course_md_python_examples_run(index, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", COURSE_MD.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 5
+    exec(compile(blocks[index], f"docs/course.md example {index}", "exec"), {})
+    assert capsys.readouterr().out
