@@ -256,3 +256,17 @@ def test_sigkill_during_rnnkit_train_then_resume(tmp_path):
     done = subprocess.run(rnnkit_train(folder, "--resume"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert lines(folder) == lines(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("lost", ["missing", "empty"])
+def test_a_resume_whose_record_was_lost_starts_a_new_one(uninterrupted, tmp_path, lost):
+    with pytest.raises(Killed):
+        run(tmp_path, kill_at=15)
+    if lost == "missing":
+        (tmp_path / RECORD_NAME).unlink()
+    else:
+        (tmp_path / RECORD_NAME).write_bytes(b"")
+    run(tmp_path, resume=True)
+    record = read_record(tmp_path)
+    assert [s["step"] for s in record.steps] == list(range(11, STEPS + 1))  # from the checkpoint
+    assert lines(tmp_path)[1:] == upto(uninterrupted[0], STEPS)[len(upto(uninterrupted[0], 10)) :]

@@ -564,7 +564,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import ReportError, check_run_folder, write_report  # plotly only here
 
     try:
-        check_run_folder(args.dir, CHECKPOINT_NAME)
+        check_run_folder(args.dir)
         model, vocab, meta, _ = load_run(args.dir)
         text = read_text(args.text) if args.text else None
         first = start_id(vocab, meta["options"]["mode"])

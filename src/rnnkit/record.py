@@ -191,15 +191,16 @@ class TrainingRecord:
         old one cut back to ``step``."""
         self.config, self.sampled_at = config, step
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        header = {"kind": "record", "format": FORMAT, "step": 0, "info": self.info}
-        if step == 0 or not self.path.exists():
+        keep = 0  # bytes of the old record that stay: its lines up to step
+        if step > 0 and self.path.exists():
+            for end, entry in _entries(self.path):
+                if entry["step"] > step:
+                    break
+                keep = end
+        if keep == 0:  # a new run, or one whose record was lost
+            header = {"kind": "record", "format": FORMAT, "step": 0, "info": self.info}
             atomic_write_text(self.path, _line(header).decode("utf-8"))
             return
-        keep = 0
-        for end, entry in _entries(self.path):
-            if entry["step"] > step:
-                break
-            keep = end
         with open(self.path, "r+b") as f:
             f.truncate(keep)
             f.flush()

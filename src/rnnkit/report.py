@@ -36,6 +36,7 @@ from .checkpoint import atomic_write_text
 from .gradflow import loss_at_last_step, stack_forward
 from .record import RECORD_NAME, Record, RecordError, read_record
 from .text import Vocabulary, split_lines, tokenize
+from .train import CHECKPOINT_NAME
 from .version import __version__
 
 REPORT_NAME = "report.html"
@@ -62,21 +63,21 @@ class ReportError(ValueError):
     """The report cannot be made; the message says why and what to do."""
 
 
-def check_run_folder(folder: str | os.PathLike, checkpoint_name: str) -> None:
+def check_run_folder(folder: str | os.PathLike) -> None:
     """Before anything is loaded: one clear message for a folder that holds no finished part of
     a run (missing, not a run, or stopped before its first checkpoint)."""
     path = Path(folder)
     if not path.is_dir():
         raise ReportError(f"{path} is not a folder; give the --out folder of a training run")
-    if (path / checkpoint_name).exists():
+    if (path / CHECKPOINT_NAME).exists():
         return
     if (path / RECORD_NAME).exists():
         raise ReportError(
-            f"{path} holds a training record but no {checkpoint_name}: the run was stopped "
+            f"{path} holds a training record but no {CHECKPOINT_NAME}: the run was stopped "
             f"before its first checkpoint, so there is no model to report on; train it again"
         )
     raise ReportError(
-        f"{path} holds no {checkpoint_name}: it is not the folder of a training run "
+        f"{path} holds no {CHECKPOINT_NAME}: it is not the folder of a training run "
         f"(rnnkit train FILE --out {path} makes one)"
     )
 
