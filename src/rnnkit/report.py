@@ -165,8 +165,8 @@ def read_over_text(model, vocab: Vocabulary, mode: str, start_id: int, text: str
 
 def text_properties(text: str) -> dict[str, np.ndarray]:
     """Simple properties of each character, as the model has read up to it: inside double
-    quotes, position in its line (0 right after a line break), inside brackets ``( [ {``.
-    Properties that do not vary over the text are left out."""
+    quotes (single ones are also apostrophes), position in its line (0 right after a line
+    break), inside brackets ``( [ {``. Properties that do not vary over the text are left out."""
     quote, pos, depth = [], [], []
     inside, col, level = 0, 0, 0
     for ch in text:
@@ -294,7 +294,17 @@ def _every(n: int) -> slice:
     return slice(None, None, max(1, math.ceil(n / MAX_POINTS)))
 
 
-LOG_AXIS = {"type": "log", "dtick": "D2"}  # labels at 1, 2 and 5 of each power of ten
+def log_axis(*values) -> dict:
+    """A log axis labelled at 1, 2 and 5 times each power of ten the values span."""
+    v = np.concatenate([np.ravel(x) for x in values])
+    v = v[np.isfinite(v) & (v > 0)]
+    if not len(v):
+        return {"type": "log"}
+    low, high = math.floor(math.log10(v.min())), math.ceil(math.log10(v.max()))
+    ticks = [m * 10.0**k for k in range(low, high + 1) for m in (1, 2, 5)]
+    ticks = [t for t in ticks if v.min() / 2 <= t <= v.max() * 2]
+    step = max(1, len(ticks) // 12)  # at most about a dozen labels
+    return {"type": "log", "tickvals": ticks[::step], "ticktext": [f"{t:g}" for t in ticks[::step]]}
 
 
 def loss_chart(go, record: Record, char_level: bool) -> str:
@@ -346,7 +356,8 @@ def grad_norm_chart(go, record: Record, clip: float | None, clip_mode: str) -> s
             name=f"bound {clip:g}",
             line={"color": "#d62728", "dash": "dash", "width": 1},
         )
-    fig.update_layout(title="Gradient norm before clipping", xaxis_title="step", yaxis=LOG_AXIS)
+    axis = log_axis(norm, [clip or np.nan])
+    fig.update_layout(title="Gradient norm before clipping", xaxis_title="step", yaxis=axis)
     return _figure_html(fig, "gradnorm")
 
 
@@ -361,7 +372,8 @@ def param_norm_chart(go, record: Record) -> str:
             name=name,
             line={"width": 1},
         )
-    fig.update_layout(title="Gradient norm of each parameter", xaxis_title="step", yaxis=LOG_AXIS)
+    axis = log_axis([list(s["grad_norms"].values()) for s in per] or [np.nan])
+    fig.update_layout(title="Gradient norm of each parameter", xaxis_title="step", yaxis=axis)
     return _figure_html(fig, "paramnorms")
 
 
@@ -419,7 +431,7 @@ def gradient_chart(norms: np.ndarray, cell: str) -> str:
     fig.update_layout(
         title=f"|dL/da<t>| of the trained {cell.upper()}, for a loss at the last step",
         xaxis_title="steps before the loss (T - t)",
-        yaxis={**LOG_AXIS, "title": "mean |dL/da<t>|"},
+        yaxis={**log_axis(norms), "title": "mean |dL/da<t>|"},
     )
     return _figure_html(fig, "gradients", height=380)
 
@@ -552,7 +564,7 @@ def config_section(meta: dict, record_info: dict, num_parameters: int, vocab: Vo
         ["at step", history.get("best_step")],
         ["rnnkit", f"{meta.get('library_version', '?')} (report by {__version__})"],
     ]
-    data_rows = [["source", meta.get("source", "?")], ["mode", options.get("mode", "?")]]
+    data_rows = [["source", meta.get("source", "?")]]
     data_rows += [[k.replace("_", " "), f"{v:,}"] for k, v in record_info.get("sizes", {}).items()]
     data_rows += [[k, v] for k, v in options.items() if k not in config and k not in spec]
     return (
@@ -575,7 +587,7 @@ nav a { margin-right: 1em; } small { color: #666; font-weight: normal; }
             border: 1px solid #ddd; padding: 0.6em; max-height: 18em; overflow-y: auto; }
 table { border-collapse: collapse; margin: 0.4em 0; } td, th { padding: 0.2em 0.8em;
         border-bottom: 1px solid #eee; text-align: left; vertical-align: top; }
-pre { margin: 0; }
+pre { margin: 0; white-space: pre-wrap; overflow-wrap: anywhere; }
 """
 SECTIONS = {
     "curves": "Training curves",
