@@ -409,15 +409,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # A diverging run overflows on its way to a non-finite loss: that is reported below as
         # one line, not as a screen of RuntimeWarnings.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            history = train(
-                model,
-                task,
-                config,
-                out,
-                resume=bool(meta),
-                extra_metadata=extra,
-                recorder=recorder,
-            )
+            history = train(model, task, config, out, bool(meta), extra, recorder=recorder)
     except KeyboardInterrupt:
         print(f"interrupted: checkpoint saved in {out}; continue with --resume", file=sys.stderr)
         return 130
