@@ -31,6 +31,7 @@ from rnnkit.text import Vocabulary, split_lines, tokenize
 
 RNNKIT = shutil.which("rnnkit", path=str(Path(sys.executable).parent)) or shutil.which("rnnkit")
 CKPT = "checkpoint.safetensors"
+RUN_FILES = [".lock", CKPT, "record.jsonl"]  # what a run folder holds, sorted
 # Several rnnkit processes may run at once (a killed run and the test's own NumPy): on a small
 # machine OpenBLAS threads spinning against each other make everything many times slower.
 ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -251,7 +252,7 @@ def test_train_prints_what_it_resolved_and_saves(work, runs, level, mode):
     assert meta["step"] == steps and any(k.startswith("best.") for k in arrays)
     assert Vocabulary.from_json(meta["vocabulary"]) == vocab
     assert meta["options"]["level"] == level and meta["options"]["mode"] == mode
-    assert sorted(os.listdir(work / folder)) == [LOCK, CKPT]  # no temporary files left behind
+    assert sorted(os.listdir(work / folder)) == RUN_FILES  # no temporary files left behind
 
 
 def test_word_min_count_reads_rare_words_as_unk(work, runs):
@@ -338,7 +339,7 @@ def test_train_refuses_a_folder_that_holds_a_run(work, runs):
     assert "already holds a training run" in err and "--resume" in err
     assert (folder / CKPT).read_bytes() == before
     assert (folder / CKPT).stat().st_mtime_ns == mtime
-    assert sorted(os.listdir(folder)) == [LOCK, CKPT]
+    assert sorted(os.listdir(folder)) == RUN_FILES
 
 
 # ---------------------------------------------------------------- sample
@@ -686,7 +687,7 @@ def test_damaged_checkpoint(work, runs, tmp_path, damage):
         assert ckpt.read_bytes() == data  # the file is left as it is
     err = fails(tmp_path, "train", "names.txt", "--out", "run", *TINY)
     assert "already holds" in err
-    assert ckpt.read_bytes() == data and sorted(os.listdir(run)) == [LOCK, CKPT]
+    assert ckpt.read_bytes() == data and sorted(os.listdir(run)) == RUN_FILES
 
 
 def test_resume_with_other_flags_or_text_is_refused(work, runs, tmp_path):
@@ -709,7 +710,7 @@ def test_resume_with_other_flags_or_text_is_refused(work, runs, tmp_path):
     (tmp_path / "less.txt").write_text("the cat sat on the mat\n" * 200)
     err = fails(tmp_path, "train", "less.txt", "--out", "run", "--resume")
     assert "less.txt is not the text the run was trained on" in err
-    assert (run / CKPT).read_bytes() == before and sorted(os.listdir(run)) == [LOCK, CKPT]
+    assert (run / CKPT).read_bytes() == before and sorted(os.listdir(run)) == RUN_FILES
     # a folder without a run
     err = fails(tmp_path, "train", "text.txt", "--out", "nothing-here", "--resume")
     assert "holds no checkpoint.safetensors" in err and "drop --resume" in err
@@ -855,7 +856,7 @@ def test_sigkill_then_resume_gives_the_same_weights(work, references, mode):
             assert "resuming at step" in result.stdout
         arrays, meta = arrays_of(work / folder)
         assert meta["step"] == int(KILL_RUNS[mode][-1])
-        assert sorted(os.listdir(work / folder)) == [LOCK, CKPT], "temporary files left behind"
+        assert sorted(os.listdir(work / folder)) == RUN_FILES, "temporary files left behind"
         try:
             assert_same_arrays(arrays, ref_arrays)
         except AssertionError as e:
@@ -877,7 +878,7 @@ def test_killed_before_the_first_checkpoint(work, references):
     err = fails(work, "train", "names.txt", "--out", "early", "--resume")
     assert "holds no checkpoint.safetensors" in err
     rnnkit(work, *kill_args("lines", "early"))
-    assert sorted(os.listdir(work / "early")) == [LOCK, CKPT]
+    assert sorted(os.listdir(work / "early")) == RUN_FILES
     assert_same_arrays(arrays_of(work / "early")[0], references["lines"][0])
 
 
@@ -951,6 +952,6 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_folder(work, tm
     assert "was left as it is" in err and "--resume" in err
     _, meta = arrays_of(tmp_path / "run")  # the previous checkpoint loads
     assert 1 <= meta["step"] < 40
-    assert sorted(os.listdir(tmp_path / "run")) == [LOCK, CKPT]
+    assert sorted(os.listdir(tmp_path / "run")) == RUN_FILES
     result = rnnkit(tmp_path, "train", "--out", "run", "--resume", "--progress", "none")
     assert f"resuming at step {meta['step']}" in result.stdout and "done: 40 steps" in result.stdout

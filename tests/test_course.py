@@ -6,6 +6,13 @@ Shapes are the course's: x (n_x, m, T_x), states (n_a, m), biases (n_a, 1).
 
 from __future__ import annotations
 
+import importlib
+import re
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import as_tuple, numerical_grad
@@ -107,8 +114,18 @@ def test_rnn_cell_forward_golden_value():
 
     a_next, yt_pred, _ = course.rnn_cell_forward(xt, a_prev, params)
 
-    expected = [0.59584544, 0.18141802, 0.61311866, 0.99808218, 0.85016201,
-                0.99980978, -0.18887155, 0.99815551, 0.6531151, 0.82872037]  # fmt: skip
+    expected = [
+        0.59584544,
+        0.18141802,
+        0.61311866,
+        0.99808218,
+        0.85016201,
+        0.99980978,
+        -0.18887155,
+        0.99815551,
+        0.6531151,
+        0.82872037,
+    ]
     assert a_next.shape == (5, 10)
     assert_allclose(a_next[4], expected, rtol=0, atol=1e-7)
     assert yt_pred.shape == (2, 10)
@@ -319,3 +336,287 @@ def test_lstm_forward_rejects_wrong_shapes():
         ValueError, match=r"a0 must have shape \(n_a, m\) = \(5, 10\), got \(10, 5\)"
     ):
         course.lstm_forward(np.zeros((3, 10, 7)), np.zeros((10, 5)), params)
+
+
+# ---------------------------------------------------------------- Dinosaurus Island
+
+
+def dino_parameters(seed: int, with_a_prev: bool = True, n_a: int = 100) -> tuple:
+    """The notebook's test set-up: ``np.random.seed(seed)``, then (a_prev,) Wax, Waa, Wya, b, by
+    drawn in that order (a RandomState seeded the same gives the same numbers)."""
+    rs, vocab_size = np.random.RandomState(seed), 27
+    a_prev = rs.randn(n_a, 1) if with_a_prev else None
+    parameters = {
+        "Wax": rs.randn(n_a, vocab_size),
+        "Waa": rs.randn(n_a, n_a),
+        "Wya": rs.randn(vocab_size, n_a),
+        "b": rs.randn(n_a, 1),
+        "by": rs.randn(vocab_size, 1),
+    }
+    return a_prev, parameters
+
+
+DINO_CHARS = sorted(set("\nabcdefghijklmnopqrstuvwxyz"))
+CHAR_TO_IX = {ch: i for i, ch in enumerate(DINO_CHARS)}
+IX_TO_CHAR = dict(enumerate(DINO_CHARS))
+
+
+def test_optimize_reproduces_the_notebook():
+    a_prev, parameters = dino_parameters(1)
+    before = {k: v.copy() for k, v in parameters.items()}
+    X, Y = [12, 3, 5, 11, 22, 3], [4, 14, 11, 22, 25, 26]
+    loss, gradients, a_last = course.optimize(X, Y, a_prev, parameters, 0.01)
+    assert loss == pytest.approx(126.503975722, abs=1e-9)
+    # the notebook's other printed values
+    assert gradients["dWaa"][1][2] == pytest.approx(0.194709315347, abs=1e-12)
+    assert np.argmax(gradients["dWax"]) == 93
+    assert gradients["dWya"][1][2] == pytest.approx(-0.007773876032, abs=1e-12)
+    assert gradients["db"][4] == pytest.approx([-0.06809825], abs=1e-8)
+    assert gradients["dby"][1] == pytest.approx([0.01538192], abs=1e-8)
+    assert a_last.shape == (100, 1) and a_last[4] == pytest.approx([-1.0])
+    assert sorted(gradients) == sorted(course.DINO_GRADIENTS)
+    # parameters are updated in place by gradient descent on the clipped gradients
+    for name in ("Wax", "Waa", "Wya", "b", "by"):
+        assert_allclose(parameters[name], before[name] - 0.01 * gradients["d" + name])
+
+
+def test_optimize_gradients_match_finite_differences_before_clipping():
+    rng = np.random.RandomState(5)
+    n_a, V = 4, 5
+    parameters = {
+        "Wax": 0.3 * rng.randn(n_a, V),
+        "Waa": 0.3 * rng.randn(n_a, n_a),
+        "Wya": 0.3 * rng.randn(V, n_a),
+        "b": 0.3 * rng.randn(n_a, 1),
+        "by": 0.3 * rng.randn(V, 1),
+    }
+    a_prev = 0.5 * rng.randn(n_a, 1)
+    X, Y = [None, 1, 3, 2], [1, 3, 2, 0]
+
+    def loss() -> float:  # learning rate 0: no update, and the gradients stay below 5 here
+        return course.optimize(X, Y, a_prev, parameters, 0.0)[0]
+
+    _, gradients, _ = course.optimize(X, Y, a_prev, parameters, 0.0)
+    assert max(np.abs(g).max() for g in gradients.values()) < 5
+    for name in ("Wax", "Waa", "Wya", "b", "by"):
+        assert_allclose(gradients["d" + name], numerical_grad(loss, parameters[name]), **GRAD_TOL)
+
+
+def test_clip_is_element_wise_into_the_range_and_leaves_its_input():
+    rs = np.random.RandomState(3)  # the notebook's clip test
+    gradients = {
+        "dWax": rs.randn(5, 3) * 10,
+        "dWaa": rs.randn(5, 5) * 10,
+        "dWya": rs.randn(2, 5) * 10,
+        "db": rs.randn(5, 1) * 10,
+        "dby": rs.randn(2, 1) * 10,
+    }
+    originals = {k: v.copy() for k, v in gradients.items()}
+    clipped = course.clip(gradients, 10)
+    assert clipped["dWaa"][1][2] == 10.0
+    assert clipped["dWax"][3][1] == -10.0
+    assert clipped["dWya"][1][2] == pytest.approx(0.29713815361)
+    assert clipped["db"][4] == pytest.approx([10.0])
+    assert clipped["dby"][1] == pytest.approx([8.45833407])
+    for name, g in originals.items():
+        assert_array_equal(gradients[name], g)  # the input is not changed
+        assert_array_equal(course.clip(gradients, 5)[name], np.minimum(np.maximum(g, -5), 5))
+        inside = np.abs(g) <= 5
+        assert_array_equal(course.clip(gradients, 5)[name][inside], g[inside])
+
+
+def notebook_sample(parameters: dict, char_to_ix: dict, seed: int) -> list[int]:
+    """The notebook's sample() as written, reseeding NumPy's global generator; the test keeps
+    and restores the global state around it."""
+    Waa, Wax, Wya, by, b = (parameters[k] for k in ("Waa", "Wax", "Wya", "by", "b"))
+    vocab_size, n_a = by.shape[0], Waa.shape[1]
+    x, a_prev = np.zeros((vocab_size, 1)), np.zeros((n_a, 1))
+    indices, idx, counter = [], -1, 0
+    while idx != char_to_ix["\n"] and counter != 50:
+        a = np.tanh(Wax @ x + Waa @ a_prev + b)
+        z = Wya @ a + by
+        y = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        np.random.seed(counter + seed)  # noqa: NPY002
+        idx = np.random.choice(list(range(vocab_size)), p=y.ravel())  # noqa: NPY002
+        indices.append(idx)
+        x = np.zeros((vocab_size, 1))
+        x[idx] = 1
+        a_prev = a
+        seed += 1
+        counter += 1
+    if counter == 50:
+        indices.append(char_to_ix["\n"])
+    return indices
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.05])  # samples cut at 50, and short names
+def test_sample_draws_as_the_notebook_without_touching_global_state(scale):
+    _, parameters = dino_parameters(2, with_a_prev=False)
+    parameters = {k: v * scale for k, v in parameters.items()}
+    saved = np.random.get_state()  # noqa: NPY002
+    try:
+        marker = np.random.random()  # noqa: NPY002
+        np.random.set_state(saved)  # noqa: NPY002
+        ours = [course.sample(parameters, CHAR_TO_IX, seed) for seed in range(20)]
+        assert np.random.random() == marker  # noqa: NPY002 (sample() left it alone)
+        theirs = [notebook_sample(parameters, CHAR_TO_IX, seed) for seed in range(20)]
+    finally:
+        np.random.set_state(saved)  # noqa: NPY002
+    assert ours == theirs
+    assert any(len(s) == 51 for s in ours) and any(len(s) < 51 for s in ours)
+    for indices in ours:
+        assert indices[-1] == CHAR_TO_IX["\n"] and CHAR_TO_IX["\n"] not in indices[:-1]
+
+
+def test_sample_starts_as_the_notebook_printed():
+    """The notebook's weights (seed 2, unscaled) saturate the state: after about 40 draws the
+    choice depends on the rounding of the products, so only the start is compared."""
+    _, parameters = dino_parameters(2, with_a_prev=False)
+    indices = course.sample(parameters, CHAR_TO_IX, 0)
+    assert indices[:40] == [
+        12,
+        17,
+        24,
+        14,
+        13,
+        9,
+        10,
+        22,
+        24,
+        6,
+        13,
+        11,
+        12,
+        6,
+        21,
+        15,
+        21,
+        14,
+        3,
+        2,
+        1,
+        21,
+        18,
+        24,
+        7,
+        25,
+        6,
+        25,
+        18,
+        10,
+        16,
+        2,
+        3,
+        8,
+        15,
+        12,
+        11,
+        7,
+        1,
+        12,
+    ]
+    assert len(indices) == 51 and indices[-1] == 0
+
+
+def test_model_trains_on_the_bundled_names_and_prints_the_notebook_lines(capsys):
+    data = (resources.files("rnnkit") / "resources" / "dinosaurs.txt").read_text("utf-8").lower()
+    chars = sorted(set(data))
+    assert len(chars) == 27
+    char_to_ix = {ch: i for i, ch in enumerate(chars)}
+    ix_to_char = dict(enumerate(chars))
+    saved = np.random.get_state()  # noqa: NPY002
+    parameters, last = course.model(data.split("\n"), ix_to_char, char_to_ix, 2001)
+    assert all(np.array_equal(a, b) for a, b in zip(saved, np.random.get_state()))  # noqa: NPY002
+    out = capsys.readouterr().out
+    losses = [float(v) for v in re.findall(r"^Iteration: \d+, Loss: ([\d.]+)$", out, re.M)]
+    assert re.findall(r"^Iteration: (\d+),", out, re.M) == ["0", "2000"]
+    assert losses[0] == pytest.approx(7 * np.log(27), rel=0.01)  # from the initial loss
+    assert losses[1] > losses[0]  # smoothed from 23.07 toward the per-name loss (~27 here)
+    names = [line for line in out.splitlines() if line and not line.startswith("Iteration")]
+    assert len(names) == 14 and all(n[0].isupper() and n[1:].islower() for n in names if n[1:])
+    # iteration 0's names are the notebook's (its weights and seeds are the same)
+    assert names[:3] == ["Nkzxwtdmfqoeyhsqwasjkjvu", "Kneb", "Kzxwtdmfqoeyhsqwasjkjvu"]
+    assert last.endswith("\n") and last.strip() == names[-1]
+    assert sorted(parameters) == ["Waa", "Wax", "Wya", "b", "by"]
+    again, _ = course.model(data.split("\n"), ix_to_char, char_to_ix, 50)
+    capsys.readouterr()
+    first, _ = course.model(data.split("\n"), ix_to_char, char_to_ix, 50)
+    assert all(np.array_equal(again[k], first[k]) for k in first)  # a run reproduces exactly
+
+
+# ---------------------------------------------------------------- docs/course.md
+
+COURSE_MD = Path(__file__).resolve().parent.parent / "docs" / "course.md"
+# - [`module.function`](../src/rnnkit/file.py)...: `the quoted line` (the last code span)
+REFERENCE = re.compile(r"^- \[`([\w.]+)`\]\(\.\./(src/rnnkit/[\w/]+\.py)\).*`([^`]+)`$", re.M)
+
+
+def resolve(name: str):
+    """The object a dotted name points to: the longest module prefix, then attributes."""
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for part in parts[cut:]:
+            obj = getattr(obj, part)
+        return obj
+    raise ImportError(name)
+
+
+def test_course_md_quotes_lines_that_are_in_the_code():
+    text = COURSE_MD.read_text(encoding="utf-8")
+    refs = REFERENCE.findall(text)
+    assert len(refs) >= 20
+    root = COURSE_MD.parent.parent
+    for name, path, line in refs:
+        assert callable(resolve(f"rnnkit.{name}")), name
+        assert line in (root / path).read_text(encoding="utf-8"), f"{path} lacks: {line}"
+    # the lines below a reference without a link ("- the update: `...`") quote its file too
+    for block in re.findall(
+        r"^- \[`[\w.]+`\]\(\.\./(src/rnnkit/[\w/]+\.py)\).*\n((?:- [^[].*\n)*)", text, re.M
+    ):
+        path, more = block
+        for line in re.findall(r"`([^`]+)`$", more, re.M):
+            assert line in (root / path).read_text(encoding="utf-8"), f"{path} lacks: {line}"
+
+
+def test_course_md_has_every_section_of_the_notes():
+    text = COURSE_MD.read_text(encoding="utf-8").lower()
+    for topic in (
+        "applications",
+        "notation",
+        "forward propagation",
+        "backpropagation through",
+        "types of rnns",
+        "language model",
+        "sampling novel",
+        "vanishing and exploding",
+        "gated recurrent unit",
+        "long short-term memory",
+        "bidirectional",
+        "deep rnns",
+        "dinosaurus",
+    ):
+        assert topic in text, topic
+
+
+def test_course_md_commands_name_real_commands():
+    text = COURSE_MD.read_text(encoding="utf-8")
+    usage = subprocess.run(
+        [sys.executable, "-m", "rnnkit", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    commands = set(re.findall(r"^    (\w+)\s{2,}", usage, re.M))
+    used = re.findall(
+        r"^rnnkit (\w+)", "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S)), re.M
+    )
+    assert used and set(used) <= commands, set(used) - commands
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_course_md_python_examples_run(index, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", COURSE_MD.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 5
+    exec(compile(blocks[index], f"docs/course.md example {index}", "exec"), {})
+    assert capsys.readouterr().out

@@ -392,3 +392,175 @@ def gru_backward(da: np.ndarray, caches: tuple[list[StepCache], np.ndarray]) -> 
         ``dx, da0, dWu, dbu, dWr, dbr, dWc, dbc`` (no ``dWr``, ``dbr`` when simplified).
     """
     return _backward(da, caches)
+
+
+# ---------------------------------------------------------------- Dinosaurus Island
+#
+# The graded assignment of the sampling and clipping sections: a character-level RNN trained one
+# name per step with plain gradient descent. Parameters are the assignment's dict ``Wax (n_a,
+# n_x)``, ``Waa (n_a, n_a)``, ``Wya (n_y, n_a)``, ``b (n_a, 1)``, ``by (n_y, 1)``; a name is a
+# list of character indices, read one-hot. The notebook reseeds NumPy's global generator; here
+# every draw comes from a local ``np.random.RandomState`` seeded the same way, so the numbers
+# are the notebook's and no one else's random state is touched.
+
+DINO_GRADIENTS = ("dWax", "dWaa", "dWya", "db", "dby")
+
+
+def _rnn_parameters(parameters: Parameters) -> Parameters:
+    """The assignment's dict under the names of :func:`rnn_forward` (``b`` is ``ba``)."""
+    names = {"Wax": "Wax", "Waa": "Waa", "ba": "b", "Wya": "Wya", "by": "by"}
+    return {ours: parameters[theirs] for ours, theirs in names.items()}
+
+
+def _one_hot(X: list, vocab_size: int) -> np.ndarray:
+    """``(vocab_size, 1, T_x)``; a ``None`` index (the first input) is the zero vector."""
+    x = np.zeros((vocab_size, 1, len(X)))
+    for t, ix in enumerate(X):
+        if ix is not None:
+            x[ix, 0, t] = 1.0
+    return x
+
+
+def clip(gradients: Grads, maxValue: float) -> Grads:
+    """Clip every gradient element-wise into ``[-maxValue, maxValue]`` (the course's clipping).
+
+    Args:
+        gradients: ``dWaa, dWax, dWya, db, dby``.
+        maxValue: the bound.
+
+    Returns:
+        A new dict of clipped copies of those five; ``gradients`` is left as it was.
+    """
+    return {name: np.clip(gradients[name], -maxValue, maxValue) for name in DINO_GRADIENTS}
+
+
+def sample(parameters: Parameters, char_to_ix: dict[str, int], seed: int) -> list[int]:
+    """Sample one name, a character at a time, each fed back as the next input::
+
+        a<t+1> = tanh(Wax x<t+1> + Waa a<t> + b)     ŷ<t+1> = softmax(Wya a<t+1> + by)
+
+    starting from x<1> = 0 and a<0> = 0, until the newline is drawn or 50 characters have been
+    (then a newline is appended). Draw ``counter`` uses ``RandomState(counter + seed)`` with
+    ``seed`` going up by one each draw, as the notebook's ``np.random.seed(counter + seed)``.
+
+    Returns:
+        The sampled indices, the last one the newline's.
+    """
+    vocab_size, n_a = parameters["by"].shape[0], parameters["Waa"].shape[1]
+    p = _rnn_parameters(parameters)
+    x, a_prev = np.zeros((vocab_size, 1)), np.zeros((n_a, 1))
+    newline = char_to_ix["\n"]
+    indices: list[int] = []
+    idx, counter = -1, 0
+    while idx != newline and counter != 50:
+        a, y, _ = rnn_cell_forward(x, a_prev, p)
+        rng = np.random.RandomState(counter + seed)
+        idx = int(rng.choice(list(range(vocab_size)), p=y.ravel()))
+        indices.append(idx)
+        x = np.zeros((vocab_size, 1))
+        x[idx] = 1
+        a_prev = a
+        seed += 1
+        counter += 1
+    if counter == 50:
+        indices.append(newline)
+    return indices
+
+
+def optimize(
+    X: list, Y: list[int], a_prev: np.ndarray, parameters: Parameters, learning_rate: float = 0.01
+) -> tuple[float, Grads, np.ndarray]:
+    """One step of training on one name: forward, backpropagation through time, clipping to
+    [-5, 5], and a gradient-descent update of ``parameters`` in place (the notebook's
+    ``update_parameters``)::
+
+        L = -Σ_t log ŷ<t>[Y<t>]     dz<t> = ŷ<t> - y<t>     da<t> = Wya^T dz<t> (+ from a<t+1>)
+
+    Args:
+        X: input indices, ``None`` first (the zero vector). Y: the targets, X shifted by one.
+        a_prev: ``(n_a, 1)``, the state the name starts from.
+        parameters: ``Wax, Waa, Wya, b, by``; updated in place.
+
+    Returns:
+        ``(loss, gradients, a_last)``: the loss summed over the name, the clipped gradients
+        ``dWaa, dWax, dWya, db, dby``, and the last hidden state ``(n_a, 1)``.
+    """
+    vocab_size = parameters["by"].shape[0]
+    p = _rnn_parameters(parameters)
+    a, y_hat, caches = rnn_forward(_one_hot(X, vocab_size), a_prev, p)  # (n_a|n_y, 1, T_x)
+    T_x = len(X)
+    loss = -float(sum(np.log(y_hat[Y[t], 0, t]) for t in range(T_x)))
+    dz = y_hat.copy()
+    dz[Y, 0, range(T_x)] -= 1  # softmax + cross-entropy: dz<t> = ŷ<t> - y<t>
+    da = np.einsum("ya,ymt->amt", parameters["Wya"], dz)  # da<t> = Wya^T dz<t>
+    grads = rnn_backward(da, caches)
+    gradients = {
+        "dWax": grads["dWax"],
+        "dWaa": grads["dWaa"],
+        "dWya": np.einsum("ymt,amt->ya", dz, a),  # Σ_t dz<t> a<t>^T
+        "db": grads["dba"],
+        "dby": dz.sum(axis=2),
+    }
+    gradients = clip(gradients, 5)
+    for name in ("Wax", "Waa", "Wya", "b", "by"):
+        parameters[name] -= learning_rate * gradients["d" + name]
+    return loss, gradients, a[:, :, -1]
+
+
+def model(
+    data_x: list[str],
+    ix_to_char: dict[int, str],
+    char_to_ix: dict[str, int],
+    num_iterations: int = 35000,
+    n_a: int = 50,
+    dino_names: int = 7,
+    vocab_size: int = 27,
+    verbose: bool = False,
+) -> tuple[Parameters, str]:
+    """Train the assignment's character-level RNN on names, one name per iteration.
+
+    As the notebook: weights drawn with ``RandomState(1)`` times 0.01, zero biases; the names
+    shuffled with ``RandomState(0)``; iteration j trains on name ``j % len``, read as
+    ``X = [None] + indices`` and ``Y = indices + [newline]``, carrying ``a_prev`` from name to
+    name; the loss smoothed as ``0.999 * loss + 0.001 * current`` from ``dino_names * ln
+    vocab_size``. Every 2000 iterations it prints ``Iteration: j, Loss: L`` and ``dino_names``
+    sampled names (:func:`sample` with seeds 0, 1, ...).
+
+    Returns:
+        ``(parameters, last_dino_name)``: the trained dict and the last name sampled.
+    """
+    rng = np.random.RandomState(1)
+    parameters = {
+        "Wax": rng.randn(n_a, vocab_size) * 0.01,
+        "Waa": rng.randn(n_a, n_a) * 0.01,
+        "Wya": rng.randn(vocab_size, n_a) * 0.01,
+        "b": np.zeros((n_a, 1)),
+        "by": np.zeros((vocab_size, 1)),
+    }
+    loss = -np.log(1.0 / vocab_size) * dino_names
+    examples = [x.strip() for x in data_x]
+    np.random.RandomState(0).shuffle(examples)
+    a_prev = np.zeros((n_a, 1))
+    last_dino_name = "abc"
+    newline = char_to_ix["\n"]
+    for j in range(num_iterations):
+        idx = j % len(examples)
+        single_example_ix = [char_to_ix[c] for c in examples[idx]]
+        X = [None] + single_example_ix
+        Y = X[1:] + [newline]
+        curr_loss, gradients, a_prev = optimize(X, Y, a_prev, parameters, learning_rate=0.01)
+        if verbose and j in (0, len(examples) - 1, len(examples)):
+            print("j = ", j, "idx = ", idx)
+        if verbose and j == 0:
+            print("single_example =", examples[idx])
+            print("single_example_ix", single_example_ix)
+            print(" X = ", X, "\n", "Y =       ", Y, "\n")
+        loss = loss * 0.999 + curr_loss * 0.001
+        if j % 2000 == 0:
+            print(f"Iteration: {j}, Loss: {loss:f}\n")
+            for seed in range(dino_names):
+                text = "".join(ix_to_char[ix] for ix in sample(parameters, char_to_ix, seed))
+                last_dino_name = text[0].upper() + text[1:]
+                print(last_dino_name.replace("\n", ""))
+            print("\n")
+    return parameters, last_dino_name

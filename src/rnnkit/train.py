@@ -546,6 +546,7 @@ def train(
     extra_metadata: dict | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    recorder=None,
 ) -> History:
     """Train ``model`` on ``task`` for ``config.steps`` optimiser steps.
 
@@ -567,6 +568,8 @@ def train(
         on_checkpoint: called with the step after each checkpoint is written.
         on_start: called with the step training starts from (0, or the step a resumed run
             is at), once the saved state has been checked and restored.
+        recorder: a :class:`rnnkit.record.TrainingRecord` (or an object with its ``begin``,
+            ``step``, ``evaluation`` and ``checkpoint``), told of each step as it happens.
 
     Returns:
         The :class:`History`. With ``restore_best`` or ``patience``, the weights of the best
@@ -607,12 +610,16 @@ def train(
             g.bit_generator.state = dropout_state
     if on_start is not None:
         on_start(step)
+    if recorder is not None:
+        recorder.begin(config, step)  # a resumed run cuts the record back to its checkpoint
     if history.stopped_early:  # a resumed run that ended by early stopping: nothing to do
         if best is not None:
             model.load_state_dict(best)
         return history
 
-    def save(at_step: int) -> None:
+    def save(at_step: int, interrupted: bool = False) -> None:
+        if recorder is not None:  # the record reaches at_step on disk before the checkpoint
+            recorder.checkpoint(at_step, model, interrupted)
         if path is not None:
             state = {**extra, "bad_evals": bad_evals}
             _checkpoint(path, model, opt, task, at_step, history, best, config, state)
@@ -631,6 +638,8 @@ def train(
             norm = grad_norm(model)  # checked before clipping, which could hide an inf
             if not math.isfinite(norm):
                 _diverged(progress, f"the gradient became non-finite (norm {norm})", step)
+            if recorder is not None:  # before clipping: the norms as the backward pass left them
+                recorder.step(step + 1, loss, opt.lr, norm, model)
             if config.clip:
                 if config.clip_mode == "value":
                     clip_grad_value_(model, config.clip)
@@ -647,6 +656,8 @@ def train(
                 val = task.evaluate(model)
             if val is not None:
                 history.val_loss.append([step, val])
+                if recorder is not None:
+                    recorder.evaluation(step, val)
                 if val < history.best_val:
                     history.best_val, history.best_step, bad_evals = val, step, 0
                     if keep_best:
@@ -663,7 +674,7 @@ def train(
                 or stop
                 or interrupt.signum
             ):
-                save(step)
+                save(step, bool(interrupt.signum))
             if interrupt.signum:
                 progress.close()
                 raise Interrupted(interrupt.signum, path)

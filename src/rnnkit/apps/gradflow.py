@@ -2,7 +2,8 @@
 
 For an RNN, a GRU and an LSTM of the same size, a loss is placed on the last step only
 (T = 100) of a task whose answer is the *first* token, and backpropagation through time is run
-by hand over the cells of :mod:`rnnkit.cells`, recording ``|dL/da<t>|`` at every step::
+by hand over the cells of :mod:`rnnkit.cells` (:mod:`rnnkit.gradflow`), recording
+``|dL/da<t>|`` at every step::
 
     dL/da<t-1> = (da<t>/da<t-1>)^T dL/da<t>          (and for the LSTM through c<t> as well)
 
@@ -28,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cells import input_projection
 from ..checkpoint import atomic_write_bytes
 from ..gates import LSTM_GATES, gate_slices
+from ..gradflow import stack_forward, stack_state_gradients
 from ..losses import cross_entropy
 from ..models import SequenceClassifier
 from ..module import evaluating
@@ -121,31 +122,21 @@ def hidden_gradients(model: SequenceClassifier, ids: np.ndarray, y: np.ndarray) 
 
     ``L`` is the cross-entropy of each sequence summed over the batch (so row n of each array is
     the gradient of sequence n's own loss), computed from the final hidden state a<T> through
-    the model's head. BPTT is written here over the cell's step functions (``model.rnn.kind``)
-    so that the gradient reaching every a<t> can be recorded; it matches the layer's own
+    the model's head. BPTT runs over the cell's step functions (:mod:`rnnkit.gradflow`) so
+    that the gradient reaching every a<t> can be recorded; it matches the layer's own
     backward (whose initial-state gradient is dL/da<0>).
     """
     rnn = model.rnn
     if rnn.num_layers != 1 or rnn.num_directions != 1:
         raise ValueError("hidden_gradients needs a one-layer, one-direction recurrent layer")
-    kind, p = rnn.kind, rnn.cell_params(0, 0)
     emb, _ = model.embedding.forward(ids)  # (T, N, E)
-    T, N = ids.shape
-    xw = input_projection(emb, p)  # (T, N, G*H)
-    state = tuple(np.zeros((N, rnn.hidden_size), dtype=rnn.dtype) for _ in range(kind.num_states))
-    caches = []
-    for t in range(T):  # a<t> = cell(x<t>, a<t-1>)
-        state, cache = kind.forward(xw[t], state, p)
-        caches.append(cache)
+    layers = stack_forward(rnn, emb)
+    final = layers[0].outputs[-1]  # a<T>, (N, H)
     w, b = model.head.params["weight"], model.head.params["bias"]
-    _, dlogits = cross_entropy(state[0] @ w.T + b, y, reduction="sum")
-    dstate = (dlogits @ w,) + tuple(np.zeros_like(s) for s in state[1:])  # dL/da<T> (, dL/dc<T>)
-    grads = [None] * (T + 1)
-    grads[T] = dstate[0]
-    for t in reversed(range(T)):  # caches[t] is step t + 1 in the notes' numbering
-        _, dstate, _ = kind.backward(dstate, caches[t], p)
-        grads[t] = dstate[0]
-    return grads
+    _, dlogits = cross_entropy(final @ w.T + b, y, reduction="sum")
+    dout = np.zeros_like(layers[0].outputs)
+    dout[-1] = dlogits @ w  # dL/da<T>
+    return list(stack_state_gradients(layers, dout)[0])
 
 
 def gradient_norms(grads: list) -> np.ndarray:

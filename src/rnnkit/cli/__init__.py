@@ -14,10 +14,10 @@ import sys
 
 from ..allocator import keep_freed_memory
 from ..version import __version__
-from . import apps, export, train, use
+from . import apps, export, report, train, use
 from .core import Parser, guarded
 
-FAMILIES = (train, use, export, apps)
+FAMILIES = (train, use, report, export, apps)
 
 
 def build_parser() -> Parser:

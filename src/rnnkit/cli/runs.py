@@ -26,6 +26,14 @@ def bundled_names() -> Path:
     return Path(str(resources.files("rnnkit") / "resources" / NAMES_FILE))
 
 
+def start_token(vocab: Vocabulary, mode: str) -> int:
+    """What a language model reads before a new sequence: ``<eos>``, or a line break in a
+    char stream."""
+    if mode == "stream" and vocab.level == "char" and "\n" in vocab.ids:
+        return vocab.ids["\n"]
+    return vocab.eos_id
+
+
 @dataclass
 class Run:
     """A language model ready to use, with what it needs to read and write text."""
@@ -37,11 +45,8 @@ class Run:
     meta: dict
 
     def start_id(self) -> int:
-        """What the model reads before a new sequence: ``<eos>``, or a line break in a char
-        stream."""
-        if self.mode == "stream" and self.vocab.level == "char" and "\n" in self.vocab.ids:
-            return self.vocab.ids["\n"]
-        return self.vocab.eos_id
+        """What the model reads before a new sequence (:func:`start_token`)."""
+        return start_token(self.vocab, self.mode)
 
     def describe(self) -> str:
         """One line: what was loaded."""

@@ -25,6 +25,7 @@ from ..init import ParameterBudgetExceeded, parameter_budget
 from ..memory import NotEnoughMemory, available_bytes, check_fits, format_bytes
 from ..models import LanguageModel
 from ..module import module_from_checkpoint
+from ..record import language_model_record
 from ..sampling import generate
 from ..text import Vocabulary, decode_text, read_bytes, split_lines
 from ..train import (
@@ -46,7 +47,7 @@ from .options import (
     saved_problem,
     train_config,
 )
-from .runs import NAMES_FILE, bundled_names
+from .runs import NAMES_FILE, bundled_names, start_token
 
 # The demo is a short run with the defaults: past about 300 steps (8 epochs) the held-out loss
 # of the bundled names stops falling, and the run keeps its best weights anyway.
@@ -291,11 +292,14 @@ def _fit(out, model, corpus: Corpus, opts: dict, config, resume: bool):
         "options": {**opts, "steps": config.steps},
         "source": corpus.record(),  # so --resume works from any folder, on the same text
     }
+    first = start_token(vocab, opts["mode"])
+    record = (out, vocab, opts["mode"], first, corpus.train, corpus.val, corpus.sizes)
+    recorder = language_model_record(*record, opts["seed"])
     # A diverging run overflows on its way to a non-finite loss: that is reported as one
     # line, not as a screen of RuntimeWarnings.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         history = train(
-            model, task, config, out, resume=resume, extra_metadata=extra, on_start=announce
+            model, task, config, out, resume, extra, on_start=announce, recorder=recorder
         )
     if resume and len(history.train_loss) == start[0]:
         why = "had stopped early" if history.stopped_early else f"had run its {config.steps} steps"
