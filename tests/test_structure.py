@@ -21,6 +21,7 @@ ORDER = [
     "module",
     "recurrent",
     "layers",
+    "ctc",
     "losses",
     "optim",
     "data",
