@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from rnnkit.data import IGNORE_INDEX
 from rnnkit.ctc import collapse, ctc_beam_decode, ctc_greedy_decode, prefix_beam_search
+from rnnkit.data import IGNORE_INDEX
 from rnnkit.functional import log_softmax
 from rnnkit.losses import binary_cross_entropy_with_logits, cross_entropy, ctc_loss
 

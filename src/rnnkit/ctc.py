@@ -216,6 +216,12 @@ def _lse(a: float, b: float) -> float:
     return m + math.log1p(math.exp(-abs(a - b)))
 
 
+def _add(beams: dict, prefix: tuple, blank_part: float, label_part: float) -> None:
+    """Add path probabilities (log) ending in a blank and in a label to ``beams[prefix]``."""
+    pb, pl = beams.get(prefix, (-math.inf, -math.inf))
+    beams[prefix] = (_lse(pb, blank_part), _lse(pl, label_part))
+
+
 def prefix_beam_search(
     log_probs: np.ndarray, beam_width: int = 8, blank: int = 0
 ) -> tuple[list[int], float]:
@@ -235,23 +241,18 @@ def prefix_beam_search(
     lp = np.asarray(log_probs, dtype=np.float64)
     beams: dict[tuple, tuple[float, float]] = {(): (0.0, -math.inf)}  # (p_blank, p_label)
     for row in lp.tolist():
-        nxt: dict[tuple, list[float]] = {}
-
-        def add(prefix: tuple, blank_part: float, label_part: float) -> None:
-            pb, pl = nxt.get(prefix, (-math.inf, -math.inf))
-            nxt[prefix] = [_lse(pb, blank_part), _lse(pl, label_part)]
-
+        nxt: dict[tuple, tuple[float, float]] = {}
         for prefix, (pb, pl) in beams.items():
-            add(prefix, _lse(pb, pl) + row[blank], -math.inf)  # a blank: same prefix
+            _add(nxt, prefix, _lse(pb, pl) + row[blank], -math.inf)  # a blank: same prefix
             last = prefix[-1] if prefix else None
             for k, p in enumerate(row):
                 if k == blank:
                     continue
                 if k == last:
-                    add(prefix, -math.inf, pl + p)  # the last label repeated: merged
-                    add((*prefix, k), -math.inf, pb + p)  # after a blank: a new label
+                    _add(nxt, prefix, -math.inf, pl + p)  # the last label repeated: merged
+                    _add(nxt, (*prefix, k), -math.inf, pb + p)  # after a blank: a new label
                 else:
-                    add((*prefix, k), -math.inf, _lse(pb, pl) + p)
+                    _add(nxt, (*prefix, k), -math.inf, _lse(pb, pl) + p)
         ranked = sorted(nxt.items(), key=lambda item: -_lse(*item[1]))
         beams = {prefix: (pb, pl) for prefix, (pb, pl) in ranked[:beam_width]}
     prefix, (pb, pl) = max(beams.items(), key=lambda item: _lse(*item[1]))
