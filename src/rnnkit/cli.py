@@ -590,7 +590,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- applications
 
-DATA_APPS = ("sentiment", "dna", "ner", "music")  # the apps whose data a package manager brings
+DATA_APPS = apps.DATA_APPS  # the apps whose data a package manager brings
 
 
 def task_has_validation(task) -> bool:

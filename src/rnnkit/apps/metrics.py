@@ -140,17 +140,6 @@ def tag_accuracy(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -
     return right / total if total else 0.0
 
 
-def format_scores(scores: dict[str, PRF], title: str = "") -> str:
-    """A small table: one row per type, then micro."""
-    rows = [f"{title:<10} {'precision':>9} {'recall':>7} {'F1':>7} {'support':>8}"]
-    for kind, s in scores.items():
-        rows.append(
-            f"{kind:<10} {100 * s.precision:9.2f} {100 * s.recall:7.2f} {100 * s.f1:7.2f} "
-            f"{s.n_gold:8d}"
-        )
-    return "\n".join(rows)
-
-
 def exact_match(preds: Sequence, targets: Sequence) -> float:
     """Fraction of predictions equal to their target (strings, token lists, ...)."""
     if len(preds) != len(targets):
