@@ -63,6 +63,7 @@ def _number_in(test: Callable[[float], bool], where: str) -> Callable[[str], flo
 fraction = _number_in(lambda v: 0 < v < 1, "lie strictly between 0 and 1")  # (0, 1)
 probability = _number_in(lambda v: 0 <= v < 1, "lie in [0, 1)")  # [0, 1)
 positive_float = _number_in(lambda v: v > 0, "be > 0")  # > 0
+nonnegative_float = _number_in(lambda v: v >= 0, "be >= 0")  # >= 0
 
 
 # ---------------------------------------------------------------- the parser
