@@ -185,18 +185,19 @@ def add_training_flags(parser: argparse.ArgumentParser, defaults: TrainingDefaul
 
 def training_config(args: argparse.Namespace, **fixed: object) -> TrainConfig:
     """The :class:`TrainConfig` of the flags of :func:`add_training_flags` (which validates
-    them); ``fixed`` sets fields the app decides itself (``warmup_steps``, ``clip``)."""
-    return TrainConfig(
-        steps=args.steps,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        eval_every=getattr(args, "eval_every", 0),
-        patience=getattr(args, "patience", 0),
-        seed=args.seed,
-        progress=args.progress,
-        **fixed,
-    )
+    them); ``fixed`` sets fields the app decides itself (``warmup_steps``, ``clip``), or
+    overrides a flag (a baseline's own ``steps``)."""
+    fields = {
+        "steps": args.steps,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "lr_schedule": args.lr_schedule,
+        "eval_every": getattr(args, "eval_every", 0),
+        "patience": getattr(args, "patience", 0),
+        "seed": args.seed,
+        "progress": args.progress,
+    }
+    return TrainConfig(**{**fields, **fixed})
 
 
 def describe_training(config: TrainConfig, batch: int, examples: str) -> str:

@@ -1,4 +1,5 @@
-"""Scores for the applications: F1 of BIO tags per entity type, exact match, unigram NLL.
+"""Scores for the applications: F1 of BIO tags per entity type, exact match, edit distance and
+error rate, unigram NLL.
 
 Pure functions of plain Python sequences; nothing here trains or reads a file.
 
@@ -138,6 +139,29 @@ def tag_accuracy(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -
     total = sum(len(g) for g in gold)
     right = sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p))
     return right / total if total else 0.0
+
+
+def edit_distance(ref: Sequence, hyp: Sequence) -> int:
+    """Levenshtein distance: the fewest substitutions, deletions and insertions that turn
+    ``hyp`` into ``ref``."""
+    prev = list(range(len(hyp) + 1))  # distances from ref[:0]
+    for i, r in enumerate(ref, 1):
+        row = [i]
+        for j, h in enumerate(hyp, 1):
+            row.append(min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (r != h)))
+        prev = row
+    return prev[-1]
+
+
+def error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:
+    """The word (here: digit) error rate, ``sum edit_distance / sum len(ref)`` over a set;
+    above 1 when the hypotheses insert more than the references hold."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    total = sum(len(r) for r in refs)
+    if total == 0:
+        raise ValueError("error_rate needs at least one reference token")
+    return sum(edit_distance(r, h) for r, h in zip(refs, hyps)) / total
 
 
 def exact_match(preds: Sequence, targets: Sequence) -> float:
