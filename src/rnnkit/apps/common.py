@@ -287,24 +287,34 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def format_table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
+def format_table(
+    rows: Sequence[Sequence[object]], header: Sequence[str] | None = None, notes: bool = False
+) -> str:
     """Rows of cells as aligned text, indented by two spaces: the first column to the left,
-    the others to the right; cells are printed with ``str`` (format numbers first)."""
+    the others (scores) to the right, and with ``notes`` the last one to the left again;
+    cells are printed with ``str`` (format numbers first)."""
     cells = [[str(c) for c in row] for row in ([header] if header else []) + list(rows)]
     widths = [max(len(row[j]) for row in cells) for j in range(len(cells[0]))]
+    last = len(widths) - 1
     lines = []
     for row in cells:
-        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        parts = [
+            c.ljust(w) if j == 0 or (notes and j == last) else c.rjust(w)
+            for j, (c, w) in enumerate(zip(row, widths))
+        ]
         lines.append("  " + "  ".join(parts).rstrip())
     return "\n".join(lines)
 
 
 def print_scores(
-    title: str, rows: Sequence[Sequence[object]], header: Sequence[str] | None = None
+    title: str,
+    rows: Sequence[Sequence[object]],
+    header: Sequence[str] | None = None,
+    notes: bool = False,
 ) -> None:
     """The score table: a blank line, ``title:``, then :func:`format_table` of the rows."""
     print(f"\n{title}:")
-    print(format_table(rows, header), flush=True)
+    print(format_table(rows, header, notes), flush=True)
 
 
 # ---------------------------------------------------------------- entry points

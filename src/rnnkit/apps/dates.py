@@ -344,7 +344,7 @@ def body(args: argparse.Namespace) -> dict:
                     "",
                 )
             )
-    print_scores(f"exact match on {len(test)} held-out dates", rows)
+    print_scores(f"exact match on {len(test)} held-out dates", rows, notes=True)
     wrong = [k for k in range(len(test)) if greedy[k] != answers[k]]
     right = [k for k in range(len(test)) if greedy[k] == answers[k]]
     shown = wrong[: args.show // 2]

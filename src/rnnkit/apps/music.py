@@ -373,7 +373,7 @@ def body(args: argparse.Namespace) -> dict:
         ("LSTM language model", f"{lm_nll:.4f}", f"(perplexity {np.exp(lm_nll):.2f})"),
     ]
     title = "held-out negative log-likelihood, nats per token"
-    print_scores(f"{title} ({count} test tokens, {len(test_ids)} chorales)", rows)
+    print_scores(f"{title} ({count} test tokens, {len(test_ids)} chorales)", rows, notes=True)
     results = {"lm_nll": lm_nll, "unigram_nll": uni, "train_seconds": seconds, "midi": None}
 
     samples = generate(model, args.length, rng, start_id=0, stop_id=0, temperature=args.temperature)
