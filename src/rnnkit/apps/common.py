@@ -22,7 +22,7 @@ from typing import NoReturn
 import numpy as np
 
 from ..losses import cross_entropy
-from ..models import SequenceClassifier
+from ..models import CELLS, SequenceClassifier
 from ..module import Module
 from ..optim import OPTIMIZERS
 from ..train import BatchTask, History, TrainConfig, train
@@ -212,6 +212,35 @@ def describe_training(config: TrainConfig, batch: int, examples: str) -> str:
         if config.patience:
             text += f", patience {config.patience}"
     return text
+
+
+def add_classifier_flags(parser: argparse.ArgumentParser, hidden: int, pooling: str) -> None:
+    """The flags of a bidirectional classifier of vector sequences (:func:`vector_classifier`):
+    ``--cell``, ``--hidden-size``, ``--unidirectional``, ``--pooling``."""
+    parser.add_argument("--cell", choices=CELLS, default="gru", help="recurrent cell")
+    parser.add_argument("--hidden-size", type=positive_int, default=hidden, help="H, per direction")
+    parser.add_argument("--unidirectional", action="store_true", help="read forwards only")
+    parser.add_argument(
+        "--pooling", choices=("last", "mean", "max"), default=pooling, help="what the head reads"
+    )
+
+
+def vector_classifier(
+    args: argparse.Namespace, input_size: int, num_classes: int, rng: np.random.Generator
+) -> tuple[SequenceClassifier, str]:
+    """The :class:`SequenceClassifier` of :func:`add_classifier_flags`, and its name."""
+    bidirectional = not args.unidirectional
+    model = SequenceClassifier(
+        None,
+        num_classes,
+        args.hidden_size,
+        cell=args.cell,
+        bidirectional=bidirectional,
+        input_size=input_size,
+        pooling=args.pooling,
+        rng=rng,
+    )
+    return model, f"{'bidirectional ' if bidirectional else ''}{args.cell.upper()}"
 
 
 # ---------------------------------------------------------------- training and reporting

@@ -30,7 +30,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..checkpoint import atomic_write_text
-from ..models import CELLS, SequenceClassifier
 from ..text import read_text
 from . import data_cache
 from .baselines import (
@@ -43,6 +42,7 @@ from .baselines import (
 from .common import (
     AppParser,
     TrainingDefaults,
+    add_classifier_flags,
     add_data_flags,
     add_split_flags,
     add_training_flags,
@@ -50,11 +50,11 @@ from .common import (
     entry_points,
     fit,
     percent,
-    positive_int,
     predict_classes,
     print_scores,
     probability,
     training_config,
+    vector_classifier,
     vector_classifier_task,
 )
 from .datasets import DataError, apt_download, deb_extract, missing_data
@@ -260,12 +260,7 @@ def build_parser() -> AppParser:
         ),
     )
     add_data_flags(p, CSV_NAME, f"{APP}/ in the data cache")
-    p.add_argument("--cell", choices=CELLS, default="gru", help="recurrent cell")
-    p.add_argument("--hidden-size", type=positive_int, default=64, help="H, per direction")
-    p.add_argument("--unidirectional", action="store_true", help="read left to right only")
-    p.add_argument(
-        "--pooling", choices=("last", "mean", "max"), default="max", help="what the head reads"
-    )
+    add_classifier_flags(p, hidden=64, pooling="max")
     p.add_argument(
         "--base-dropout",
         type=probability,
@@ -318,18 +313,7 @@ def body(args: argparse.Namespace) -> dict:
     )
 
     # the RNN
-    bidirectional = not args.unidirectional
-    model = SequenceClassifier(
-        None,
-        len(CLASSES),
-        args.hidden_size,
-        cell=args.cell,
-        bidirectional=bidirectional,
-        input_size=len(BASES),
-        pooling=args.pooling,
-        rng=model_rng,
-    )
-    name = f"{'bidirectional ' if bidirectional else ''}{args.cell.upper()}"
+    model, name = vector_classifier(args, len(BASES), len(CLASSES), model_rng)
     config = training_config(args)
     print(
         f"model: {name} on one-hot bases, hidden {args.hidden_size}, {args.pooling} pooling, "

