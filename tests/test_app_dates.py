@@ -11,7 +11,14 @@ import pytest
 
 from rnnkit.apps import dates
 from rnnkit.apps.datasets import DataError
+from rnnkit.cli import main as cli_main
 from rnnkit.models import Seq2Seq
+
+
+def run_app(name, argv):
+    """``rnnkit app NAME ARGV``, as the command line runs it: errors become one line."""
+    return cli_main(["app", name, *argv])
+
 
 # ---------------------------------------------------------------- without Faker and Babel
 
@@ -70,10 +77,10 @@ def test_translate_decodes_in_evaluation_mode_and_restores_the_mode_on_errors(mo
 
 
 def test_char_vocab_reads_unseen_characters_as_unk_and_can_reverse():
-    vocab = dates.CharVocab(["ab", "bc"])
+    vocab = dates.char_vocabulary(["ab", "bc"])
     assert vocab.tokens == ["<pad>", "<unk>", "a", "b", "c"]
-    assert vocab.encode("abz") == [2, 3, 1]
-    assert vocab.encode("abz", reverse=True) == [1, 3, 2]
+    assert dates.encode_source(vocab, "abz") == [2, 3, 1]
+    assert dates.encode_source(vocab, "abz", reverse=True) == [1, 3, 2]
 
 
 def test_ambiguous_inputs():
@@ -101,22 +108,22 @@ def test_a_missing_dependency_says_what_to_install(monkeypatch, capsys, missing)
     monkeypatch.setitem(sys.modules, missing, None)  # importing it now raises ImportError
     if missing == "babel":
         monkeypatch.setitem(sys.modules, "babel.dates", None)
-    assert dates.main(["--steps", "1"]) == 2
+    assert run_app("dates", ["--steps", "1"]) == 2
     assert "pip install faker babel" in _one_error_line(capsys)
     with pytest.raises(DataError, match="pip install faker babel"):  # the error every app shares
         dates.DateMaker(np.random.default_rng(0))
 
 
 def test_bad_arguments_and_help(capsys):
-    assert dates.main(["--hidden-size", "0"]) == 2
+    assert run_app("dates", ["--hidden-size", "0"]) == 2
     assert "argument --hidden-size: must be >= 1, got 0" in _one_error_line(capsys)
-    assert dates.main(["--steps", "many"]) == 2
+    assert run_app("dates", ["--steps", "many"]) == 2
     assert "expected a whole number, got 'many'" in _one_error_line(capsys)
-    assert dates.main(["--beam-examples", "-1"]) == 2
+    assert run_app("dates", ["--beam-examples", "-1"]) == 2
     assert "argument --beam-examples: must be >= 0" in _one_error_line(capsys)
-    assert dates.main(["--lr", "0"]) == 2
+    assert run_app("dates", ["--lr", "0"]) == 2
     assert "argument --lr: must be > 0" in _one_error_line(capsys)
-    assert dates.main(["--help"]) == 0
+    assert run_app("dates", ["--help"]) == 0
     out = capsys.readouterr().out
     assert "rnnkit app dates" in out
     assert "(default: 4000)" in out  # the shared parser shows each option's default

@@ -20,6 +20,13 @@ from rnnkit.apps.baselines import (
     kmer_names,
 )
 from rnnkit.apps.datasets import DataError
+from rnnkit.cli import main as cli_main
+
+
+def run_app(name, argv):
+    """``rnnkit app NAME ARGV``, as the command line runs it: errors become one line."""
+    return cli_main(["app", name, *argv])
+
 
 CODE = {"A": (1, 0, 0), "C": (0, 1, 0), "G": (0, 0, 1), "T": (0, 0, 0)}
 
@@ -121,7 +128,7 @@ def test_parse_csv():
 
 
 def test_missing_data_names_the_fetch_command(tmp_path, capsys):
-    assert dna.main(["--data-dir", str(tmp_path)]) == 2
+    assert run_app("dna", ["--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "`rnnkit data get dna`" in err and "splice.csv" in err
 
@@ -139,7 +146,7 @@ def data_dir(tmp_path):
 def test_runs_end_to_end_on_planted_junctions(data_dir, capsys):
     argv = ["--data-dir", str(data_dir), "--hidden-size", "8", "--steps", "150"]
     argv += ["--batch-size", "16", "--eval-every", "50", "--lr", "0.01", "--progress", "none"]
-    assert dna.main(argv) == 0
+    assert run_app("dna", argv) == 0
     out = capsys.readouterr().out
     assert "data: 150 sequences of 60 bases" in out and "EI 50, IE 50, N 50" in out
     assert "split 108 train / 12 validation / 30 test" in out
@@ -154,15 +161,15 @@ def test_encoding_and_errors_flags_reach_the_reader(data_dir, capsys):
     path.write_bytes(path.read_text(encoding="utf-8").encode("utf-16"))
     argv = ["--data-dir", str(data_dir), "--hidden-size", "4", "--steps", "2"]
     argv += ["--k", "1", "--progress", "none"]
-    assert dna.main(argv) == 2
+    assert run_app("dna", argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "give the file's encoding with --encoding" in err
-    assert dna.main([*argv, "--encoding", "utf-16"]) == 0
+    assert run_app("dna", [*argv, "--encoding", "utf-16"]) == 0
     assert "data: 150 sequences of 60 bases" in capsys.readouterr().out
     path.write_bytes(b"class,sequence\nEI,ACGT\xff\n")
     with pytest.raises(DataError, match="line 2: a sequence of A, C, G, T"):
         dna.load_dna(data_dir, errors="replace")  # decoded: the bad byte becomes U+FFFD
-    assert dna.main([*argv, "--errors", "replace"]) == 2
+    assert run_app("dna", [*argv, "--errors", "replace"]) == 2
     assert "a sequence of A, C, G, T is expected" in capsys.readouterr().err
 
 

@@ -15,8 +15,14 @@ from rnnkit.apps.gradflow import (
     run_gradflow,
     table_steps,
 )
+from rnnkit.cli import main as cli_main
 from rnnkit.losses import cross_entropy
 from rnnkit.train import TrainingError
+
+
+def cli_gradflow(argv):
+    """``rnnkit gradflow ARGV``, as the command line runs it."""
+    return cli_main(["gradflow", *argv])
 
 
 def ratio(norms: np.ndarray) -> float:
@@ -107,7 +113,7 @@ def test_table_steps():
 
 def test_command_prints_the_table(capsys):
     argv = ["--seq-len", "20", "--hidden-size", "8", "--steps", "5", "--measure-size", "4"]
-    assert gradflow.main([*argv, "--no-plot"]) == 0
+    assert cli_gradflow([*argv, "--no-plot"]) == 0
     out = capsys.readouterr().out
     assert "first-token task: T = 20" in out
     for row in ("      1 |", "     20 |", "  ratio |", "   acc. |"):
@@ -120,13 +126,13 @@ def test_plot_is_written(tmp_path, capsys, durable_writes):
     pytest.importorskip("matplotlib")
     path = tmp_path / "plots" / "flow.png"
     argv = ["--seq-len", "12", "--hidden-size", "4", "--steps", "2", "--measure-size", "2"]
-    assert gradflow.main([*argv, "--plot", str(path)]) == 0
+    assert cli_gradflow([*argv, "--plot", str(path)]) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"plot saved to {path}" in capsys.readouterr().out
     assert durable_writes == [path]  # a temporary file, fsynced, then renamed into place
     assert [p.name for p in path.parent.iterdir()] == ["flow.png"]
     svg = tmp_path / "flow.svg"  # the format follows the name, as matplotlib's own savefig
-    assert gradflow.main([*argv, "--plot", str(svg)]) == 0
+    assert cli_gradflow([*argv, "--plot", str(svg)]) == 0
     assert b"<svg" in svg.read_bytes()[:1000]
 
 
@@ -134,7 +140,7 @@ def test_plot_is_written(tmp_path, capsys, durable_writes):
     "argv", [["--cells", "rnn,transformer"], ["--hidden-size", "0"], ["--steps", "-1"]]
 )
 def test_bad_flags_are_one_line(argv, capsys):
-    assert gradflow.main([*argv, "--no-plot"]) == 2
+    assert cli_gradflow([*argv, "--no-plot"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rnnkit gradflow: error:") and "\n" not in err
 
@@ -144,11 +150,11 @@ def test_training_that_cannot_go_on_is_one_line_and_exit_1(monkeypatch, capsys):
         raise TrainingError("loss became nan at step 3")
 
     monkeypatch.setattr(gradflow, "run_gradflow", fail)
-    assert gradflow.main(["--no-plot"]) == 1
+    assert cli_gradflow(["--no-plot"]) == 1
     err = capsys.readouterr().err
     assert err == "rnnkit gradflow: error: loss became nan at step 3\n"
 
 
 def test_help_exits_0(capsys):
-    assert gradflow.main(["--help"]) == 0
+    assert cli_gradflow(["--help"]) == 0
     assert "usage: rnnkit gradflow" in capsys.readouterr().out

@@ -11,6 +11,12 @@ import pytest
 
 from rnnkit.apps import music
 from rnnkit.apps.datasets import DataError
+from rnnkit.cli import main as cli_main
+
+
+def run_app(name, argv):
+    """``rnnkit app NAME ARGV``, as the command line runs it: errors become one line."""
+    return cli_main(["app", name, *argv])
 
 
 def _read_vlq(data: bytes, i: int) -> tuple[int, int]:
@@ -235,7 +241,7 @@ def test_get_data_writes_the_chorale_file_atomically(tmp_path, monkeypatch, dura
 def test_missing_music21_and_cache_says_what_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RNNKIT_DATA", str(tmp_path / "empty"))
     monkeypatch.setitem(sys.modules, "music21", None)  # import music21 now raises ImportError
-    assert music.main(["--steps", "1"]) == 2
+    assert run_app("music", ["--steps", "1"]) == 2
     line = _one_error_line(capsys)
     assert "pip install music21==10.5.1 && rnnkit data get music" in line
     with pytest.raises(DataError, match="pip install"):
@@ -255,22 +261,22 @@ def test_missing_music21_and_cache_says_what_to_install(tmp_path, monkeypatch, c
 def test_bad_chorale_files(tmp_path, capsys, content, expected):
     path = tmp_path / "bad.json"
     path.write_text(content)
-    assert music.main(["--notes", str(path)]) == 2
+    assert run_app("music", ["--notes", str(path)]) == 2
     assert expected in _one_error_line(capsys)
 
 
 def test_bad_arguments_and_help(tmp_path, capsys):
-    assert music.main(["--steps", "0"]) == 2
+    assert run_app("music", ["--steps", "0"]) == 2
     assert "argument --steps: must be >= 1, got 0" in _one_error_line(capsys)
-    assert music.main(["--no-such-flag"]) == 2
+    assert run_app("music", ["--no-such-flag"]) == 2
     assert "unrecognized arguments" in _one_error_line(capsys)
-    assert music.main(["--notes", str(tmp_path / "missing.json")]) == 2
+    assert run_app("music", ["--notes", str(tmp_path / "missing.json")]) == 2
     assert "no such file" in _one_error_line(capsys)
-    assert music.main(["--val-fraction", "0.5", "--test-fraction", "0.5"]) == 2
+    assert run_app("music", ["--val-fraction", "0.5", "--test-fraction", "0.5"]) == 2
     assert "sum to less than 1" in _one_error_line(capsys)
-    assert music.main(["--temperature", "0"]) == 2
+    assert run_app("music", ["--temperature", "0"]) == 2
     assert "argument --temperature: must be > 0" in _one_error_line(capsys)
-    assert music.main(["--help"]) == 0
+    assert run_app("music", ["--help"]) == 0
     out = capsys.readouterr().out
     assert "rnnkit app music" in out
     assert "(default: 3000)" in out  # the shared parser shows each option's default

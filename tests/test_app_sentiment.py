@@ -22,7 +22,14 @@ from rnnkit.apps.baselines import (
     stratified_split,
 )
 from rnnkit.apps.datasets import DataError, extract_members, safe_member_name
+from rnnkit.cli import main as cli_main
 from rnnkit.models import SequenceClassifier
+
+
+def run_app(name, argv):
+    """``rnnkit app NAME ARGV``, as the command line runs it: errors become one line."""
+    return cli_main(["app", name, *argv])
+
 
 POSITIVE = ["good", "great", "love", "excellent", "nice"]
 NEGATIVE = ["bad", "awful", "hate", "poor", "boring"]
@@ -145,21 +152,21 @@ def test_predict_runs_in_evaluation_mode_and_restores_the_mode_on_errors(monkeyp
 
 
 def test_missing_data_names_the_fetch_command(tmp_path, capsys):
-    assert sentiment.main(["--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert run_app("sentiment", ["--data-dir", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "`rnnkit data get sentiment`" in err
 
 
 def test_missing_source_file(tmp_path, capsys):
     (tmp_path / "amazon_labelled.txt").write_text("Good.\t1\n", encoding="utf-8")
-    assert sentiment.main(["--data-dir", str(tmp_path)]) == 2
+    assert run_app("sentiment", ["--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "imdb_labelled.txt" in err and "rnnkit data get sentiment" in err
 
 
 def test_bad_line_is_one_error(tmp_path, capsys):
     (tmp_path / "amazon_labelled.txt").write_text("Good.\t1\nBad.\t7\n", encoding="utf-8")
-    assert sentiment.main(["--data-dir", str(tmp_path), "--sources", "amazon"]) == 2
+    assert run_app("sentiment", ["--data-dir", str(tmp_path), "--sources", "amazon"]) == 2
     assert "line 2" in capsys.readouterr().err
 
 
@@ -167,7 +174,7 @@ def test_runs_end_to_end_on_a_tiny_corpus(data_dir, capsys):
     argv = ["--data-dir", str(data_dir), "--steps", "150", "--hidden-size", "8"]
     argv += ["--embedding-dim", "8", "--batch-size", "16", "--eval-every", "50"]
     argv += ["--progress", "none", "--min-count", "1"]
-    assert sentiment.main(argv) == 0
+    assert run_app("sentiment", argv) == 0
     out = capsys.readouterr().out
     assert "data: 120 sentences from amazon, imdb, yelp" in out
     assert "split 86 train / 10 validation / 24 test" in out
@@ -185,12 +192,12 @@ def test_encoding_and_errors_flags_reach_the_reader(tmp_path, capsys):
     (tmp_path / "amazon_labelled.txt").write_bytes(text.encode("latin-1"))
     argv = ["--data-dir", str(tmp_path), "--sources", "amazon", "--steps", "2"]
     argv += ["--hidden-size", "4", "--embedding-dim", "4", "--progress", "none"]
-    assert sentiment.main(argv) == 2
+    assert run_app("sentiment", argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "give the file's encoding with --encoding" in err
-    assert sentiment.main([*argv, "--encoding", "latin-1"]) == 0
+    assert run_app("sentiment", [*argv, "--encoding", "latin-1"]) == 0
     assert "data: 40 sentences from amazon" in capsys.readouterr().out
-    assert sentiment.main([*argv, "--errors", "replace"]) == 0
+    assert run_app("sentiment", [*argv, "--errors", "replace"]) == 0
     data = sentiment.load_sentences(tmp_path, ("amazon",), "latin-1")
     assert data.texts[0] == "Café was good."
     data = sentiment.load_sentences(tmp_path, ("amazon",), errors="replace")

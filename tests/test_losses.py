@@ -1,5 +1,6 @@
-"""cross_entropy and binary_cross_entropy_with_logits: values and gradients against torch,
-stability at extreme logits, and clear errors for bad targets."""
+"""cross_entropy, binary_cross_entropy_with_logits and ctc_loss: values and gradients against
+torch (and, for CTC, against a sum over every path), stability at extreme logits, clear errors
+for bad targets; the CTC decoders against brute force."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import math
 import numpy as np
 import pytest
 
+from rnnkit.ctc import collapse, ctc_beam_decode, ctc_greedy_decode, prefix_beam_search
 from rnnkit.data import IGNORE_INDEX
-from rnnkit.losses import binary_cross_entropy_with_logits, cross_entropy
+from rnnkit.functional import log_softmax
+from rnnkit.losses import binary_cross_entropy_with_logits, cross_entropy, ctc_loss
 
 T, N, V = 5, 4, 7
 
@@ -222,3 +225,184 @@ def test_bce_gradient_keeps_relative_precision_for_negative_logits():
     _, grad = binary_cross_entropy_with_logits(z, y)
     expected = np.exp(z) / (1 + np.exp(z)) / z.size  # exact enough: exp(z) << 1
     np.testing.assert_allclose(grad, expected, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- CTC
+
+
+def _brute_force_log_p(logp: np.ndarray, blank: int) -> dict[tuple, float]:
+    """log P(labels | x) of every labelling, by summing over every path: (T, C) log-probs."""
+    import itertools
+
+    T, C = logp.shape
+    out: dict[tuple, float] = {}
+    for path in itertools.product(range(C), repeat=T):
+        key = tuple(collapse(path, blank))
+        out[key] = np.logaddexp(out.get(key, -np.inf), sum(logp[t, k] for t, k in enumerate(path)))
+    return out
+
+
+def _min_input_length(target) -> int:
+    """S steps, plus a blank between each pair of equal neighbours."""
+    return len(target) + sum(a == b for a, b in zip(target[:-1], target[1:]))
+
+
+def _ctc_case(rng: np.random.Generator, N: int = 6, C: int = 5, S: int = 5, blank: int = 0):
+    """Random logits and targets with repeated labels, one target at its minimum feasible
+    input length, one empty target, and ragged lengths."""
+    labels = [k for k in range(C) if k != blank]
+    targets = rng.choice(labels, size=(N, S))
+    targets[0, 1] = targets[0, 2] = targets[0, 3]  # a run of three equal labels
+    target_lengths = rng.integers(1, S + 1, size=N)
+    target_lengths[0], target_lengths[1] = S, 0
+    need = [_min_input_length(targets[n, : target_lengths[n]]) for n in range(N)]
+    T = max(need) + 4
+    input_lengths = np.array([int(rng.integers(max(nd, 1), T + 1)) for nd in need])
+    input_lengths[0] = need[0]  # exactly the minimum: a single path of alignments
+    logits = 2.0 * rng.standard_normal((T, N, C))
+    return logits, targets, input_lengths, target_lengths
+
+
+def _torch_ctc(logits, targets, input_lengths, target_lengths, blank, reduction, zero_infinity):
+    torch = pytest.importorskip("torch")
+    z = torch.tensor(logits, requires_grad=True)
+    loss = torch.nn.functional.ctc_loss(
+        torch.log_softmax(z, dim=-1),
+        torch.as_tensor(targets),
+        torch.as_tensor(input_lengths),
+        torch.as_tensor(target_lengths),
+        blank=blank,
+        reduction=reduction,
+        zero_infinity=zero_infinity,
+    )
+    loss.sum().backward()
+    return loss.detach().numpy(), z.grad.numpy()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("blank", [0, 3])
+@pytest.mark.parametrize("seed", range(4))
+def test_ctc_matches_torch(reduction, blank, seed):
+    logits, targets, input_lengths, target_lengths = _ctc_case(
+        np.random.default_rng(seed), blank=blank
+    )
+    loss, dlogits = ctc_loss(logits, targets, input_lengths, target_lengths, blank, reduction)
+    want, want_grad = _torch_ctc(
+        logits, targets, input_lengths, target_lengths, blank, reduction, False
+    )
+    np.testing.assert_allclose(loss, want, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(dlogits, want_grad, rtol=0, atol=1e-9)
+    for n, length in enumerate(input_lengths):
+        assert not dlogits[length:, n].any()  # nothing past an input's end
+
+
+def test_ctc_concatenated_targets_equal_padded_ones():
+    logits, targets, input_lengths, target_lengths = _ctc_case(np.random.default_rng(7))
+    flat = np.concatenate([targets[n, :s] for n, s in enumerate(target_lengths)])
+    a = ctc_loss(logits, targets, input_lengths, target_lengths)
+    b = ctc_loss(logits, flat, input_lengths, target_lengths)
+    want, want_grad = _torch_ctc(logits, flat, input_lengths, target_lengths, 0, "mean", False)
+    assert a[0] == pytest.approx(b[0], abs=1e-12) and b[0] == pytest.approx(float(want), abs=1e-9)
+    np.testing.assert_allclose(a[1], b[1], atol=1e-12)
+    np.testing.assert_allclose(b[1], want_grad, atol=1e-9)
+
+
+@pytest.mark.parametrize("blank", [0, 2])
+def test_ctc_equals_the_sum_over_every_path(blank):
+    """Without torch: P(l | x) summed path by path, for every labelling of a short input."""
+    rng = np.random.default_rng(3)
+    T, C = 5, 3
+    logits = rng.standard_normal((T, 1, C))
+    logp = log_softmax(logits[:, 0])
+    for labels, want in _brute_force_log_p(logp, blank).items():
+        loss, _ = ctc_loss(logits, np.array([labels or [0]]), [T], [len(labels)], blank, "sum")
+        assert loss == pytest.approx(-want, rel=1e-12), labels
+
+
+def test_ctc_gradient_matches_central_differences():
+    from conftest import numerical_grad
+
+    logits, targets, input_lengths, target_lengths = _ctc_case(np.random.default_rng(11), N=3)
+    _, dlogits = ctc_loss(logits, targets, input_lengths, target_lengths)
+    num = numerical_grad(
+        lambda: ctc_loss(logits, targets, input_lengths, target_lengths)[0], logits
+    )
+    np.testing.assert_allclose(dlogits, num, rtol=1e-6, atol=1e-9)
+
+
+def test_ctc_impossible_alignment_is_infinite_or_zeroed():
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((4, 2, 4))
+    targets = np.array([[1, 1, 2], [1, 2, 3]])
+    lengths = [4, 2]  # the second needs 3 steps; the first (1 - 1 2) needs 4 and has them
+    losses, dlogits = ctc_loss(logits, targets, lengths, [3, 3], reduction="none")
+    assert np.isfinite(losses[0]) and losses[1] == np.inf
+    assert not dlogits[:, 1].any() and dlogits[:, 0].any()  # no nan: the gradient is zero
+    mean, _ = ctc_loss(logits, targets, lengths, [3, 3])
+    assert mean == np.inf
+    zeroed, dz = ctc_loss(logits, targets, lengths, [3, 3], zero_infinity=True)
+    assert zeroed == pytest.approx(losses[0] / 3 / 2)
+    want, want_grad = _torch_ctc(logits, targets, lengths, [3, 3], 0, "mean", True)
+    assert zeroed == pytest.approx(float(want), abs=1e-9)
+    np.testing.assert_allclose(dz, want_grad, atol=1e-9)
+    inf_torch, _ = _torch_ctc(logits, targets, lengths, [3, 3], 0, "none", False)
+    assert inf_torch[1] == np.inf  # PyTorch agrees that the loss is infinite
+
+
+def test_ctc_keeps_float32_and_leaves_its_inputs_alone():
+    logits, targets, input_lengths, target_lengths = _ctc_case(np.random.default_rng(2))
+    x = logits.astype(np.float32)
+    before = x.copy()
+    loss, dlogits = ctc_loss(x, targets, input_lengths, target_lengths)
+    assert dlogits.dtype == np.float32 and isinstance(loss, float)
+    np.testing.assert_array_equal(x, before)
+    want, _ = ctc_loss(logits, targets, input_lengths, target_lengths)
+    assert loss == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "targets, lengths, match",
+    [
+        ([[1, 0]], ([3], [2]), "holds the blank"),
+        ([[1, 9]], ([3], [2]), r"lie in \[0, 4\)"),
+        ([[1, 2]], ([0], [2]), r"input lengths must lie in \[1, 3\]"),
+        ([[1, 2]], ([4], [2]), r"input lengths must lie in \[1, 3\]"),
+        ([[1, 2]], ([3], [3]), "exceeds the targets' width"),
+        ([1, 2, 3], ([3], [2]), "sum\\(target_lengths\\) = 2"),
+    ],
+)
+def test_ctc_bad_arguments_raise(targets, lengths, match):
+    with pytest.raises(ValueError, match=match):
+        ctc_loss(np.zeros((3, 1, 4)), np.array(targets), *lengths)
+
+
+def test_collapse_and_greedy_decoding_by_hand():
+    assert collapse([1, 1, 0, 2, 0, 2, 2]) == [1, 2, 2]
+    assert collapse([3, 3, 1, 3], blank=3) == [1]
+    logits = np.full((5, 2, 3), -5.0)
+    for t, k in enumerate([1, 1, 0, 1, 2]):  # sequence 0: 1 1 - 1 2 -> 1 1 2
+        logits[t, 0, k] = 5.0
+    for t, k in enumerate([2, 0, 2, 2, 1]):  # sequence 1, 3 steps real: 2 - 2 -> 2 2
+        logits[t, 1, k] = 5.0
+    assert ctc_greedy_decode(logits, [5, 3]) == [[1, 1, 2], [2, 2]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_prefix_beam_search_finds_the_most_likely_labelling(seed):
+    rng = np.random.default_rng(seed)
+    logp = log_softmax(1.5 * rng.standard_normal((6, 3)))
+    every = _brute_force_log_p(logp, blank=0)
+    best = max(every, key=every.get)
+    labels, log_p = prefix_beam_search(logp, beam_width=64)
+    assert tuple(labels) == best and log_p == pytest.approx(every[best], rel=1e-12)
+    # a narrow beam loses the paths through pruned prefixes: a lower bound on the probability
+    labels, log_p = prefix_beam_search(logp, beam_width=2)
+    assert log_p <= every[tuple(labels)] + 1e-12
+
+
+def test_beam_beats_greedy_where_the_best_path_misleads():
+    # each step: blank 0.6, label 1 0.4. Best path: all blanks (empty labelling, 0.6^2 = 0.36);
+    # but P(1) = 0.4*0.4 + 2 * 0.4*0.6 = 0.64.
+    logits = np.log(np.array([[[0.6, 0.4]], [[0.6, 0.4]]]))
+    assert ctc_greedy_decode(logits) == [[]]
+    assert ctc_beam_decode(logits, beam_width=4) == [[1]]

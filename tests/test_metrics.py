@@ -12,7 +12,6 @@ from rnnkit.apps.metrics import (
     bio_spans,
     entity_f1,
     exact_match,
-    format_scores,
     tag_accuracy,
     token_f1,
     unigram_nll,
@@ -133,14 +132,6 @@ def test_mismatched_lengths_raise():
         entity_f1([["O", "O"]], [["O"]])
     with pytest.raises(ValueError, match="true sentences"):
         token_f1([["O"]], [])
-
-
-def test_format_scores_has_a_row_per_type():
-    text = format_scores(entity_f1([["B-PER", "B-LOC"]], [["B-PER", "O"]]), "entity")
-    lines = text.splitlines()
-    assert lines[0].split() == ["entity", "precision", "recall", "F1", "support"]
-    assert [line.split()[0] for line in lines[1:]] == ["LOC", "PER", MICRO]
-    assert lines[-1].split()[1:] == ["100.00", "50.00", "66.67", "2"]
 
 
 # ---------------------------------------------------------------- exact match, unigram NLL

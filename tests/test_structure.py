@@ -25,6 +25,7 @@ ORDER = [
     "module",
     "recurrent",
     "layers",
+    "ctc",
     "losses",
     "optim",
     "data",

@@ -6,6 +6,7 @@ import pytest
 
 from rnnkit.text import (
     EOS,
+    PAD,
     UNK,
     TextError,
     Vocabulary,
@@ -85,8 +86,27 @@ def test_constructor_checks():
         Vocabulary([EOS, "a"], "byte")
     with pytest.raises(ValueError, match="distinct"):
         Vocabulary([EOS, "a", "a"], "char")
-    with pytest.raises(ValueError, match=EOS):
-        Vocabulary(["a", "b"], "char")
+    plain = Vocabulary(["a", "b"], "char")  # no special token: a tagger's labels, say
+    assert (plain.pad_id, plain.eos_id, plain.unk_id) == (None, None, None)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        plain.lookup(["c"])
+
+
+def test_pad_token_and_given_specials():
+    v = Vocabulary.build(["b a", "c a"], "word", pad=True)
+    assert v.tokens == [PAD, EOS, UNK, "a", "b", "c"] and v.pad_id == 0
+    assert v.decode([0, 4, 3, 0]) == "b a"  # padding is not text
+    chars = Vocabulary.build(["ab", "bc"], "char", pad=True, specials=[UNK])
+    assert chars.tokens == [PAD, UNK, "a", "b", "c"] and chars.eos_id is None
+    assert chars.lookup("abz") == [2, 3, 1]
+    lists = Vocabulary.build([["67:1", "rest:1"], ["67:1"]], "word", specials=[EOS, UNK])
+    assert lists.tokens == [EOS, UNK, "67:1", "rest:1"]  # token lists are taken as they are
+
+
+def test_lookup_maps_unknown_tokens_by_a_rule():
+    v = Vocabulary([PAD, "<unk:Xx>", "<unk:x>", "met"], "word")
+    shape = {True: "<unk:Xx>", False: "<unk:x>"}
+    assert v.lookup(["Anna", "met", "bob"], lambda w: shape[w[0].isupper()]) == [1, 3, 2]
 
 
 def test_equality():

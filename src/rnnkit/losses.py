@@ -1,10 +1,17 @@
-"""Losses returning ``(loss, dlogits)``: the value and its gradient in one pass."""
+"""Losses returning ``(loss, dlogits)``: the value and its gradient in one pass.
+
+:func:`ctc_loss` (connectionist temporal classification, for unaligned label sequences) lives
+in :mod:`rnnkit.ctc` with its decoders and is exported here with the others.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from .ctc import ctc_loss
 from .functional import log_softmax
+
+__all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss"]
 
 
 def cross_entropy(

@@ -1,8 +1,8 @@
-"""Text in and out: reading files strictly, character and word vocabularies.
+"""Text in and out: reading files strictly, and the one vocabulary class.
 
-A :class:`Vocabulary` maps tokens to ids: the special tokens first (``<eos>`` ends a sequence,
-as in the notes; ``<unk>`` stands for rare or unseen words), then the others in sorted order,
-so the same text always gives the same ids.
+A :class:`Vocabulary` maps tokens to ids: the special tokens first (``<pad>`` fills a batch
+past a sequence's end, ``<eos>`` ends a sequence, as in the notes; ``<unk>`` stands for rare or
+unseen words), then the others in sorted order, so the same text always gives the same ids.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 import codecs
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from .files import NotARegularFile, read_regular_file
 from .memory import NotEnoughMemory
 
-EOS, UNK = "<eos>", "<unk>"
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 LEVELS = ("char", "word")
 _WORD = re.compile(r"\w+(?:'\w+)*|[^\w\s]")  # words (with inner apostrophes) or punctuation
 
@@ -100,7 +100,12 @@ def detokenize(tokens: Sequence[str], level: str) -> str:
 
 
 class Vocabulary:
-    """Tokens <-> ids for one level (``"char"`` or ``"word"``)."""
+    """Tokens <-> ids for one level (``"char"`` or ``"word"``).
+
+    ``tokens`` are listed in id order, the special ones first; ``pad_id``, ``eos_id`` and
+    ``unk_id`` are the ids of ``<pad>``, ``<eos>`` and ``<unk>``, or None for one that is not
+    there (a language model's vocabulary holds ``<eos>``; a tagger's may hold ``<pad>`` only).
+    """
 
     def __init__(self, tokens: Sequence[str], level: str):
         if level not in LEVELS:
@@ -110,19 +115,36 @@ class Vocabulary:
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         if len(self.ids) != len(self.tokens):
             raise ValueError("vocabulary tokens must be distinct")
-        if EOS not in self.ids:
-            raise ValueError(f"a vocabulary needs the {EOS} token")
-        self.eos_id = self.ids[EOS]
+        self.pad_id = self.ids.get(PAD)
+        self.eos_id = self.ids.get(EOS)
         self.unk_id = self.ids.get(UNK)
 
     @classmethod
-    def build(cls, texts: Iterable[str], level: str, min_count: int = 1) -> Vocabulary:
+    def build(
+        cls,
+        texts: Iterable[str | Sequence[str]],
+        level: str,
+        min_count: int = 1,
+        *,
+        pad: bool = False,
+        specials: Sequence[str] | None = None,
+    ) -> Vocabulary:
         """From texts: every character, or every word seen ``min_count`` times or more (rarer
-        words will read as ``<unk>``)."""
+        words will read as ``<unk>``).
+
+        Args:
+            texts: strings, split with :func:`tokenize` at ``level``, or lists of tokens
+                already split (notes, words of a tagged sentence), taken as they are.
+            pad: put ``<pad>`` first, at id 0.
+            specials: the special tokens after ``<pad>`` (default ``<eos>``, and ``<unk>`` at
+                word level), in this order.
+        """
         counts: Counter[str] = Counter()
         for text in texts:
-            counts.update(tokenize(text, level))
-        specials = [EOS] if level == "char" else [EOS, UNK]
+            counts.update(tokenize(text, level) if isinstance(text, str) else text)
+        if specials is None:
+            specials = [EOS] if level == "char" else [EOS, UNK]
+        specials = [PAD, *specials] if pad else list(specials)
         kept = sorted(t for t, c in counts.items() if c >= min_count and t not in specials)
         return cls(specials + kept, level)
 
@@ -141,17 +163,28 @@ class Vocabulary:
         seen = [t for t in tokenize(text, self.level) if t not in self.ids]
         return list(dict.fromkeys(seen))
 
+    def lookup(
+        self, tokens: Iterable[str], unknown: Callable[[str], str] | None = None
+    ) -> list[int]:
+        """Ids of tokens already split. A token outside the vocabulary becomes
+        ``unknown(token)`` when that is given (an unknown-word token of its shape, say), else
+        ``<unk>``; without either it raises."""
+        out = []
+        for tok in tokens:
+            i = self.ids.get(tok)
+            if i is None:
+                i = self.ids[unknown(tok)] if unknown is not None else self.unk_id
+            if i is None:
+                raise ValueError(f"tokens not in the vocabulary: {tok!r}")
+            out.append(i)
+        return out
+
     def encode(self, text: str) -> list[int]:
         """Ids of ``text``; unknown words become ``<unk>``; unknown characters raise."""
-        out = []
-        for tok in tokenize(text, self.level):
-            if tok in self.ids:
-                out.append(self.ids[tok])
-            elif self.unk_id is not None:
-                out.append(self.unk_id)
-            else:
-                raise ValueError(f"characters not in the vocabulary: {self.unknown(text)}")
-        return out
+        try:
+            return self.lookup(tokenize(text, self.level))
+        except ValueError:
+            raise ValueError(f"characters not in the vocabulary: {self.unknown(text)}") from None
 
     def encode_stream(self, text: str) -> list[int]:
         """A whole text as one stream; at word level each line ends with ``<eos>``."""
@@ -169,12 +202,14 @@ class Vocabulary:
         if self.level == "word":
             lines: list[list[str]] = [[]]
             for t in tokens:
+                if t == PAD:
+                    continue
                 if t == EOS:
                     lines.append([])
                 else:
                     lines[-1].append(t)
             return "\n".join(" ".join(words) for words in lines)
-        return "".join(t for t in tokens if t != EOS)
+        return "".join(t for t in tokens if t not in (EOS, PAD))
 
     def to_json(self) -> dict:
         """JSON-friendly form, stored in checkpoints."""
@@ -182,9 +217,9 @@ class Vocabulary:
 
     @classmethod
     def from_json(cls, data: object) -> Vocabulary:
-        """Inverse of :meth:`to_json`; ValueError for anything it would not have written
-        (tokens that are not distinct strings, a character-level token longer than one
-        character, a missing ``<eos>``)."""
+        """Inverse of :meth:`to_json` for a language model's vocabulary; ValueError for
+        anything it would not have written (tokens that are not distinct strings, a
+        character-level token longer than one character, a missing ``<eos>``)."""
         if not (isinstance(data, dict) and set(data) == {"level", "tokens"}):
             raise ValueError('a vocabulary is {"level": ..., "tokens": [...]}')
         level, tokens = data["level"], data["tokens"]
@@ -192,8 +227,10 @@ class Vocabulary:
             raise ValueError(f"vocabulary level must be 'char' or 'word', got {level!r}")
         if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
             raise ValueError("vocabulary tokens must be a list of non-empty strings")
-        if level == "char" and any(len(t) != 1 for t in tokens if t not in (EOS, UNK)):
+        if level == "char" and any(len(t) != 1 for t in tokens if t not in (PAD, EOS, UNK)):
             raise ValueError("a character-level vocabulary holds single characters")
+        if EOS not in tokens:
+            raise ValueError(f"a language model's vocabulary holds {EOS}")
         return cls(tokens, level)
 
 

@@ -51,6 +51,16 @@ def stratified_split(
     return np.sort(np.concatenate(rest)), np.sort(np.concatenate(test))
 
 
+def three_way_split(
+    labels: np.ndarray, test_fraction: float, val_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices ``(train, validation, test)``: :func:`stratified_split` holds out the test part,
+    then ``val_fraction`` of the rest for validation."""
+    rest, test = stratified_split(labels, test_fraction, rng)
+    train, val = (rest[i] for i in stratified_split(labels[rest], val_fraction, rng))
+    return train, val, test
+
+
 def count_features(
     docs: Sequence[Sequence[str]], vocab: Mapping[str, int], binary: bool = False
 ) -> np.ndarray:

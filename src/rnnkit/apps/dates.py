@@ -27,21 +27,30 @@ from ..data import pad_sequences
 from ..losses import cross_entropy
 from ..models import Seq2Seq
 from ..module import evaluating
-from ..train import BatchTask, TrainConfig, train
-from .datasets import (
+from ..text import UNK, Vocabulary
+from ..train import BatchTask
+from .common import (
     AppParser,
-    DataError,
-    DocstringHelp,
+    TrainingDefaults,
+    add_training_flags,
+    describe_training,
+    entry_points,
+    fit,
     nonnegative_int,
-    positive_float,
+    percent,
     positive_int,
-    run_app,
+    print_scores,
+    training_config,
 )
+from .datasets import DataError
 from .metrics import exact_match
 
 SUMMARY = "encoder-decoder (Tx != Ty): human-readable dates to ISO YYYY-MM-DD"
 PROG = "rnnkit app dates"
 INSTALL = "pip install 'rnnkit[apps]' (or: pip install faker babel)"
+TRAINING = TrainingDefaults(
+    steps=4000, batch_size=64, lr=0.003, examples="dates", lr_schedule="cosine", progress="none"
+)
 
 FIRST_DAY, LAST_DAY = datetime.date(1950, 1, 1), datetime.date(2049, 12, 31)
 LOCALES = ("en_US", "en_GB", "fr_FR", "de_DE", "es_ES")
@@ -163,21 +172,15 @@ def rule_baseline(text: str) -> str:
 # ---------------------------------------------------------------- the model
 
 
-class CharVocab:
-    """Characters of the training inputs; ``<pad>`` is 0 and unseen characters read as 1."""
+def char_vocabulary(texts: Sequence[str]) -> Vocabulary:
+    """Characters of the training inputs; ``<pad>`` is 0 and unseen characters read as
+    ``<unk>``, 1."""
+    return Vocabulary.build(texts, "char", pad=True, specials=[UNK])
 
-    def __init__(self, texts: Sequence[str]):
-        self.tokens = ["<pad>", "<unk>", *sorted({c for t in texts for c in t})]
-        self.ids = {c: i for i, c in enumerate(self.tokens)}
 
-    def __len__(self) -> int:
-        """The number of tokens, ``<pad>`` and ``<unk>`` included."""
-        return len(self.tokens)
-
-    def encode(self, text: str, reverse: bool = False) -> list[int]:
-        """The id of each character of ``text`` (backwards with ``reverse``)."""
-        ids = [self.ids.get(c, 1) for c in text]
-        return ids[::-1] if reverse else ids
+def encode_source(vocab: Vocabulary, text: str, reverse: bool = False) -> list[int]:
+    """The id of each character of ``text`` (backwards with ``reverse``)."""
+    return vocab.lookup(text[::-1] if reverse else text)
 
 
 def encode_target(iso: str) -> list[int]:
@@ -211,18 +214,13 @@ def translate(
 
 def build_parser() -> AppParser:
     """The command line of ``rnnkit app dates``."""
-    p = AppParser(prog=PROG, description=__doc__, formatter_class=DocstringHelp)
+    p = AppParser(prog=PROG, description=__doc__)
     p.add_argument("--num-train", type=positive_int, default=20000, help="training examples")
     p.add_argument("--num-test", type=positive_int, default=2000, help="held-out test dates")
     p.add_argument(
         "--hidden-size", type=positive_int, default=128, help="LSTM units (encoder, decoder)"
     )
     p.add_argument("--embedding-dim", type=positive_int, default=32, help="character vector size")
-    p.add_argument("--steps", type=positive_int, default=4000, help="optimiser steps")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="dates per step")
-    p.add_argument(
-        "--lr", type=positive_float, default=0.003, help="peak Adam learning rate (cosine)"
-    )
     p.add_argument(
         "--beam", type=positive_int, default=4, help="beam width for the beam-search score"
     )
@@ -237,15 +235,13 @@ def build_parser() -> AppParser:
         action="store_true",
         help="feed the input backwards (Sutskever et al. 2014)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seeds data, weights and batch order")
     p.add_argument("--show", type=nonnegative_int, default=8, help="test translations to print")
-    p.add_argument(
-        "--progress", choices=("auto", "bar", "line", "none"), default="none", help="display"
-    )
+    add_training_flags(p, TRAINING)
     return p
 
 
-def _run(args: argparse.Namespace) -> dict:
+def body(args: argparse.Namespace) -> dict:
+    """Train the translator and score it and the baselines; returns the exact-match scores."""
     rng = np.random.default_rng(args.seed)
     train_set, test = DateMaker(rng).make(args.num_train, args.num_test)
     pairs = formats()
@@ -256,7 +252,7 @@ def _run(args: argparse.Namespace) -> dict:
     )
     amb = ambiguous_inputs(train_set + test)
     print(f"  inputs with more than one answer: {amb}")
-    vocab = CharVocab([s for s, _ in train_set])
+    vocab = char_vocabulary([s for s, _ in train_set])
     src_lens = [len(s) for s, _ in train_set]
     print(
         f"vocabulary: {len(vocab)} input characters, {len(TARGET_TOKENS)} output tokens; "
@@ -267,7 +263,7 @@ def _run(args: argparse.Namespace) -> dict:
     if args.reverse_source:
         print("  inputs are fed backwards (--reverse-source)")
 
-    src = [vocab.encode(s, args.reverse_source) for s, _ in train_set]
+    src = [encode_source(vocab, s, args.reverse_source) for s, _ in train_set]
     tgt = [encode_target(t) for _, t in train_set]
     model = Seq2Seq(
         len(vocab),
@@ -297,28 +293,12 @@ def _run(args: argparse.Namespace) -> dict:
         return loss
 
     task = BatchTask(len(src), args.batch_size, np.random.default_rng([args.seed, 1]), step)
-    config = TrainConfig(
-        steps=args.steps,
-        lr=args.lr,
-        lr_schedule="cosine",
-        warmup_steps=min(200, args.steps // 10),
-        seed=args.seed,
-        progress=args.progress,
-    )
-    print(
-        f"training: {args.steps} steps of {min(args.batch_size, len(src))} dates, Adam, "
-        f"cosine schedule from lr {args.lr}, clip 5, teacher forcing"
-    )
-    start = time.perf_counter()
-    history = train(model, task, config)
-    seconds = time.perf_counter() - start
-    tail = history.train_loss[-50:]
-    print(
-        f"trained in {seconds:.1f} s; training loss (mean of the last {len(tail)} steps) "
-        f"{np.mean(tail):.4f}"
-    )
+    config = training_config(args, warmup_steps=min(200, args.steps // 10))
+    batch = min(args.batch_size, len(src))
+    print(describe_training(config, batch, "dates") + ", teacher forcing")
+    _, seconds = fit(model, task, config)
 
-    test_src = [vocab.encode(s, args.reverse_source) for s, _ in test]
+    test_src = [encode_source(vocab, s, args.reverse_source) for s, _ in test]
     answers = [t for _, t in test]
     start = time.perf_counter()
     greedy = translate(model, test_src)
@@ -333,13 +313,15 @@ def _run(args: argparse.Namespace) -> dict:
         "beam": None,
     }
 
-    def row(label: str, acc: float, note: str = "") -> None:
-        print(f"  {label:<40}{100 * acc:6.2f}%{note}")
-
-    print(f"\nexact match on {len(test)} held-out dates:")
-    row("baseline, hand-written rule", results["rule"])
-    row("baseline, most common answer", results["most_common"], "  (no test day is in training)")
-    row("encoder-decoder, greedy", results["greedy"], f"  ({greedy_s:.1f} s)")
+    rows = [
+        ("baseline, hand-written rule", percent(results["rule"]), ""),
+        (
+            "baseline, most common answer",
+            percent(results["most_common"]),
+            "(no test day is in training)",
+        ),
+        ("encoder-decoder, greedy", percent(results["greedy"]), f"({greedy_s:.1f} s)"),
+    ]
     n_beam = len(test) if args.beam_examples is None else min(args.beam_examples, len(test))
     if n_beam:
         start = time.perf_counter()
@@ -347,13 +329,22 @@ def _run(args: argparse.Namespace) -> dict:
         beam_s = time.perf_counter() - start
         results["beam"] = exact_match(beamed, answers[:n_beam])
         which = "" if n_beam == len(test) else f", first {n_beam} dates"
-        row(
-            f"encoder-decoder, beam search (width {args.beam})",
-            results["beam"],
-            f"  ({beam_s:.1f} s{which})",
+        rows.append(
+            (
+                f"encoder-decoder, beam search (width {args.beam})",
+                percent(results["beam"]),
+                f"({beam_s:.1f} s{which})",
+            )
         )
         if which:
-            row(f"encoder-decoder, greedy{which}", exact_match(greedy[:n_beam], answers[:n_beam]))
+            rows.append(
+                (
+                    f"encoder-decoder, greedy{which}",
+                    percent(exact_match(greedy[:n_beam], answers[:n_beam])),
+                    "",
+                )
+            )
+    print_scores(f"exact match on {len(test)} held-out dates", rows, notes=True)
     wrong = [k for k in range(len(test)) if greedy[k] != answers[k]]
     right = [k for k in range(len(test)) if greedy[k] == answers[k]]
     shown = wrong[: args.show // 2]
@@ -364,18 +355,4 @@ def _run(args: argparse.Namespace) -> dict:
     return results
 
 
-def run(argv: list[str] | None = None) -> dict:
-    """Parse ``argv`` as the command line does, run the app, print its report and return its
-    scores. A bad flag exits as argparse does; a missing dependency raises
-    :class:`DataError`."""
-    return _run(build_parser().parse_args(argv))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``rnnkit app dates [options]``: train the translator, print exact match vs the rule;
-    returns the exit status."""
-    return run_app(PROG, build_parser(), _run, argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+run, main = entry_points(build_parser, body)

@@ -23,40 +23,41 @@ bases by position (a strong linear model for this task).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from ..checkpoint import atomic_write_text
-from ..losses import cross_entropy
-from ..models import SequenceClassifier
-from ..module import evaluating
 from ..text import read_text
-from ..train import BatchTask, TrainConfig, train
 from . import data_cache
 from .baselines import (
     accuracy,
     fit_best_logistic_regression,
     kmer_counts,
     majority_class,
-    stratified_split,
+    three_way_split,
 )
-from .datasets import (
+from .common import (
     AppParser,
-    DataError,
-    apt_download,
-    deb_extract,
-    fraction,
-    missing_data,
-    positive_float,
-    positive_int,
+    TrainingDefaults,
+    add_classifier_flags,
+    add_data_flags,
+    add_split_flags,
+    add_training_flags,
+    describe_training,
+    entry_points,
+    fit,
+    percent,
+    predict_classes,
+    print_scores,
     probability,
-    run_app,
+    training_config,
+    vector_classifier,
+    vector_classifier_task,
 )
+from .datasets import DataError, apt_download, deb_extract, missing_data
 
 SUMMARY = "many-to-one: UCI primate splice junctions, against majority class and k-mers"
 APP = "dna"
@@ -77,6 +78,15 @@ Licence: CC BY 4.0. Taken from DNA.rda in the Debian package r-cran-mlbench (R p
 mlbench, GPL-2) and decoded from its 3 indicator columns per base (A=100 C=010 G=001 T=000).
 """
 
+TRAINING = TrainingDefaults(
+    steps=3000,
+    batch_size=32,
+    lr=3e-3,
+    examples="sequences",
+    lr_schedule="cosine",
+    eval_every=100,
+    patience=8,
+)
 
 # ---------------------------------------------------------------- decoding DNA.rda
 
@@ -249,25 +259,8 @@ def build_parser() -> AppParser:
             f"counts. Fetch the data first with `rnnkit data get {APP}`."
         ),
     )
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help=f"folder with {CSV_NAME} (default: {APP}/ in the data cache)",
-    )
-    p.add_argument("--encoding", default="utf-8", help=f"text encoding of {CSV_NAME}")
-    p.add_argument(
-        "--errors",
-        choices=("strict", "replace"),
-        default="strict",
-        help="undecodable bytes: stop with an error, or replace them with U+FFFD",
-    )
-    p.add_argument("--cell", choices=("gru", "lstm", "rnn"), default="gru", help="recurrent cell")
-    p.add_argument("--hidden-size", type=positive_int, default=64, help="H, per direction")
-    p.add_argument("--unidirectional", action="store_true", help="read left to right only")
-    p.add_argument(
-        "--pooling", choices=("last", "mean", "max"), default="max", help="what the head reads"
-    )
+    add_data_flags(p, CSV_NAME, f"{APP}/ in the data cache")
+    add_classifier_flags(p, hidden=64, pooling="max")
     p.add_argument(
         "--base-dropout",
         type=probability,
@@ -275,33 +268,18 @@ def build_parser() -> AppParser:
         help="probability of blanking a training base (its one-hot vector set to 0), a regulariser",
     )
     p.add_argument("--k", type=int, choices=range(1, 6), default=3, help="k of the k-mer baseline")
-    p.add_argument("--steps", type=positive_int, default=3000, help="most training steps")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="sequences per step")
-    p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam's learning rate")
-    p.add_argument(
-        "--lr-schedule",
-        choices=("constant", "cosine"),
-        default="cosine",
-        help="cosine: decay to 0 over --steps",
-    )
-    p.add_argument("--eval-every", type=positive_int, default=100, help="validate every N steps")
-    p.add_argument("--patience", type=int, default=8, help="stop after N worse validations")
-    p.add_argument("--test-fraction", type=fraction, default=0.2, help="held out for the score")
-    p.add_argument("--val-fraction", type=fraction, default=0.1, help="of the rest, to validate")
-    p.add_argument("--seed", type=int, default=0, help="seeds the split, weights, batches")
-    p.add_argument(
-        "--progress", choices=("auto", "bar", "line", "none"), default="auto", help="display"
-    )
+    add_split_flags(p)
+    add_training_flags(p, TRAINING)
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
+def body(args: argparse.Namespace) -> dict:
+    """Train and score the classifier and its baselines; returns the test accuracies."""
     folder = args.data_dir or data_cache() / APP
     seqs, y = load_dna(folder, args.encoding, args.errors)
     seeds = np.random.SeedSequence(args.seed).spawn(4)
     split_rng, model_rng, batch_rng, drop_rng = (np.random.default_rng(s) for s in seeds)
-    rest, test = stratified_split(y, args.test_fraction, split_rng)
-    train_i, val_i = (rest[i] for i in stratified_split(y[rest], args.val_fraction, split_rng))
+    train_i, val_i, test = three_way_split(y, args.test_fraction, args.val_fraction, split_rng)
     if min(len(train_i), len(val_i), len(test)) == 0:
         raise DataError(f"{len(seqs)} sequences are too few to split into train/val/test")
     counts = ", ".join(f"{c} {int((y == k).sum()):,}" for k, c in enumerate(CLASSES))
@@ -335,80 +313,45 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     # the RNN
-    bidirectional = not args.unidirectional
-    model = SequenceClassifier(
-        None,
-        len(CLASSES),
-        args.hidden_size,
-        cell=args.cell,
-        bidirectional=bidirectional,
-        input_size=len(BASES),
-        pooling=args.pooling,
-        rng=model_rng,
-    )
+    model, name = vector_classifier(args, len(BASES), len(CLASSES), model_rng)
+    config = training_config(args)
     print(
-        f"model: {'bidirectional ' if bidirectional else ''}{args.cell.upper()} on one-hot "
-        f"bases, hidden {args.hidden_size}, {args.pooling} pooling, "
-        f"{model.num_parameters():,} parameters; up to {args.steps} Adam steps of "
-        f"{args.batch_size}, lr {args.lr:g} ({args.lr_schedule}), base dropout "
-        f"{args.base_dropout:g}, early stopping on validation loss",
-        flush=True,
+        f"model: {name} on one-hot bases, hidden {args.hidden_size}, {args.pooling} pooling, "
+        f"{model.num_parameters():,} parameters; base dropout {args.base_dropout:g}, early "
+        f"stopping on validation loss"
     )
+    print(describe_training(config, args.batch_size, "sequences"), flush=True)
     x, lengths_all = one_hot(seqs)
 
-    def step(m, batch):  # batch: positions in the training indices
-        idx = train_i[batch]
-        xb = x[:, idx]
-        if args.base_dropout:  # blank whole bases: the one-hot vector becomes zeros
-            xb = xb * (drop_rng.random(xb.shape[:2]) >= args.base_dropout)[..., None]
-        logits, cache = m.forward(xb, lengths_all[idx])
-        loss, dlogits = cross_entropy(logits, y[idx])
-        m.backward(dlogits, cache)
-        return loss
+    def blank_bases(xb):  # whole bases blanked: their one-hot vectors become zeros
+        return xb * (drop_rng.random(xb.shape[:2]) >= args.base_dropout)[..., None]
 
-    def val_loss(m):
-        logits, _ = m.forward(x[:, val_i], lengths_all[val_i])
-        return cross_entropy(logits, y[val_i])[0]
-
-    config = TrainConfig(
-        steps=args.steps,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        eval_every=args.eval_every,
-        patience=max(0, args.patience),
-        seed=args.seed,
-        progress=args.progress,
+    augment = blank_bases if args.base_dropout else None
+    task = vector_classifier_task(
+        x, lengths_all, y, train_i, val_i, args.batch_size, batch_rng, augment
     )
-    start = time.perf_counter()
-    task = BatchTask(len(train_i), args.batch_size, batch_rng, step, val_loss)
-    history = train(model, task, config)
-    seconds = time.perf_counter() - start
-    with evaluating(model):
-        pred = model.predict(x[:, test], lengths_all[test])
-    rnn_acc = accuracy(pred, y[test])
-    stopped = f"stopped early at step {len(history.train_loss)}, " if history.stopped_early else ""
-    print(
-        f"trained in {seconds:.1f} s ({stopped}best validation loss {history.best_val:.4f} at "
-        f"step {history.best_step})"
-    )
-    print()
-    name = f"{'bidirectional ' if bidirectional else ''}{args.cell.upper()}"
-    rows = [(name, rnn_acc), (f"logistic regression, {args.k}-mer counts", kmer_acc)]
+    _, seconds = fit(model, task, config)
+    pred = predict_classes(model, x[:, test], lengths_all[test])
+    scores = {
+        "model": accuracy(pred, y[test]),
+        "kmer": kmer_acc,
+        "positional": pos_acc,
+        "majority": major_acc,
+        "train_seconds": seconds,
+    }
+    rows = [
+        (name, percent(scores["model"])),
+        (f"logistic regression, {args.k}-mer counts", percent(kmer_acc)),
+    ]
     if pos_acc is not None:
-        rows.append(("logistic regression, one-hot by position", pos_acc))
-    rows.append((f"majority class ({CLASSES[major]})", major_acc))
-    width = max(len(r[0]) for r in rows)
-    print(f"test accuracy on {len(test):,} held-out sequences:")
-    for label, acc in rows:
-        print(f"  {label:<{width}}  {100 * acc:6.2f}%")
+        rows.append(("logistic regression, one-hot by position", percent(pos_acc)))
+    rows.append((f"majority class ({CLASSES[major]})", percent(major_acc)))
+    print_scores(f"test accuracy on {len(test):,} held-out sequences", rows)
     confusion = np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
     np.add.at(confusion, (y[test], pred), 1)
     cells = "; ".join(f"{c} {' '.join(map(str, row))}" for c, row in zip(CLASSES, confusion))
     print(f"  {name} confusion (rows true, columns predicted {' '.join(CLASSES)}): {cells}")
-    sys.stdout.flush()
-    return 0
+    return scores
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``rnnkit app dna [options]``; returns the exit status."""
-    return run_app(PROG, build_parser(), _run, argv)
+run, main = entry_points(build_parser, body)

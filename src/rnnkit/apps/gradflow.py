@@ -37,7 +37,7 @@ from ..models import SequenceClassifier
 from ..module import evaluating
 from ..train import TrainConfig, train
 from .baselines import accuracy
-from .datasets import AppParser, positive_float, positive_int, run_app
+from .common import AppParser, entry_points, positive_float, positive_int
 
 SUMMARY = "vanishing gradients: |dL/da<t>| over 100 steps for RNN, GRU and LSTM, before/after"
 PROG = "rnnkit gradflow"
@@ -426,6 +426,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``rnnkit gradflow [options]``; returns the exit status."""
-    return run_app(PROG, build_parser(), _run, argv)
+_, main = entry_points(build_parser, _run)  # rnnkit gradflow [options]

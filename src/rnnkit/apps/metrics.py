@@ -1,4 +1,5 @@
-"""Scores for the applications: F1 of BIO tags per entity type, exact match, unigram NLL.
+"""Scores for the applications: F1 of BIO tags per entity type, exact match, edit distance and
+error rate, unigram NLL.
 
 Pure functions of plain Python sequences; nothing here trains or reads a file.
 
@@ -140,15 +141,27 @@ def tag_accuracy(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -
     return right / total if total else 0.0
 
 
-def format_scores(scores: dict[str, PRF], title: str = "") -> str:
-    """A small table: one row per type, then micro."""
-    rows = [f"{title:<10} {'precision':>9} {'recall':>7} {'F1':>7} {'support':>8}"]
-    for kind, s in scores.items():
-        rows.append(
-            f"{kind:<10} {100 * s.precision:9.2f} {100 * s.recall:7.2f} {100 * s.f1:7.2f} "
-            f"{s.n_gold:8d}"
-        )
-    return "\n".join(rows)
+def edit_distance(ref: Sequence, hyp: Sequence) -> int:
+    """Levenshtein distance: the fewest substitutions, deletions and insertions that turn
+    ``hyp`` into ``ref``."""
+    prev = list(range(len(hyp) + 1))  # distances from ref[:0]
+    for i, r in enumerate(ref, 1):
+        row = [i]
+        for j, h in enumerate(hyp, 1):
+            row.append(min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (r != h)))
+        prev = row
+    return prev[-1]
+
+
+def error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:
+    """The word (here: digit) error rate, ``sum edit_distance / sum len(ref)`` over a set;
+    above 1 when the hypotheses insert more than the references hold."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    total = sum(len(r) for r in refs)
+    if total == 0:
+        raise ValueError("error_rate needs at least one reference token")
+    return sum(edit_distance(r, h) for r, h in zip(refs, hyps)) / total
 
 
 def exact_match(preds: Sequence, targets: Sequence) -> float:

