@@ -19,6 +19,7 @@ ORDER = [
     "cells",
     "blas",
     "parallel",
+    "packed",
     "kernels",
     "loops",
     "checkpoint",

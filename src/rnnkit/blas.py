@@ -94,6 +94,20 @@ def _bind() -> bool:
 FOUND = llvm is not None and _bind()
 
 
+def compiled(function=None, **options):
+    """``numba.njit`` (GIL released) with Numba's on-disk cache, so a second process loads
+    what the first compiled; where no folder is writable for it, compiled in each process.
+    Without Numba, the function itself."""
+    if function is None:
+        return lambda f: compiled(f, **options)
+    if llvm is None:
+        return function
+    try:
+        return numba.njit(cache=True, nogil=True, **options)(function)
+    except RuntimeError:  # "cannot cache function": no locator available
+        return numba.njit(nogil=True, **options)(function)
+
+
 def threads() -> int:
     """How many threads NumPy's OpenBLAS runs a product on (1 where it is not found)."""
     found = library()

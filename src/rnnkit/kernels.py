@@ -28,8 +28,8 @@ import os
 
 import numpy as np
 
-from . import blas
-from .blas import gemm, gemv, transpose_into
+from . import blas, packed
+from .blas import transpose_into
 
 try:
     import numba
@@ -53,11 +53,7 @@ if numba is not None:
     _u = numba.uint64
 
     def _jit(function):
-        options = {"fastmath": _FLAGS, "error_model": "numpy", "nogil": True}
-        try:  # compiled once, then loaded from Numba's on-disk cache
-            return numba.njit(cache=True, **options)(function)
-        except RuntimeError:  # nowhere writable to keep that cache: compile in each process
-            return numba.njit(**options)(function)
+        return blas.compiled(function, fastmath=_FLAGS, error_model="numpy")
 
     # Numerator and denominator of a [13/6] rational fit of tanh on [-7.9, 7.9] (the clamp
     # beyond which float32 tanh is ±1), odd powers above, even below.
@@ -129,11 +125,9 @@ def layout(T: int, N: int, n0: int, n1: int, G: int, H: int) -> tuple:
 
 @_jit
 def product(w, b, c, beta):
-    """``c = w @ b + beta * c`` for 2-D views; one column by BLAS's vector product."""
-    if b.shape[1] == 1:
-        gemv(w, b[:, 0], c[:, 0], beta)
-    else:
-        gemm(w, b, c, beta)
+    """``c = W @ b + beta * c`` (beta 0 or 1) for 2-D views; ``w`` is ``(W, its packed
+    panels)`` (:mod:`rnnkit.packed`; empty panels: BLAS alone)."""
+    packed.product(w[1], w[0], b, c, beta)
 
 
 @_jit
@@ -210,6 +204,20 @@ def _columns_into_rows(cols, rows, n0, n1):
         rows[0] = cols[:, 0]
     else:
         transpose_into(cols[:, n0:n1], rows[n0:n1])
+
+
+@_jit
+def _project_step(inputs, Z, N, t, n0, n1):
+    """Where the loop projects its inputs step by step (``inputs = (w_ih, x, xs)``, ``w_ih``
+    not empty): the gates of step t = W_ih x<t>, x<t>'s rows of the chunk first turned into
+    columns in the scratch ``xs (D, N)``. The weights stay in cache from step to step."""
+    w_ih, x, xs = inputs
+    if w_ih[0].size > 0:
+        if N == 1:
+            xs[:, 0] = x[t, 0]
+        else:
+            transpose_into(x[t, n0:n1], xs[:, n0:n1])
+        product(w_ih, xs[:, n0:n1], _block(Z, N, t, n0, n1, 0, w_ih[0].shape[0]), 0.0)
 
 
 # ---------------------------------------------------------------- LSTM
@@ -297,9 +305,10 @@ def lstm_step_backward(L, t, z, peep_if, peep_o, gers, c, tanh_c, dm, dc, dpeep_
 
 
 @_jit
-def lstm_forward(L, Lp, n1, Z, w_hh, w_hr, bias, peepholes, states, outputs):
-    """All steps of the LSTM for the chunk of sequences ``L[2] .. n1``, after the input
-    projection (``Z``: the gates as a ``(4H, T*N)`` matrix, for one sequence ``(T, 4H)``).
+def lstm_forward(L, Lp, n1, Z, inputs, w_hh, w_hr, bias, peepholes, states, outputs):
+    """All steps of the LSTM for the chunk of sequences ``L[2] .. n1``: ``Z`` (the gates as a
+    ``(4H, T*N)`` matrix, for one sequence ``(T, 4H)``) holds the input projection, or takes
+    it step by step (:func:`_project_step`).
     ``peepholes`` as :func:`lstm_step_forward` takes them. ``states``: ``S (T+1, P, N)``
     holds a<t-1> (P = H, or the projection's size), ``c``, ``tanh_c`` the cell states (flat,
     ``L``); ``m`` takes Γo*tanh(c<t>) at ``t*ml[0] + a*ml[1] + ..``: the states themselves,
@@ -314,9 +323,10 @@ def lstm_forward(L, Lp, n1, Z, w_hh, w_hr, bias, peepholes, states, outputs):
     T, N, n0, H = S.shape[0] - 1, S.shape[2], L[2], L[3] // S.shape[2]
     s, z, st, stp = S.reshape(-1), Z.reshape(-1), L[3], Lp[3]
     for t in range(T):
+        _project_step(inputs, Z, N, t, n0, n1)
         product(w_hh, S[t][:, n0:n1], _block(Z, N, t, n0, n1, 0, 4 * H), 1.0)  # += W_hh a<t-1>
         lstm_step_forward(L, t, z, bias, peep_if, peep_o, gers, c, tanh_c, m, ml[0], ml[1])
-        if w_hr.size > 0:  # a<t> = W_hr (Γo*tanh(c<t>))
+        if w_hr[0].size > 0:  # a<t> = W_hr (Γo*tanh(c<t>))
             product(w_hr, _block(M, N, t, n0, n1, 0, H), S[t + 1][:, n0:n1], 0.0)
         if keep.size > 0:
             _hold(
@@ -342,7 +352,7 @@ def lstm_backward(L, Lp, n1, Z, w_hh_t, w_hr_t, peepholes, states, grads):
     dout, dh, dc, dM, dm, carry, dpeep_if, dpeep_o = grads
     T, N, n0, H = tanh_c.size // L[3] - 1, dh.shape[1], L[2], dc.shape[0]
     z, dh_, dc_, P = Z.reshape(-1), dh.reshape(-1), dc.reshape(-1), dh.shape[0]
-    proj, masked = w_hr_t.size > 0, keep.size > 0
+    proj, masked = w_hr_t[0].size > 0, keep.size > 0
     carry_h, carry_c = carry[0][: P * N], carry[1][: L[3]]
     for t in range(T - 1, -1, -1):
         _rows_into_columns(dout[t], dh, n0, n1)  # da<t> += its output's gradient
@@ -435,14 +445,15 @@ def simple_gru_step_backward(L, t, z, s, dh):
 
 
 @_jit
-def gated_forward(cell, L, n1, Z, w_hh, S, bias, keep, held, out):
+def gated_forward(cell, L, n1, Z, inputs, w_hh, S, bias, keep, held, out):
     """All steps of the RNN or the simplified GRU (``cell``) for the chunk of sequences ``L[2]
     .. n1``, after the input projection (``Z``: the gates, as in :func:`lstm_forward`); ``S (T+1,
     H, N)`` holds a<t-1>; ``out (T, N, H)`` takes the outputs as rows, with a mask (``keep``)
     through ``held``."""
-    T, N, n0, G = S.shape[0] - 1, S.shape[2], L[2], w_hh.shape[0]
+    T, N, n0, G = S.shape[0] - 1, S.shape[2], L[2], w_hh[0].shape[0]
     s, z, st = S.reshape(-1), Z.reshape(-1), L[3]
     for t in range(T):
+        _project_step(inputs, Z, N, t, n0, n1)
         product(w_hh, S[t][:, n0:n1], _block(Z, N, t, n0, n1, 0, G), 1.0)  # += W_aa a<t-1>
         if cell == SIMPLE:
             simple_gru_step_forward(L, t, z, bias, s)
@@ -460,7 +471,7 @@ def gated_backward(cell, L, n1, Z, w_hh_t, S, keep, dout, dh, carry):
     """All steps backward of :func:`gated_forward` for its chunk: the gates become dz, ``dh
     (H, N)`` holds the final state's gradient and takes da<0>; ``carry`` is scratch (H*N) with
     a mask."""
-    T, N, n0, G = S.shape[0] - 1, S.shape[2], L[2], w_hh_t.shape[1]
+    T, N, n0, G = S.shape[0] - 1, S.shape[2], L[2], w_hh_t[0].shape[1]
     s, z, dh_ = S.reshape(-1), Z.reshape(-1), dh.reshape(-1)
     for t in range(T - 1, -1, -1):
         _rows_into_columns(dout[t], dh, n0, n1)
@@ -577,7 +588,7 @@ def gru_step_reset_backward(L, t, z, d_reset, s, dh):
 
 
 @_jit
-def gru_forward(L, n1, Z, w_hh, w_n, S, hw, bias, b_hn, R, rl, keep, held, out):
+def gru_forward(L, n1, Z, inputs, w_hh, w_n, S, hw, bias, b_hn, R, rl, keep, held, out):
     """All steps of the full GRU for the chunk of sequences ``L[2] .. n1`` (arguments as for
     :func:`gated_forward`; ``hw`` scratch (3H*N), ``R`` (laid out as one gate of the gates)
     takes the reset's input, ``w_hh`` is W_hh, or with the reset before W_hh's r, z rows and
@@ -586,7 +597,8 @@ def gru_forward(L, n1, Z, w_hh, w_n, S, hw, bias, b_hn, R, rl, keep, held, out):
     s, z, r_in, st = S.reshape(-1), Z.reshape(-1), R.reshape(-1), L[3]
     HW = hw.reshape(-1, N)
     for t in range(T):
-        product(w_hh, S[t][:, n0:n1], HW[: w_hh.shape[0], n0:n1], 0.0)  # W_hh a<t-1>
+        _project_step(inputs, Z, N, t, n0, n1)
+        product(w_hh, S[t][:, n0:n1], HW[: w_hh[0].shape[0], n0:n1], 0.0)  # W_hh a<t-1>
         gru_step_forward(L, t, z, hw, bias, b_hn, s, r_in, rl)
         if b_hn is None:  # reset before: c̃'s product sees Γr * a<t-1>
             n_rows = _block(Z, N, t, n0, n1, 2 * H, 3 * H)

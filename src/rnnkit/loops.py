@@ -23,7 +23,7 @@ import weakref
 
 import numpy as np
 
-from . import blas, kernels, parallel
+from . import blas, kernels, packed, parallel
 from .cells import CellKind, CellParams, input_projection, input_projection_backward
 
 # ---------------------------------------------------------------- the reference loop
@@ -134,6 +134,7 @@ def compiled(backend: str) -> bool:
 
 
 _PIECE = 1 << 20  # multiply-adds below which work is not split over threads (a few us)
+_CACHED = 3 << 18  # bytes of weights a core's cache keeps from step to step (of its 1 MiB)
 
 
 def _chunks(x: np.ndarray, p: CellParams) -> list[tuple[int, int]]:
@@ -273,9 +274,15 @@ def _bias_grads(Z: np.ndarray) -> np.ndarray:
     return Z @ np.ones(Z.shape[1], dtype=Z.dtype)  # BLAS, 2x to 4x .sum
 
 
-def _transposed(w: np.ndarray) -> np.ndarray:
-    """``w.T`` as a contiguous copy, the faster operand of the backward products."""
-    return np.ascontiguousarray(w.T)
+def _weights(w: np.ndarray | None, ctx: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, its panels)`` as the compiled loops take a weight for their step products: W
+    packed for the chunks' width (:mod:`rnnkit.packed`), or empty panels where the chunks
+    are too narrow (BLAS alone); a missing weight as empty arrays."""
+    dt = ctx["dt"]
+    if w is None:
+        return np.empty((0, 0), dtype=dt), np.empty((0, 0, 0), dtype=dt)
+    rows = packed.tile_rows(min(n1 - n0 for n0, n1 in ctx["chunks"]), w.itemsize)
+    return w, packed.pack(w, rows) if rows else np.empty((0, 0, 0), dtype=dt)
 
 
 # ---------------------------------------------------------------- the compiled cells
@@ -294,9 +301,18 @@ class _Compiled:
     def forward(self, x, state, p, mask, ws, chunks):
         T, N, _ = x.shape
         H, P, dt = p.w_hh.shape[0] // self.gates, p.w_hh.shape[1], x.dtype
-        ctx = {"T": T, "N": N, "H": H, "P": P, "p": p, "ws": ws, "dt": dt}
+        ctx = {"T": T, "N": N, "H": H, "P": P, "p": p, "ws": ws, "dt": dt, "chunks": chunks}
         Z = ctx["gates"] = _gates(ws, "gates", self.gates * H, T, N, dt)
-        _project(x, p.w_ih, Z, len(chunks) > 1)
+        w_ih = _weights(p.w_ih, ctx)
+        if w_ih[1].size and w_ih[1].nbytes + p.w_hh.nbytes <= _CACHED:  # step by step
+            ctx["inputs"] = (w_ih, x, np.empty((x.shape[2], N), dtype=dt))
+        else:  # all steps in one product first
+            _project(x, p.w_ih, Z, len(chunks) > 1)
+            ctx["inputs"] = (
+                _weights(None, ctx),
+                np.empty((0, 0, 0), dtype=dt),
+                np.empty((0, 0), dtype=dt),
+            )
         S = ctx["states"] = ws.take("states", (T + 1, P, N), dt)  # S[t] is a<t-1>, as columns
         S[0] = state[0].T
         ctx["keep"] = _keep(mask, T, N, H, dt)
@@ -312,6 +328,7 @@ class _Compiled:
     def prepare(self, ctx: dict, state: tuple) -> None:
         """The cell's own buffers for the forward pass."""
         ctx["bias"] = _spread(_bias_sum(ctx["p"], self.gates, ctx["H"], ctx["dt"]), ctx["N"])
+        ctx["w_hh"] = _weights(ctx["p"].w_hh, ctx)
 
     def final(self, ctx: dict) -> tuple:
         return (ctx["states"][ctx["T"]].T.copy(),)
@@ -328,11 +345,11 @@ class _Compiled:
     def _backward(self, x, dout, dstate, cache, p, mask, grads, chunks):
         T, N, D = x.shape
         H, P, dt = p.w_hh.shape[0] // self.gates, p.w_hh.shape[1], dout.dtype
-        ctx = dict(cache, T=T, N=N, H=H, P=P, p=p, dt=dt)
+        ctx = dict(cache, T=T, N=N, H=H, P=P, p=p, dt=dt, chunks=chunks)
         ctx["dh"] = dstate[0].T.copy()  # (P, N): the chunks take da<0>
         ctx["keep"] = _keep(mask, T, N, H, dt)
         ctx["dout"] = np.ascontiguousarray(dout if mask is None else dout * mask)  # 0 past ends
-        ctx["w_hh_t"] = _transposed(p.w_hh)
+        ctx["w_hh_t"] = _weights(p.w_hh.T, ctx)
         self.prepare_backward(ctx, dstate)
         parallel.run([self.chunk_backward(ctx, *span) for span in chunks])
         Z, dx = _matrix(ctx["gates"], N), np.empty((T, N, D), dtype=dt)
@@ -396,7 +413,7 @@ class _Gated(_Compiled):
     def chunk_forward(self, ctx, n0, n1):
         Z, L = ctx["gates"], kernels.layout(ctx["T"], ctx["N"], n0, n1, self.gates, ctx["H"])
         rest = (ctx["states"], ctx["bias"], ctx["keep"], ctx["held"], ctx["output"])
-        return _call(kernels.gated_forward, self.cell, L, n1, Z, ctx["p"].w_hh, *rest)
+        return _call(kernels.gated_forward, self.cell, L, n1, Z, ctx["inputs"], ctx["w_hh"], *rest)
 
     def chunk_backward(self, ctx, n0, n1):
         Z, L = ctx["gates"], kernels.layout(ctx["T"], ctx["N"], n0, n1, self.gates, ctx["H"])
@@ -426,21 +443,22 @@ class _GRU(_Compiled):
         ctx["bias"] = _spread(bias, N)
         ctx["b_hn"] = _spread(b_hn, N) if self.after else None  # None: the reset before
         ctx["reset_in"] = _gates(ctx["ws"], "reset_in", H, ctx["T"], N, dt)
-        ctx["w_h"] = p.w_hh if self.after else np.ascontiguousarray(p.w_hh[: 2 * H])
+        ctx["w_h"] = _weights(p.w_hh if self.after else p.w_hh[: 2 * H], ctx)
+        ctx["w_n"] = _weights(p.w_hh[2 * H :], ctx)
 
     def chunk_forward(self, ctx, n0, n1):
         N, H, Z, R = ctx["N"], ctx["H"], ctx["gates"], ctx["reset_in"]
         L, hw = kernels.layout(ctx["T"], N, n0, n1, 3, H), np.empty(3 * H * N, dtype=ctx["dt"])
-        weights = (ctx["w_h"], ctx["p"].w_hh[2 * H :], ctx["states"], hw, ctx["bias"], ctx["b_hn"])
+        weights = (ctx["w_h"], ctx["w_n"], ctx["states"], hw, ctx["bias"], ctx["b_hn"])
         reset = (R, self._reset_layout(ctx))
-        args = (L, n1, Z, *weights, *reset, ctx["keep"], ctx["held"], ctx["output"])
+        args = (L, n1, Z, ctx["inputs"], *weights, *reset, ctx["keep"], ctx["held"], ctx["output"])
         return _call(kernels.gru_forward, *args)
 
     def prepare_backward(self, ctx, dstate):
         H, w_hh = ctx["H"], ctx["p"].w_hh
         if not self.after:
-            ctx["w_hh_t"] = _transposed(w_hh[: 2 * H])
-        ctx["w_n_t"] = _transposed(w_hh[2 * H :])
+            ctx["w_hh_t"] = _weights(w_hh[: 2 * H].T, ctx)
+        ctx["w_n_t"] = _weights(w_hh[2 * H :].T, ctx)
         if self.after:  # the n row of the hidden side's gradient, over all steps
             ctx["dhn"] = _gates(None, "", H, ctx["T"], ctx["N"], ctx["dt"])
 
@@ -503,9 +521,9 @@ class _LSTM(_Compiled):
         T, N, S = ctx["T"], ctx["N"], ctx["states"]
         if "m" in ctx:
             L = kernels.layout(T, N, n0, n1, 1, ctx["H"])
-            return ctx["m"], ctx["p"].w_hr, ctx["m"].reshape(-1), (L[5], L[7])
+            return ctx["m"], _weights(ctx["p"].w_hr, ctx), ctx["m"].reshape(-1), (L[5], L[7])
         L, none = kernels.layout(T, N, n0, n1, 4, ctx["P"]), np.empty((0, 0), dtype=ctx["dt"])
-        return none, none, S.reshape(-1)[L[3] :], (L[3], L[4])
+        return none, _weights(None, ctx), S.reshape(-1)[L[3] :], (L[3], L[4])
 
     def _peepholes(self, peep: np.ndarray | None, size: int) -> tuple:
         """The spread peepholes of Γu and Γf, of Γo, and the Gers form's flag (an array, or
@@ -521,8 +539,9 @@ class _LSTM(_Compiled):
         peepholes = self._peepholes(ctx["peep"], H * N)
         states = (ctx["states"], ctx["cells"], ctx["tanh_cells"], M, m, ml)
         outputs = (ctx["keep"], ctx["held"], ctx["output"])
-        weights = (ctx["p"].w_hh, w_hr, ctx["bias"])
-        return _call(kernels.lstm_forward, L, Lp, n1, Z, *weights, peepholes, states, outputs)
+        weights = (ctx["w_hh"], w_hr, ctx["bias"])
+        args = (L, Lp, n1, Z, ctx["inputs"], *weights, peepholes, states, outputs)
+        return _call(kernels.lstm_forward, *args)
 
     def final(self, ctx):
         T, N, H = ctx["T"], ctx["N"], ctx["H"]
@@ -536,7 +555,7 @@ class _LSTM(_Compiled):
         proj = p.w_hr is not None
         ctx["dM"] = _gates(None, "", P if proj else 0, T, N, dt)  # da<t> over all steps, for W_hr
         ctx["dm"] = np.empty(H * N if proj else 0, dtype=dt)
-        ctx["w_hr_t"] = _transposed(p.w_hr) if proj else np.empty((0, 0), dtype=dt)
+        ctx["w_hr_t"] = _weights(p.w_hr.T if proj else None, ctx)
 
     def chunk_backward(self, ctx, n0, n1):
         T, N, H, P, Z = ctx["T"], ctx["N"], ctx["H"], ctx["P"], ctx["gates"]
