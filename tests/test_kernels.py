@@ -172,9 +172,8 @@ def test_the_packed_product_on_every_shape(dtype):
         b = rng.normal(size=(K, N + 5)).astype(dtype)[:, 2 : 2 + N]
         c = rng.normal(size=(M, N + 9)).astype(dtype)[:, 3 : 3 + N]
         rows = packed.tile_rows(N, w.itemsize)
-        panels = (
-            packed.pack(w.T.copy().T if N % 2 else w, rows) if rows else np.empty((0, 0, 0), dtype)
-        )
+        source = np.asfortranarray(w) if N % 2 else w  # packed from column-major too
+        panels = packed.pack(source, rows) if rows else np.empty((0, 0, 0), dtype)
         for beta in (0.0, 1.0):
             want = w @ b + beta * c
             packed.product(panels, w, b, c, beta)
