@@ -166,12 +166,12 @@ def test_the_packed_product_on_every_shape(dtype):
     and columns past them by BLAS, on blocks of wider matrices (as the loops pass them)."""
     rng = np.random.default_rng(1)
     for _ in range(80):
-        M, K = (int(v) for v in rng.integers(1, 70, size=2))
-        N = int(rng.choice([2, 7, 8, 15, 16, 17, 31, 32, 33, 48, 64, 70]))
+        M, K = (int(v) for v in rng.integers(1, 300, size=2))
+        N = int(rng.choice([1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 48, 64, 70]))
         w = rng.normal(size=(M, K)).astype(dtype)
         b = rng.normal(size=(K, N + 5)).astype(dtype)[:, 2 : 2 + N]
         c = rng.normal(size=(M, N + 9)).astype(dtype)[:, 3 : 3 + N]
-        rows = packed.tile_rows(N, w.itemsize)
+        rows = packed.tile_rows(M, N, w.itemsize)
         source = np.asfortranarray(w) if N % 2 else w  # packed from column-major too
         panels = packed.pack(source, rows) if rows else np.empty((0, 0, 0), dtype)
         for beta in (0.0, 1.0):

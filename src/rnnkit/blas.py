@@ -202,41 +202,12 @@ if llvm is not None:
             b_rows, ldb = _layout(K, N, b.strides[0] // size, b.strides[1] // size)
             c_rows, ldc = _layout(M, N, c.strides[0] // size, c.strides[1] // size)
             if c_rows:  # C = A B as it is
-                ta, tb = _NO_TRANS if a_rows else _TRANS, _NO_TRANS if b_rows else _TRANS
-                call(
-                    _ROW_MAJOR,
-                    ta,
-                    tb,
-                    M,
-                    N,
-                    K,
-                    real(1),
-                    a.ctypes,
-                    lda,
-                    b.ctypes,
-                    ldb,
-                    real(beta),
-                    c.ctypes,
-                    ldc,
-                )
-            else:  # C^T = B^T A^T, row-major
-                tb, ta = _TRANS if b_rows else _NO_TRANS, _TRANS if a_rows else _NO_TRANS
-                call(
-                    _ROW_MAJOR,
-                    tb,
-                    ta,
-                    N,
-                    M,
-                    K,
-                    real(1),
-                    b.ctypes,
-                    ldb,
-                    a.ctypes,
-                    lda,
-                    real(beta),
-                    c.ctypes,
-                    ldc,
-                )
+                x, tx, ldx, y, ty, ldy, m, n = a, a_rows, lda, b, b_rows, ldb, M, N
+            else:  # C^T = B^T A^T, row-major: each operand's layout reads the other way
+                x, tx, ldx, y, ty, ldy, m, n = b, not b_rows, ldb, a, not a_rows, lda, N, M
+            tx, ty = _NO_TRANS if tx else _TRANS, _NO_TRANS if ty else _TRANS
+            call(_ROW_MAJOR, tx, ty, m, n, K, real(1), x.ctypes, ldx, y.ctypes, ldy, real(beta),
+                 c.ctypes, ldc)  # fmt: skip
 
         return impl
 
@@ -250,36 +221,9 @@ if llvm is not None:
             size = a.itemsize
             rows, lda = _layout(M, K, a.strides[0] // size, a.strides[1] // size)
             inc_x, inc_y = x.strides[0] // size, y.strides[0] // size
-            if rows:
-                call(
-                    _ROW_MAJOR,
-                    _NO_TRANS,
-                    M,
-                    K,
-                    real(1),
-                    a.ctypes,
-                    lda,
-                    x.ctypes,
-                    inc_x,
-                    real(beta),
-                    y.ctypes,
-                    inc_y,
-                )
-            else:  # a^T is row-major (K, M)
-                call(
-                    _ROW_MAJOR,
-                    _TRANS,
-                    K,
-                    M,
-                    real(1),
-                    a.ctypes,
-                    lda,
-                    x.ctypes,
-                    inc_x,
-                    real(beta),
-                    y.ctypes,
-                    inc_y,
-                )
+            trans, m, k = (_NO_TRANS, M, K) if rows else (_TRANS, K, M)  # a^T: row-major (K, M)
+            call(_ROW_MAJOR, trans, m, k, real(1), a.ctypes, lda, x.ctypes, inc_x, real(beta),
+                 y.ctypes, inc_y)  # fmt: skip
 
         return impl
 

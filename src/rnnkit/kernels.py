@@ -57,27 +57,12 @@ if numba is not None:
 
     # Numerator and denominator of a [13/6] rational fit of tanh on [-7.9, 7.9] (the clamp
     # beyond which float32 tanh is ±1), odd powers above, even below.
-    _P = [
-        np.float32(c)
-        for c in (
-            4.89352455891786e-03,
-            6.37261928875436e-04,
-            1.48572235717979e-05,
-            5.12229709037114e-08,
-            -8.60467152213735e-11,
-            2.00018790482477e-13,
-            -2.76076847742355e-16,
-        )
-    ]
-    _Q = [
-        np.float32(c)
-        for c in (
-            4.89352518554385e-03,
-            2.26843463243900e-03,
-            1.18534705686654e-04,
-            1.19825839466702e-06,
-        )
-    ]
+    _P = [np.float32(c) for c in (4.89352455891786e-03, 6.37261928875436e-04,
+                                  1.48572235717979e-05, 5.12229709037114e-08,
+                                  -8.60467152213735e-11, 2.00018790482477e-13,
+                                  -2.76076847742355e-16)]  # fmt: skip
+    _Q = [np.float32(c) for c in (4.89352518554385e-03, 2.26843463243900e-03,
+                                  1.18534705686654e-04, 1.19825839466702e-06)]  # fmt: skip
     _LIMIT = np.float32(7.90531110763549805)
     _p1, _p3, _p5, _p7, _p9, _p11, _p13 = _P
     _q0, _q2, _q4, _q6 = _Q
@@ -126,8 +111,15 @@ def layout(T: int, N: int, n0: int, n1: int, G: int, H: int) -> tuple:
 @_jit
 def product(w, b, c, beta):
     """``c = W @ b + beta * c`` (beta 0 or 1) for 2-D views; ``w`` is ``(W, its packed
-    panels)`` (:mod:`rnnkit.packed`; empty panels: BLAS alone)."""
-    packed.product(w[1], w[0], b, c, beta)
+    panels)`` (:mod:`rnnkit.packed`; empty panels: BLAS alone). Every view is passed on as
+    one of any layout, so that one compiled product serves them all (each layout of each
+    argument made a version of its own: seconds of compiling each)."""
+    packed.product(w[1], _any(w[0]), _any(b), _any(c), beta)
+
+
+@_jit
+def _any(a):
+    return a[:, : a.shape[1]]
 
 
 @_jit

@@ -147,12 +147,15 @@ def _chunks(x: np.ndarray, p: CellParams) -> list[tuple[int, int]]:
     return parallel.spans(N, max(parts, 1), align=16 if N >= 32 else 8)
 
 
-def _own_threads(chunks: list, p: CellParams) -> bool:
+def _own_threads(x: np.ndarray, chunks: list, p: CellParams) -> bool:
     """Whether NumPy's BLAS stays on one thread for the call: where rnnkit's threads run the
     chunks, and where one chunk's products are small (OpenBLAS would still split each step's
     product over its threads, and every step would wait for the slower one). A single chunk
-    with recurrent weights past 1 MiB in float32 lets OpenBLAS split its products."""
-    return len(chunks) > 1 or p.w_hh.size <= 1 << 18
+    with recurrent weights past 1 MiB in float32 lets OpenBLAS split its products; a call
+    with little work needs nothing (OpenBLAS keeps small products on one thread)."""
+    T, N, D = x.shape
+    work = T * N * p.w_hh.shape[0] * (D + p.w_hh.shape[1])
+    return len(chunks) > 1 or (p.w_hh.size <= 1 << 18 and work > _PIECE)
 
 
 def _products(jobs: list, split: bool) -> None:
@@ -197,7 +200,7 @@ def forward(
         xw = input_projection(x, p)  # (T, N, G*H): every step's input projection, one product
         return reference_forward(kind, xw, state, p, mask)
     chunks = _chunks(x, p)
-    with parallel.region(_own_threads(chunks, p)):
+    with parallel.region(_own_threads(x, chunks, p)):
         out, final, cache = _CELLS[kind.name].forward(x, state, p, mask, workspace, chunks)
     if recycle:
         _recycle_when_dropped(cache, workspace)
@@ -227,7 +230,7 @@ def backward(
     if unused is not None:
         unused.detach()  # used: this pass gives the buffers back itself
     chunks = _chunks(x, p)
-    with parallel.region(_own_threads(chunks, p)):
+    with parallel.region(_own_threads(x, chunks, p)):
         dx, dstate = _CELLS[kind.name].backward(x, dout, dstate, cache, p, mask, grads, chunks)
     for name in cache["kept"]:
         workspace.give(name, cache[name])
@@ -281,7 +284,11 @@ def _weights(w: np.ndarray | None, ctx: dict) -> tuple[np.ndarray, np.ndarray]:
     dt = ctx["dt"]
     if w is None:
         return np.empty((0, 0), dtype=dt), np.empty((0, 0, 0), dtype=dt)
-    rows = packed.tile_rows(min(n1 - n0 for n0, n1 in ctx["chunks"]), w.itemsize)
+    width = min(n1 - n0 for n0, n1 in ctx["chunks"])
+    rows = packed.tile_rows(w.shape[0], width, w.itemsize)
+    if ctx["T"] < 8 or (width == 1 and w.size > 1 << 18):
+        rows = 0  # packing costs a pass over W: not for a few steps; past 1 MiB for one
+        # sequence, BLAS's threads read W faster
     return w, packed.pack(w, rows) if rows else np.empty((0, 0, 0), dtype=dt)
 
 
