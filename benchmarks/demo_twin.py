@@ -13,22 +13,16 @@ from __future__ import annotations
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rnnkit.cli import (
-    DEMO,
-    TRAIN_DEFAULTS,
-    build_model,
-    build_vocabulary,
-    bundled_names,
-    prepare_data,
-)
+from rnnkit import corpus
+from rnnkit.cli import DEMO, TRAIN_DEFAULTS, build_model, bundled_names, prepare_data
 from rnnkit.data import IGNORE_INDEX, lm_lines_batch
-from rnnkit.text import read_text
 from rnnkit.train import LinesLMTask, TrainConfig, lines_loss, train
 
 RESULTS = Path(__file__).parent / "results" / "demo_twin.json"
@@ -74,9 +68,10 @@ def twin_loss(twin: Twin, lines: list, eos_id: int) -> float:
 def main() -> int:
     torch.set_num_threads(2)
     opts = {**TRAIN_DEFAULTS, **DEMO}
-    text = read_text(bundled_names())
-    vocab = build_vocabulary(text, opts)
-    train_lines, val_lines, _ = prepare_data(text, opts, vocab)
+    with tempfile.TemporaryDirectory() as folder:  # the command line's own data, in memory
+        vocab = corpus.scan(bundled_names(), opts["level"], opts["mode"]).vocabulary
+        encoded = corpus.encode(bundled_names(), vocab, opts["mode"], folder)
+        train_lines, val_lines = (list(lines) for lines in prepare_data(encoded, opts)[:2])
     spec = {
         "vocab_size": len(vocab),
         "hidden_size": opts["hidden_size"],

@@ -24,12 +24,20 @@ import numpy as np
 import pytest
 
 from rnnkit import checkpoint as checkpoint_module
-from rnnkit.checkpoint import load_checkpoint
+from rnnkit.checkpoint import load_checkpoint, save_checkpoint
 from rnnkit.optim import OPTIMIZERS
 from rnnkit.text import Vocabulary, split_lines, tokenize
 
 RNNKIT = shutil.which("rnnkit", path=str(Path(sys.executable).parent)) or shutil.which("rnnkit")
 CKPT = "checkpoint.safetensors"
+
+
+def run_files(mode: str) -> list[str]:
+    """What a run folder holds: the checkpoint and the corpus encoded beside it."""
+    corpus = ["corpus.ids", "corpus.json"] + (["corpus.lines"] if mode == "lines" else [])
+    return sorted([CKPT, *corpus])
+
+
 # Several rnnkit processes may run at once (a killed run and the test's own NumPy): on a small
 # machine OpenBLAS threads spinning against each other make everything many times slower.
 ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -242,7 +250,7 @@ def test_train_prints_what_it_resolved_and_saves(work, runs, level, mode):
     assert meta["step"] == steps
     assert Vocabulary.from_json(meta["vocabulary"]) == vocab
     assert meta["options"]["level"] == level and meta["options"]["mode"] == mode
-    assert sorted(os.listdir(work / folder)) == [CKPT]  # no temporary files left behind
+    assert sorted(os.listdir(work / folder)) == run_files(mode)  # no temporary files left
 
 
 def test_word_min_count_reads_rare_words_as_unk(work, runs):
@@ -329,7 +337,7 @@ def test_train_refuses_a_folder_that_holds_a_run(work, runs):
     assert "already holds a training run" in err and "--resume" in err
     assert (folder / CKPT).read_bytes() == before
     assert (folder / CKPT).stat().st_mtime_ns == mtime
-    assert sorted(os.listdir(folder)) == [CKPT]
+    assert sorted(os.listdir(folder)) == run_files("lines")
 
 
 # ---------------------------------------------------------------- sample
@@ -676,7 +684,7 @@ def test_damaged_checkpoint(work, runs, tmp_path, damage):
         assert ckpt.read_bytes() == data  # the file is left as it is
     err = fails(tmp_path, "train", "names.txt", "--out", "run", *TINY)
     assert "already holds" in err
-    assert ckpt.read_bytes() == data and sorted(os.listdir(run)) == [CKPT]
+    assert ckpt.read_bytes() == data and sorted(os.listdir(run)) == run_files("lines")
 
 
 def test_resume_with_other_flags_or_text_is_refused(work, runs, tmp_path):
@@ -690,15 +698,23 @@ def test_resume_with_other_flags_or_text_is_refused(work, runs, tmp_path):
     assert "--cell lstm (saved: gru)" in err
     err = fails(tmp_path, "train", "text.txt", "--out", "run", "--resume", "--level", "word")
     assert "--level word (saved: char)" in err
-    # a text with a character the run never saw: another vocabulary
-    (tmp_path / "more.txt").write_text((work / "text.txt").read_text() + "Price: 5€ (or 6€)\n")
+    # another text, even one with the very same characters: its SHA-256 differs
+    text = (work / "text.txt").read_text()
+    (tmp_path / "more.txt").write_text(text + "Price: 5€ (or 6€)\n")
+    (tmp_path / "shuffled.txt").write_text("".join(sorted(text)))
+    for other in ("more.txt", "shuffled.txt"):
+        err = fails(tmp_path, "train", other, "--out", "run", "--resume")
+        assert f"{other} changed since the run in run started" in err, err
+    assert (run / CKPT).read_bytes() == before and sorted(os.listdir(run)) == run_files("stream")
+    # a run saved before texts were hashed: the vocabulary is compared
+    arrays, meta = arrays_of(run)
+    del meta["corpus"]
+    save_checkpoint(run / CKPT, arrays, meta)
     err = fails(tmp_path, "train", "more.txt", "--out", "run", "--resume")
     assert "vocabulary of more.txt" in err and "differs" in err and "'€'" in err
-    # a text with fewer characters: also another vocabulary
     (tmp_path / "less.txt").write_text("the cat sat on the mat\n" * 200)
     err = fails(tmp_path, "train", "less.txt", "--out", "run", "--resume")
     assert "vocabulary of less.txt" in err and "missing" in err
-    assert (run / CKPT).read_bytes() == before and sorted(os.listdir(run)) == [CKPT]
     # a folder without a run
     err = fails(tmp_path, "train", "text.txt", "--out", "nothing-here", "--resume")
     assert "holds no checkpoint.safetensors" in err and "drop --resume" in err
@@ -836,7 +852,7 @@ def test_sigkill_then_resume_gives_the_same_weights(work, references, mode):
             assert "resuming at step" in result.stdout
         arrays, meta = arrays_of(work / folder)
         assert meta["step"] == int(KILL_RUNS[mode][-1])
-        assert sorted(os.listdir(work / folder)) == [CKPT], "temporary files left behind"
+        assert sorted(os.listdir(work / folder)) == run_files(mode), "temporary files left"
         try:
             assert_same_arrays(arrays, ref_arrays)
         except AssertionError as e:
@@ -858,7 +874,7 @@ def test_killed_before_the_first_checkpoint(work, references):
     err = fails(work, "train", "names.txt", "--out", "early", "--resume")
     assert "holds no checkpoint.safetensors" in err
     rnnkit(work, *kill_args("lines", "early"))
-    assert sorted(os.listdir(work / "early")) == [CKPT]
+    assert sorted(os.listdir(work / "early")) == run_files("lines")
     assert_same_arrays(arrays_of(work / "early")[0], references["lines"][0])
 
 

@@ -203,7 +203,8 @@ def test_stream_batches_all_chunks_is_one_pass_and_leaves_position_alone():
     passes = list(b.all_chunks())
     assert b.chunks_per_epoch == 2 and len(passes) == 3  # the 2-step tail is evaluated too
     assert [len(x) for x, _ in passes] == [4, 4, 2]
-    np.testing.assert_array_equal(np.concatenate([x for x, _ in passes]), b.inputs)
+    inputs = np.arange(30).reshape(3, 10).T  # (per stream, N): each column one stream
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in passes]), inputs)
     assert b.state_dict() == state
     fresh = StreamBatches(np.arange(31), batch_size=3, seq_len=4)
     for x, y in passes[:2]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import apps
+from . import apps, corpus, distributed
 from .allocator import keep_freed_memory
 from .apps.datasets import DataError
 from .checkpoint import CheckpointError, load_checkpoint
@@ -215,12 +215,6 @@ def validate_train(opts: dict) -> None:
             )
 
 
-def build_vocabulary(text: str, opts: dict) -> Vocabulary:
-    """The vocabulary a run on ``text`` with these options learns."""
-    texts = split_lines(text) if opts["mode"] == "lines" else [text]
-    return Vocabulary.build(texts, opts["level"], opts["min_count"])
-
-
 def vocabulary_change(built: Vocabulary, saved: Vocabulary) -> str:
     """What differs between two vocabularies, in a few words."""
     if built.level != saved.level:
@@ -235,51 +229,72 @@ def vocabulary_change(built: Vocabulary, saved: Vocabulary) -> str:
     return "; ".join(parts)
 
 
-def prepare_data(text: str, opts: dict, vocab: Vocabulary):
-    """Split into training and validation data and encode them with ``vocab``.
+def held_out(total: int, opts: dict) -> int:
+    """How many of ``total`` lines (lines mode) or tokens (stream mode) are held out."""
+    frac = opts["val_frac"]
+    if opts["mode"] == "lines":
+        n_val = int(round(total * frac))
+        return max(1, n_val) if frac > 0 and total > 1 else n_val
+    return int(total * frac)
 
-    Returns ``(train, val, sizes)`` where train/val are id streams (stream mode) or lists
-    of id lines (lines mode).
-    """
-    mode, frac = opts["mode"], opts["val_frac"]
-    if mode == "lines":
-        lines = split_lines(text)
+
+def check_data(tokens: int, lines: int, opts: dict) -> None:
+    """Enough text for one batch (``tokens`` of a stream, or ``lines``)."""
+    if opts["mode"] == "lines":
         if not lines:
             raise UsageError("the text has no non-empty line to train on")
-        order = np.random.default_rng(opts["seed"]).permutation(len(lines))
-        n_val = int(round(len(lines) * frac))
-        if frac > 0 and len(lines) > 1:
-            n_val = max(1, n_val)
-        val_lines = [lines[i] for i in order[:n_val]]
-        train_lines = [lines[i] for i in order[n_val:]]
-        train = [vocab.encode(line) for line in train_lines]
-        val = [vocab.encode(line) for line in val_lines]
-        sizes = {
-            "train_lines": len(train),
-            "val_lines": len(val),
-            "train_tokens": sum(len(x) + 1 for x in train),
-        }
-        if len(train) < opts["batch_size"]:
+        n_train = lines - held_out(lines, opts)
+        if n_train < opts["batch_size"]:
             raise UsageError(
-                f"the text has {len(train)} training lines, fewer than one batch of "
+                f"the text has {n_train} training lines, fewer than one batch of "
                 f"--batch-size {opts['batch_size']}; use a smaller --batch-size or a longer text"
             )
+        return
+    n_train, need = tokens - held_out(tokens, opts), opts["batch_size"] * opts["seq_len"] + 1
+    if n_train < need:
+        raise UsageError(
+            f"the text has {n_train} training tokens, too few for one batch: "
+            f"--batch-size {opts['batch_size']} x --seq-len {opts['seq_len']} + 1 = {need}; "
+            f"use a smaller --batch-size or --seq-len, or a longer text"
+        )
+
+
+def prepare_data(encoded: corpus.Corpus, opts: dict):
+    """Split the encoded corpus into training and validation data, both read from its map.
+
+    Returns ``(train, val, sizes)`` where train/val are id streams (stream mode) or
+    :class:`rnnkit.corpus.Lines` (lines mode).
+    """
+    if opts["mode"] == "lines":
+        n_lines = int(encoded.info["lines"])
+        order = np.random.default_rng(opts["seed"]).permutation(n_lines)
+        n_val = held_out(n_lines, opts)
+        train, val = encoded.lines(order[n_val:]), encoded.lines(order[:n_val])
+        train_tokens = int(train.lengths().sum()) + len(train)
+        sizes = {"train_lines": len(train), "val_lines": len(val), "train_tokens": train_tokens}
     else:
-        ids = np.asarray(vocab.encode_stream(text), dtype=np.int64)
-        n_val = int(len(ids) * frac)
+        ids = encoded.ids
+        n_val = held_out(len(ids), opts)
         train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
-        need = opts["batch_size"] * opts["seq_len"] + 1
-        if len(train) < need:
-            raise UsageError(
-                f"the text has {len(train)} training tokens, too few for one batch: "
-                f"--batch-size {opts['batch_size']} x --seq-len {opts['seq_len']} + 1 = {need}; "
-                f"use a smaller --batch-size or --seq-len, or a longer text"
-            )
         sizes = {"train_tokens": len(train), "val_tokens": len(val)}
     return train, val, sizes
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    try:  # one process, or one of those mpiexec started
+        comm = distributed.for_command()
+    except distributed.MPIUnavailable as e:
+        raise UsageError(f"started by mpiexec as one of several processes, but {e}") from None
+    with comm.job(shared=(TrainingError, CheckpointError, KeyboardInterrupt)):
+        # rank 0 checks the flags, the run and the text, and encodes the corpus; then every
+        # process maps it and trains
+        opts, meta, source, vocab = comm.from_root(lambda: prepare_train(args, comm))
+        return run_train(args, comm, opts, meta, source, vocab)
+
+
+def prepare_train(args: argparse.Namespace, comm: distributed.Communicator):
+    """Everything checked and prepared before training: ``(options, the saved run's metadata
+    or None, the text's path, its vocabulary)``; the corpus is encoded in ``--out``."""
     opts = resolve(args)
     validate_train(opts)
     out = Path(args.out)
@@ -311,6 +326,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"--resume: the flags differ from the run saved in {out}: "
                 f"{', '.join(clash)}; drop them or train into a new --out"
             )
+        comm.own_state({}, meta)  # a run of another number of processes stops here
         given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
         opts = {**TRAIN_DEFAULTS, **saved, **given}
         validate_train(opts)
@@ -324,23 +340,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         source = Path(meta["source"]) if meta else bundled_names()
 
-    text = read_text(source, opts["encoding"], opts["errors"])
-    if not text.strip():
-        raise UsageError(f"{source} is empty: there is nothing to train on")
-    vocab = build_vocabulary(text, opts)
-    if meta:
-        saved_vocab = Vocabulary.from_json(meta["vocabulary"])
-        if vocab != saved_vocab:  # checked before encoding: unseen characters cannot be encoded
+    if opts["batch_size"] < comm.size:
+        raise UsageError(
+            f"--batch-size {opts['batch_size']} is smaller than the {comm.size} processes: each "
+            f"needs one sequence of every batch at least"
+        )
+    encoding = {"encoding": opts["encoding"], "errors": opts["errors"]}
+    saved_text = (meta or {}).get("corpus")
+    if saved_text:  # the text a run started on is the text it resumes on, byte for byte
+        sha256 = corpus.file_digest(source)
+        if sha256 != saved_text["sha256"]:
             raise UsageError(
-                f"--resume: the vocabulary of {source} ({len(vocab)} tokens) differs "
-                f"from the run saved in {out} ({len(saved_vocab)} tokens; "
-                f"{vocabulary_change(vocab, saved_vocab)}); resume with the same text "
-                f"and --level/--min-count"
+                f"--resume: {source} changed since the run in {out} started (its SHA-256 "
+                f"differs); resume with the text it started on, or train into a new --out"
             )
-    train_data, val_data, sizes = prepare_data(text, opts, vocab)
+        vocab = Vocabulary.from_json(meta["vocabulary"])
+    else:
+        scanned = corpus.scan(source, opts["level"], opts["mode"], opts["min_count"], **encoding)
+        if scanned.blank:
+            raise UsageError(f"{source} is empty: there is nothing to train on")
+        vocab, sha256 = scanned.vocabulary, scanned.sha256
+        if meta:  # a run saved before texts were hashed: the vocabulary must agree
+            saved_vocab = Vocabulary.from_json(meta["vocabulary"])
+            if vocab != saved_vocab:  # before encoding: unseen characters cannot be encoded
+                raise UsageError(
+                    f"--resume: the vocabulary of {source} ({len(vocab)} tokens) differs "
+                    f"from the run saved in {out} ({len(saved_vocab)} tokens; "
+                    f"{vocabulary_change(vocab, saved_vocab)}); resume with the same text "
+                    f"and --level/--min-count"
+                )
+        check_data(scanned.tokens, scanned.lines, opts)
     check_writable(out)  # only now: bad input must not leave an empty folder behind
     remove_stale_temporaries(out)
+    corpus.encode(source, vocab, opts["mode"], out, sha256=sha256, **encoding)
+    return opts, meta, source, vocab
 
+
+def run_train(args, comm, opts: dict, meta: dict | None, source: Path, vocab: Vocabulary) -> int:
+    """Train, on every process, what :func:`prepare_train` prepared."""
+    out = Path(args.out)
+    encoded = corpus.open_corpus(out)
+    train_data, val_data, sizes = prepare_data(encoded, opts)
     model_spec = {
         "vocab_size": len(vocab),
         "hidden_size": opts["hidden_size"],
@@ -377,6 +417,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     sizes_text = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sizes.items())
     say(f"data: {source} ({opts['level']} level, {opts['mode']} mode): {sizes_text}")
+    if comm.size > 1:
+        say(f"processes: {comm.size}, each with a share of every batch of {opts['batch_size']}")
     say(f"vocabulary: {len(vocab)} tokens")
     say(
         f"model: {opts['cell']} x {opts['num_layers']}, hidden {opts['hidden_size']}, "
@@ -393,12 +435,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         "model": model_spec,
         "options": opts,
         "source": str(source.resolve()),  # so --resume works from any folder
+        "corpus": {"sha256": encoded.info["sha256"], "bytes": encoded.info["bytes"]},
     }
     try:
         # A diverging run overflows on its way to a non-finite loss: that is reported below as
         # one line, not as a screen of RuntimeWarnings.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            history = train(model, task, config, out, resume=bool(meta), extra_metadata=extra)
+            history = train(
+                model, task, config, out, resume=bool(meta), extra_metadata=extra, comm=comm
+            )
     except KeyboardInterrupt:
         print(f"interrupted: checkpoint saved in {out}; continue with --resume", file=sys.stderr)
         return 130
@@ -462,17 +507,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_text(model, vocab: Vocabulary, mode: str, text: str) -> tuple[float, int, int]:
-    """``(total nats, tokens, characters)`` of ``text`` under the model."""
+def evaluate_text(model, vocab: Vocabulary, mode: str, encoded: corpus.Corpus) -> tuple[float, int]:
+    """``(total nats, tokens)`` of an encoded text under the model."""
     if mode == "lines":
-        lines = split_lines(text)
-        ids = [vocab.encode(line) for line in lines]
-        loss, tokens = lines_loss(model, ids, vocab.eos_id)
-        chars = sum(len(line) + 1 for line in lines)
-        return loss * tokens, tokens, chars
-    stream = [start_id(vocab, mode)] + vocab.encode_stream(text)
-    loss, tokens = stream_loss(model, StreamBatches(np.asarray(stream), 1, 256))
-    return loss * tokens, tokens, len(text)
+        loss, tokens = lines_loss(model, encoded.lines(), vocab.eos_id)
+    else:
+        loss, tokens = stream_loss(model, StreamBatches(encoded.ids, 1, 256))
+    return loss * tokens, tokens
 
 
 def check_known(vocab: Vocabulary, text: str, what: str) -> None:
@@ -485,16 +526,22 @@ def check_known(vocab: Vocabulary, text: str, what: str) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     model, vocab, meta, _ = load_run(args.dir)
-    text = read_text(args.file, args.encoding, args.errors)
-    if not text.strip():
-        raise UsageError(f"{args.file} is empty: there is nothing to evaluate")
     mode = meta["options"]["mode"]
-    # lines mode reads stripped lines: their breaks and edge spaces are never tokens
-    check_known(vocab, "".join(split_lines(text)) if mode == "lines" else text, args.file)
-    note = print_to(sys.stderr if args.json else sys.stdout)
-    note(describe_run(args.dir, model, vocab, meta))
-    note(f"data: {args.file}: {len(text):,} characters")
-    nats, tokens, chars = evaluate_text(model, vocab, mode, text)
+    with tempfile.TemporaryDirectory(prefix="rnnkit-eval-") as folder:
+        # encoded on disk and read in windows: a text of any size fits; lines mode reads
+        # stripped lines, whose breaks and edge spaces are never tokens
+        prefix = [start_id(vocab, mode)] if mode == "stream" else []
+        encoded = corpus.encode(
+            args.file, vocab, mode, folder, "eval", args.encoding, args.errors, prefix=prefix
+        )
+        if encoded.info["blank"]:
+            raise UsageError(f"{args.file} is empty: there is nothing to evaluate")
+        note = print_to(sys.stderr if args.json else sys.stdout)
+        note(describe_run(args.dir, model, vocab, meta))
+        note(f"data: {args.file}: {encoded.info['characters']:,} characters")
+        nats, tokens = evaluate_text(model, vocab, mode, encoded)
+        chars = encoded.info["characters"]
+        del encoded  # its map, before the folder goes
     result = {
         "loss": nats / tokens,
         "perplexity": math.exp(nats / tokens),

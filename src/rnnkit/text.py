@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 EOS, UNK = "<eos>", "<unk>"
@@ -22,30 +22,46 @@ class TextError(ValueError):
     """A text file cannot be used; the message says where and what to do."""
 
 
+def check_encoding(encoding: str) -> None:
+    """Raise :class:`TextError` for an encoding Python does not know (before reading: a bad
+    name is an error even for clean bytes)."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise TextError(f"unknown encoding {encoding!r}; try utf-8 or latin-1") from None
+
+
+def unreadable(path: Path, error: OSError) -> TextError:
+    """The error for a text file that cannot be opened or read."""
+    if isinstance(error, FileNotFoundError):
+        return TextError(f"{path}: no such file")
+    if isinstance(error, IsADirectoryError):
+        return TextError(f"{path} is a folder, not a text file")
+    return TextError(f"{path}: cannot read ({error.strerror})")
+
+
+def undecodable(path: Path, offset: int, byte: int, encoding: str) -> TextError:
+    """The error for byte ``offset`` of ``path`` (value ``byte``), invalid in ``encoding``."""
+    return TextError(
+        f"{path}: byte {offset} (0x{byte:02x}) is not valid {encoding}; give the file's "
+        f"encoding with --encoding (for example latin-1) or replace bad bytes with "
+        f"--errors replace"
+    )
+
+
 def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict") -> str:
     """Read a whole text file. Undecodable bytes raise :class:`TextError` naming the byte
     offset, unless ``errors="replace"``."""
     path = Path(path)
-    try:
-        codecs.lookup(encoding)  # before reading: a bad name is an error even for clean bytes
-    except LookupError:
-        raise TextError(f"unknown encoding {encoding!r}; try utf-8 or latin-1") from None
+    check_encoding(encoding)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise TextError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise TextError(f"{path} is a folder, not a text file") from None
     except OSError as e:
-        raise TextError(f"{path}: cannot read ({e.strerror})") from None
+        raise unreadable(path, e) from None
     try:
         return data.decode(encoding, errors=errors)
     except UnicodeDecodeError as e:
-        raise TextError(
-            f"{path}: byte {e.start} (0x{data[e.start]:02x}) is not valid "
-            f"{e.encoding}; give the file's encoding with --encoding (for example "
-            f"latin-1) or replace bad bytes with --errors replace"
-        ) from None
+        raise undecodable(path, e.start, data[e.start], e.encoding) from None
 
 
 def tokenize(text: str, level: str) -> list[str]:
@@ -85,6 +101,12 @@ class Vocabulary:
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(tokenize(text, level))
+        return cls.from_counts(counts, level, min_count)
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], level: str, min_count: int = 1) -> Vocabulary:
+        """From how often each token occurs: the special tokens, then every token seen
+        ``min_count`` times or more, sorted."""
         specials = [EOS] if level == "char" else [EOS, UNK]
         kept = sorted(t for t, c in counts.items() if c >= min_count and t not in specials)
         return cls(specials + kept, level)

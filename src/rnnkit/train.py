@@ -5,7 +5,9 @@ What is trained on what is a *task*: an object with ``train_step(model) -> loss`
 loss, backward: gradients added into the model), ``evaluate(model) -> loss``, and
 ``state_dict() -> (arrays, meta)`` / ``load_state_dict(arrays, meta)`` for its position in the
 data, its random generator and any state it carries between steps. :class:`StreamLMTask` and
-:class:`LinesLMTask` train language models; :class:`BatchTask` wraps any other model.
+:class:`LinesLMTask` train language models; :class:`BatchTask` wraps any other model. The two
+language-model tasks also train on several processes (:mod:`rnnkit.distributed`): each has
+``shard(rank, size)`` and ``count``, the targets its last loss averaged.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import IGNORE_INDEX, SequenceBatches, StreamBatches, lm_lines_batch
+from .data import IGNORE_INDEX, SequenceBatches, StreamBatches, lm_lines_batch, share
+from .distributed import Communicator
 from .losses import cross_entropy
 from .module import Module, evaluating
 from .optim import (
@@ -131,6 +134,14 @@ class StreamLMTask:
         if val_ids is not None and len(val_ids) > 1:
             self.val = StreamBatches(val_ids, min(batch_size, len(val_ids) - 1), seq_len)
         self.carry = None
+        self.count = 0  # tokens the last loss averaged
+
+    def shard(self, rank: int, size: int) -> None:
+        """Train on process ``rank``'s share of the parallel streams, and validate on its share
+        of the validation streams (which may be none)."""
+        self.batches.shard(rank, size)
+        if self.val is not None:
+            self.val.shard(rank, size, allow_empty=True)
 
     def train_step(self, model) -> float:
         """One chunk forward and backward; returns the mean loss per token."""
@@ -139,6 +150,7 @@ class StreamLMTask:
             self.carry = None
         logits, state, cache = model.forward(x, self.carry)
         loss, dlogits = cross_entropy(logits, y)
+        self.count = y.size
         if not math.isfinite(loss):
             return loss  # the loop stops with TrainingError; no backward pass through nan
         model.backward(dlogits, cache)
@@ -147,7 +159,8 @@ class StreamLMTask:
 
     def evaluate(self, model) -> float:
         """Mean loss per token over the validation stream (train stream if there is none)."""
-        return stream_loss(model, self.val or self.batches)[0]
+        loss, self.count = stream_loss(model, self.val or self.batches)
+        return loss
 
     def state_dict(self) -> tuple[dict, dict]:
         """Data position and carried state."""
@@ -165,14 +178,15 @@ class StreamLMTask:
 
 
 def stream_loss(model, batches: StreamBatches) -> tuple[float, int]:
-    """``(mean loss per token, tokens)`` over one pass of a stream, state carried, eval mode."""
+    """``(mean loss per token, tokens)`` over one pass of a stream, state carried, eval mode
+    (nan and 0 for a share without streams)."""
     total, count, carry = 0.0, 0, None
     with evaluating(model):
         for x, y in batches.all_chunks():
             logits, carry, _ = model.forward(x, carry)
             loss, _ = cross_entropy(logits, y, reduction="sum")
             total, count = total + loss, count + y.size
-    return total / count, count
+    return (total / count if count else math.nan), count
 
 
 class LinesLMTask:
@@ -187,16 +201,31 @@ class LinesLMTask:
         eos_id: int,
         rng: np.random.Generator,
     ):
-        self.lines, self.val_lines = list(train_lines), list(val_lines or [])
+        # kept as given: lines read from a corpus on disk stay there
+        self.lines, self.val_lines = train_lines, val_lines if val_lines is not None else []
         self.eos_id, self.rng = eos_id, rng
         self.batches = SequenceBatches(len(self.lines), batch_size, rng)
+        self.part = (0, 1)  # (rank, size): which share of each batch this process takes
+        self.count = 0  # tokens the last loss averaged
+
+    def shard(self, rank: int, size: int) -> None:
+        """Train on process ``rank``'s share of the lines of every batch, and validate on its
+        share of the validation lines."""
+        if self.batches.batch_size < size:
+            raise ValueError(
+                f"batch size {self.batches.batch_size} is smaller than the {size} processes: "
+                f"each needs one line at least"
+            )
+        self.part = (rank, size)
 
     def train_step(self, model) -> float:
         """One batch of lines forward and backward; returns the mean loss per token."""
         idx = self.batches.next()
+        idx = idx[share(len(idx), *self.part)]
         x, y, lengths = lm_lines_batch([self.lines[i] for i in idx], self.eos_id)
         logits, _, cache = model.forward(x, None, lengths)
         loss, dlogits = cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
+        self.count = int(lengths.sum())
         if not math.isfinite(loss):
             return loss  # the loop stops with TrainingError; no backward pass through nan
         model.backward(dlogits, cache)
@@ -204,7 +233,9 @@ class LinesLMTask:
 
     def evaluate(self, model) -> float:
         """Mean loss per token over the validation lines (training lines if there are none)."""
-        return lines_loss(model, self.val_lines or self.lines, self.eos_id)[0]
+        lines = self.val_lines if len(self.val_lines) else self.lines
+        loss, self.count = lines_loss(model, lines[share(len(lines), *self.part)], self.eos_id)
+        return loss
 
     def state_dict(self) -> tuple[dict, dict]:
         """Data position and the shuffling generator."""
@@ -219,7 +250,8 @@ class LinesLMTask:
 def lines_loss(
     model, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int = 64
 ) -> tuple[float, int]:
-    """``(mean loss per token, tokens)`` over lines (``<eos>`` of each line included)."""
+    """``(mean loss per token, tokens)`` over lines (``<eos>`` of each line included; nan and
+    0 for no lines)."""
     total, count = 0.0, 0
     with evaluating(model):
         for start in range(0, len(lines), batch_size):
@@ -227,7 +259,7 @@ def lines_loss(
             logits, _, _ = model.forward(x, None, lengths)
             loss, _ = cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
             total, count = total + loss, count + int(lengths.sum())
-    return total / count, count
+    return (total / count if count else math.nan), count
 
 
 class BatchTask:
@@ -333,11 +365,20 @@ class _DeferredInterrupt:
             signal.signal(signal.SIGINT, self.previous)
 
 
+def _process_state(model: Module, task) -> tuple[dict, dict]:
+    """What a checkpoint holds for each process: the task's data position and carried state,
+    and the random state of dropout."""
+    task_arrays, task_meta = task.state_dict()
+    arrays = {f"task.{k}": v for k, v in task_arrays.items()}
+    generators = [g.bit_generator.state for g in model_generators(model)]
+    return arrays, {"task": task_meta, "generators": generators}
+
+
 def _checkpoint(
     path: Path,
     model: Module,
     opt: Optimizer,
-    task,
+    processes: tuple[dict, dict],
     step: int,
     history: History,
     best: dict | None,
@@ -347,8 +388,7 @@ def _checkpoint(
     arrays = {f"model.{k}": v for k, v in model.named_parameters()}
     opt_state = opt.state_dict()
     arrays |= {f"optim.{k}": v for k, v in opt_state.pop("buffers").items()}
-    task_arrays, task_meta = task.state_dict()
-    arrays |= {f"task.{k}": v for k, v in task_arrays.items()}
+    arrays |= processes[0]
     if best is not None:
         arrays |= {f"best.{k}": v for k, v in best.items()}
     meta = {
@@ -357,8 +397,7 @@ def _checkpoint(
         "step": step,
         "config": asdict(config),
         "optimizer": opt_state,
-        "task": task_meta,
-        "generators": [g.bit_generator.state for g in model_generators(model)],
+        **processes[1],
         "history": asdict(history),
         **extra,
     }
@@ -400,6 +439,7 @@ def train(
     resume: bool = False,
     extra_metadata: dict | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    comm: Communicator | None = None,
 ) -> History:
     """Train ``model`` on ``task`` for ``config.steps`` optimiser steps.
 
@@ -413,7 +453,13 @@ def train(
             bit-identical to an uninterrupted run.
         extra_metadata: JSON-friendly entries stored in each checkpoint (vocabulary, model
             configuration).
-        on_checkpoint: called with the step after each checkpoint is written.
+        on_checkpoint: called with the step after each checkpoint is written (on every
+            process).
+        comm: the processes that train the model together, an
+            :class:`rnnkit.distributed.MPI` (default: this process alone). Each takes its
+            share of every batch of ``task`` (built for the global batch, the same on every
+            process); together they compute what one process computes on the whole batch.
+            Rank 0 alone shows progress and writes checkpoints.
 
     Returns:
         The :class:`History`. With ``patience`` and early stopping, the best weights seen at a
@@ -425,6 +471,8 @@ def train(
             a checkpoint of it has been written.
     """
     extra = dict(extra_metadata or {})
+    comm = comm or Communicator()
+    task = comm.shard(task)
     path = None
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -435,7 +483,7 @@ def train(
     if resume:
         if path is None:
             raise ValueError("resume needs out_dir")
-        arrays, meta = load_checkpoint(path)
+        arrays, meta = comm.own_state(*comm.from_root(lambda: load_checkpoint(path)))
         try:
             history, best, step, bad_evals = _restore(arrays, meta, model, opt, task, generators)
         except (KeyError, TypeError, ValueError) as e:
@@ -446,33 +494,39 @@ def train(
             return history
     else:
         # Dropout draws from a stream of its own, never the one that drew the initial weights.
-        dropout_state = np.random.default_rng([config.seed, 1]).bit_generator.state
+        dropout_state = np.random.default_rng(comm.dropout_seed(config.seed)).bit_generator.state
         for g in generators:
             g.bit_generator.state = dropout_state
+    comm.broadcast_parameters(model)
 
     def save(at_step: int) -> None:
         if path is not None:
-            _checkpoint(
-                path,
-                model,
-                opt,
-                task,
-                at_step,
-                history,
-                best,
-                config,
-                {**extra, "bad_evals": bad_evals},
+            processes = comm.gather_state(*_process_state(model, task))
+            comm.from_root(
+                lambda: _checkpoint(
+                    path,
+                    model,
+                    opt,
+                    processes,
+                    at_step,
+                    history,
+                    best,
+                    config,
+                    {**extra, "bad_evals": bad_evals},
+                )
             )
             if on_checkpoint is not None:
                 on_checkpoint(at_step)
 
-    progress = Progress(config.progress, config.steps)
+    progress = Progress(config.progress if comm.rank == 0 else "none", config.steps)
     model.train()
     with _DeferredInterrupt() as interrupt:
         while step < config.steps:
             opt.lr = _learning_rate(config, step)
             opt.zero_grad()
             loss = task.train_step(model)
+            # the mean over the global batch; a Ctrl-C on any process stops all after this step
+            loss, stop_asked = comm.reduce_step(model, loss, task, interrupt.requested)
             if not math.isfinite(loss):
                 _diverged(progress, f"the loss became {loss}", step)
             norm = grad_norm(model)  # checked before clipping, which could hide an inf
@@ -491,7 +545,7 @@ def train(
             history.train_loss.append(loss)
             val = None
             if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-                val = task.evaluate(model)
+                val = comm.reduce_loss(task.evaluate(model), task)
                 history.val_loss.append([step, val])
                 if val < history.best_val:
                     history.best_val, history.best_step, bad_evals = val, step, 0
@@ -507,10 +561,10 @@ def train(
                 (config.checkpoint_every and step % config.checkpoint_every == 0)
                 or step == config.steps
                 or stop
-                or interrupt.requested
+                or stop_asked
             ):
                 save(step)
-            if interrupt.requested:
+            if stop_asked:
                 progress.close()
                 raise KeyboardInterrupt
             if stop:
