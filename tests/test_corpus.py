@@ -27,7 +27,7 @@ TEXTS = [
 LEVELS_MODES = list(itertools.product(("char", "word"), ("stream", "lines")))
 
 
-@pytest.fixture(params=[1, 3, 7, 1 << 22], ids=["chunk1", "chunk3", "chunk7", "chunk4M"])
+@pytest.fixture(params=[1, 3, 7, 1 << 20], ids=["chunk1", "chunk3", "chunk7", "chunk1M"])
 def chunk(request, monkeypatch):
     """Read a few bytes at a time too: every character, line and word split across reads."""
     monkeypatch.setattr(corpus, "CHUNK", request.param)

@@ -270,7 +270,8 @@ def prepare_data(encoded: corpus.Corpus, opts: dict):
         order = np.random.default_rng(opts["seed"]).permutation(n_lines)
         n_val = held_out(n_lines, opts)
         train, val = encoded.lines(order[n_val:]), encoded.lines(order[:n_val])
-        train_tokens = int(train.lengths().sum()) + len(train)
+        # <eos> included; counted from the smaller share, without a copy per training line
+        train_tokens = int(encoded.info["tokens"]) - int(val.lengths().sum()) + len(train)
         sizes = {"train_lines": len(train), "val_lines": len(val), "train_tokens": train_tokens}
     else:
         ids = encoded.ids

@@ -44,7 +44,7 @@ from .text import (
     unreadable,
 )
 
-CHUNK = 1 << 22  # bytes read at a time: 4 MiB
+CHUNK = 1 << 20  # bytes read at a time: 1 MiB
 FORMAT = "rnnkit-corpus-1"
 _CODE_POINTS = 0x110000  # every Unicode code point, for counting characters with bincount
 
@@ -148,26 +148,32 @@ def scan(
     """Build the vocabulary of a text file in one streaming pass, the file's SHA-256 with it.
 
     The vocabulary equals ``Vocabulary.build`` on the whole text (its lines in lines mode):
-    characters are counted by code point, words by :func:`rnnkit.text.tokenize`.
+    characters are counted by code point; words by the pieces of text between white space
+    (no token holds white space), each distinct piece then cut by
+    :func:`rnnkit.text.tokenize` once.
     """
     digest = hashlib.sha256()
     chars = np.zeros(_CODE_POINTS, dtype=np.int64)
-    words: Counter[str] = Counter()
+    pieces: Counter[str] = Counter()
     blank, tokens, lines, last = True, 0, 0, ""
     for segment in _segments(read_chunks(path, encoding, errors, digest), mode):
         blank, last = blank and segment.isspace(), segment[-1]
         kept = split_lines(segment) if mode == "lines" else [segment]
         lines += len(kept)
         if level == "word":
-            found = tokenize(segment, "word")  # a token never holds white space
-            words.update(found)
-            tokens += len(found) + (segment.count("\n") if mode == "stream" else 0)
+            pieces.update(segment.split())
+            tokens += segment.count("\n") if mode == "stream" else 0  # the <eos> of each line
         else:
             text = "".join(kept)
             chars += np.bincount(_code_points(text), minlength=_CODE_POINTS)
             tokens += len(text)
-    if level == "char":
-        words = Counter({chr(c): int(chars[c]) for c in np.flatnonzero(chars)})
+    words: Counter[str] = Counter({chr(c): int(chars[c]) for c in np.flatnonzero(chars)})
+    if level == "word":
+        for piece, count in pieces.items():
+            found = tokenize(piece, "word")
+            tokens += count * len(found)
+            for token in found:
+                words[token] += count
     if mode == "stream" and level == "word" and last not in ("", "\n"):
         tokens += 1  # the <eos> of a last line without a line break
     vocab = Vocabulary.from_counts(words, level, min_count)
@@ -270,6 +276,7 @@ class _Encoder:
 
     def __init__(self, vocab: Vocabulary, mode: str, path: Path):
         self.vocab, self.mode, self.path = vocab, mode, path
+        self.pieces: dict[str, list[int]] = {}  # word level: ids of each piece met so far
         if vocab.level == "char":  # code point -> id, -1 for a character outside
             self.table = np.full(_CODE_POINTS, -1, dtype=np.int32)
             for token, i in vocab.ids.items():
@@ -279,14 +286,25 @@ class _Encoder:
     def ids(self, text: str) -> np.ndarray:
         """Ids of ``text``'s tokens (no ``<eos>``)."""
         if self.vocab.level == "word":
-            get, unk = self.vocab.ids.get, self.vocab.unk_id
-            return np.array([get(t, unk) for t in tokenize(text, "word")], dtype=np.int64)
+            return np.array(self._word_ids(text), dtype=np.int64)
         ids = self.table[_code_points(text)]
         if (ids < 0).any():
             unknown = dict.fromkeys(text[i] for i in np.flatnonzero(ids < 0)[:1000])
             shown = ", ".join(repr(u) for u in list(unknown)[:20])
             raise TextError(f"{self.path} has characters the model never saw: {shown}")
         return ids
+
+    def _word_ids(self, text: str) -> list[int]:
+        """Ids of the words of ``text``, each piece between white space cut once."""
+        get, unk, out = self.vocab.ids.get, self.vocab.unk_id, []
+        if len(self.pieces) > 1 << 20:  # a text of ever new pieces: keep the memory bounded
+            self.pieces.clear()
+        for piece in text.split():
+            found = self.pieces.get(piece)
+            if found is None:
+                found = self.pieces[piece] = [get(t, unk) for t in tokenize(piece, "word")]
+            out += found
+        return out
 
     def segment(self, segment: str) -> tuple[np.ndarray, np.ndarray | None, int]:
         """``(ids, tokens of each line or None, characters)`` of one segment."""
