@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from rnnkit import distributed
 from rnnkit.checkpoint import load_checkpoint
@@ -217,6 +218,33 @@ def fail(out: Path) -> None:
         comm.allreduce(np.zeros(1))  # rank 0 waits here for a process that is gone
 
 
+def test_each_process_takes_its_share_of_the_cores(tmp_path):
+    """Under mpiexec, the command line's processes set their BLAS to the cores over the
+    processes on the machine, unless OPENBLAS_NUM_THREADS (or its kin) says otherwise."""
+    env = {k: v for k, v in ENV.items() if k not in distributed.BLAS_THREAD_VARIABLES}
+    finish(launch(2, sys.executable, __file__, "threads", tmp_path, env=env))
+    cores = len(os.sched_getaffinity(0))
+    for rank in (0, 1):
+        assert (tmp_path / f"threads-{rank}").read_text() == str(max(1, cores // 2))
+    finish(
+        launch(
+            2,
+            sys.executable,
+            __file__,
+            "threads",
+            tmp_path,
+            env={**env, "OPENBLAS_NUM_THREADS": "2"},
+        )
+    )
+    assert (tmp_path / "threads-1").read_text() == str(min(2, cores))  # the user's choice
+
+
+def threads(out: Path) -> None:
+    comm = distributed.for_command()
+    blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    (out / f"threads-{comm.rank}").write_text(str(min(blas)))
+
+
 def test_one_process_communicator_changes_nothing():
     history, weights, _ = run_case("gru", "lines")
     again, weights_again, _ = run_case("gru", "lines", distributed.Communicator())
@@ -264,4 +292,4 @@ def test_a_task_without_shard_is_refused_clearly():
 
 
 if __name__ == "__main__":
-    {"exact": exact, "fail": fail}[sys.argv[1]](Path(sys.argv[2]))
+    {"exact": exact, "fail": fail, "threads": threads}[sys.argv[1]](Path(sys.argv[2]))

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .checkpoint import CheckpointError
 from .module import Module
@@ -97,11 +98,11 @@ class Communicator:
         """
         saved = int(meta.get("world_size", 1))
         if saved != self.size:
+            how = f"mpiexec -n {saved} rnnkit train ... --resume" if saved > 1 else "no mpiexec"
             raise WorldSizeError(
                 f"the run was saved by {saved} process{'es' if saved > 1 else ''} and this "
-                f"is {self.size}: resume it with the same number "
-                f"({f'mpiexec -n {saved} rnnkit train ...' if saved > 1 else 'without mpiexec'}"
-                f"), since each process's data position and random state are its own"
+                f"is {self.size}: resume it with the same number ({how}), since each "
+                f"process's data position and random state are its own"
             )
         return arrays, meta
 
@@ -291,10 +292,8 @@ def for_command() -> Communicator:
     if size <= 1:
         return Communicator()
     if rank > 0:  # one line for the whole job, from rank 0
-        sys.stdout = sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+        sys.stdout = sys.stderr = open(os.devnull, "w", encoding="utf-8")
     comm = MPI()
     if not any(os.environ.get(v) for v in BLAS_THREAD_VARIABLES):
-        from threadpoolctl import threadpool_limits
-
         threadpool_limits(blas_threads(comm), user_api="blas")
     return comm
