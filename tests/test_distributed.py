@@ -194,12 +194,36 @@ def test_a_killed_process_ends_the_job_and_the_run_resumes_exactly(tmp_path):
 
     out, _ = finish(launch(2, *rnnkit, "--out", "part", "--resume", cwd=tmp_path))
     assert f"resuming at step {saved}" in out
-    full, full_meta = load_checkpoint(tmp_path / "full" / "checkpoint.safetensors")
-    part, part_meta = load_checkpoint(tmp_path / "part" / "checkpoint.safetensors")
+    assert_same_run(tmp_path / "full", tmp_path / "part")
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    full, full_meta = load_checkpoint(a / "checkpoint.safetensors")
+    part, part_meta = load_checkpoint(b / "checkpoint.safetensors")
     assert part_meta["world_size"] == 2 and len(part_meta["ranks"]) == 2
+    assert sorted(part) == sorted(full)  # every process's carried state among them
     for name, value in full.items():
         np.testing.assert_array_equal(part[name], value, err_msg=name)
     assert part_meta["history"] == full_meta["history"]
+
+
+def test_ctrl_c_stops_every_process_after_the_same_step(tmp_path):
+    """mpiexec hands Ctrl-C to every process; they stop after one and the same step, rank 0
+    saves it, and --resume ends with the weights of an uninterrupted run."""
+    (tmp_path / "text.txt").write_text(TEXT)
+    rnnkit = [sys.executable, "-m", "rnnkit", "train"]
+    finish(launch(2, *rnnkit, *KILL_RUN, "--out", "full", cwd=tmp_path))
+    job = launch(2, *rnnkit, *KILL_RUN, "--out", "part", cwd=tmp_path)
+    deadline = time.monotonic() + TIMEOUT
+    while checkpoint_step(tmp_path / "part") < 20:
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.01)
+    job.send_signal(signal.SIGINT)
+    _, err = finish(job, rc=130)
+    assert err.count("interrupted: checkpoint saved in part") == 1, err
+    assert 20 <= checkpoint_step(tmp_path / "part") < 400
+    finish(launch(2, *rnnkit, "--out", "part", "--resume", cwd=tmp_path))
+    assert_same_run(tmp_path / "full", tmp_path / "part")
 
 
 def test_a_failing_process_ends_the_job(tmp_path):
