@@ -1,5 +1,5 @@
-"""Data-parallel training: one process with 2 BLAS threads against ``mpiexec -n 2`` with one
-thread each, on the same global batch.
+"""Data-parallel training: one process with 2 threads against ``mpiexec -n 2`` with one thread
+each (BLAS and rnnkit's own threads alike), on the same global batch.
 
 The language models of bench_train.py (embedding -> LSTM or GRU -> linear head, H = 256,
 N = 32, T = 100, float32, Adam, clipping), trained by ``rnnkit.train.train`` on the bundled
@@ -28,13 +28,13 @@ import numpy as np
 
 from rnnkit import distributed
 from rnnkit.allocator import keep_freed_memory
-from rnnkit.cli import bundled_names
+from rnnkit.cli.runs import bundled_names
 from rnnkit.models import LanguageModel
 from rnnkit.text import Vocabulary, read_text
 from rnnkit.train import StreamLMTask, TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results" / "distributed.json"
-RUNS = [(1, 2), (1, 1), (2, 1)]  # (processes, BLAS threads each)
+RUNS = [(1, 2), (1, 1), (2, 1)]  # (processes, threads each: BLAS and rnnkit's own)
 MACHINES = (1, 2, 4, 8, 16, 32)
 GBITS = (1, 10, 25, 100)  # link bandwidths of the model, Gbit/s
 
@@ -98,7 +98,9 @@ def measure(args: argparse.Namespace, cell: str, processes: int, threads: int) -
         beside = Path(sys.executable).parent / "mpiexec"  # where the mpich wheel puts it
         mpiexec = str(beside) if beside.exists() else shutil.which("mpiexec")
         command = [mpiexec, "-n", str(processes), *command]
-    env = {**os.environ, **{v: str(threads) for v in distributed.BLAS_THREAD_VARIABLES}}
+    # the threads of each process: its BLAS, and rnnkit's own (rnnkit.parallel)
+    variables = (*distributed.BLAS_THREAD_VARIABLES, distributed.OWN_THREAD_VARIABLE)
+    env = {**os.environ, **{v: str(threads) for v in variables}}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
@@ -147,7 +149,7 @@ def main() -> int:
             share = ", ".join(f"{s:.1%}" for s in row["allreduce_share"])
             print(
                 f"{cell:5} H={args.hidden} N={args.batch} T={args.seq_len}: {processes} "
-                f"process(es) x {threads} BLAS thread(s): {row['tokens_per_s']:8.0f} tok/s, "
+                f"process(es) x {threads} thread(s): {row['tokens_per_s']:8.0f} tok/s, "
                 f"step {row['step_s'] * 1e3:6.1f} ms, allreduce {share} of each step",
                 flush=True,
             )

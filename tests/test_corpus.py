@@ -1,10 +1,13 @@
 """Corpora streamed from disk: the streaming pass builds the vocabulary the whole text would,
-the encoding holds the ids the whole text would, read back through a memory map."""
+the encoding holds the ids the whole text would, read back through a memory map. "The whole
+text" is what :func:`rnnkit.text.read_text` reads: the stream applies its rules (a byte-order
+mark dropped, line breaks read as ``\n``) and its messages."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -14,8 +17,10 @@ from rnnkit.data import StreamBatches
 from rnnkit.text import TextError, Vocabulary, read_text, split_lines
 
 # Line breaks of every kind (\r\n, \r, \u2028, \v), edge spaces, blank lines, multi-byte
-# characters, words with apostrophes, a last line without a break.
+# characters, words with apostrophes, a last line without a break, a byte-order mark.
 TEXTS = [
+    "\ufeffwith a byte-order mark\r\nand more\r\n",
+    "\r\n\r\r\n\n",
     "héllo wörld\nthe cat's hat.\r\n\n  spaced line  \nlast",
     "a b\nc\n",
     "x\n\n\n",
@@ -38,11 +43,13 @@ def chunk(request, monkeypatch):
 @pytest.mark.parametrize("level,mode", LEVELS_MODES)
 def test_scan_and_encode_equal_the_whole_text(tmp_path, chunk, text, level, mode):
     path = tmp_path / "t.txt"
-    path.write_text(text, encoding="utf-8")
+    path.write_bytes(text.encode("utf-8"))
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    text = read_text(path)  # as the whole file is read: no BOM, no \r
     whole = Vocabulary.build(split_lines(text) if mode == "lines" else [text], level)
     scanned = corpus.scan(path, level, mode)
     assert scanned.vocabulary == whole
-    assert scanned.sha256 == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    assert scanned.sha256 == sha256
     encoded = corpus.encode(path, whole, mode, tmp_path)
     if mode == "stream":
         assert encoded.ids.tolist() == whole.encode_stream(text)
@@ -53,7 +60,10 @@ def test_scan_and_encode_equal_the_whole_text(tmp_path, chunk, text, level, mode
         ]
         assert encoded.info["characters"] == sum(len(x) + 1 for x in split_lines(text))
     assert (scanned.tokens, scanned.lines) == (encoded.info["tokens"], encoded.info["lines"])
-    assert isinstance(encoded.ids, np.memmap) and encoded.ids.dtype == np.uint8
+    if mode == "lines":  # the longest line, in tokens
+        assert scanned.longest == max([0, *(len(whole.encode(x)) for x in split_lines(text))])
+    if encoded.info["tokens"]:
+        assert isinstance(encoded.ids, np.memmap) and encoded.ids.dtype == np.uint8
 
 
 def test_min_count_and_unknown_words(tmp_path):
@@ -66,7 +76,15 @@ def test_min_count_and_unknown_words(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "data", [b"abc\xffdef", b"ab\xc3(xyz", "h\u00e9llo".encode() * 3 + b"\xe2\x82", b"\xe9t"]
+    "data",
+    [
+        b"abc\xffdef",
+        b"ab\xc3(xyz",
+        "h\u00e9llo".encode() * 3 + b"\xe2\x82",
+        b"\xe9t",
+        b"\xef\xbb\xbfabc\r\n\xffd",  # after a byte-order mark: offsets count it
+        b"\xef\xbb\xbf\xff",
+    ],
 )
 def test_a_bad_byte_is_named_by_its_offset_in_the_file(tmp_path, chunk, data):
     path = tmp_path / "bad.txt"
@@ -77,15 +95,21 @@ def test_a_bad_byte_is_named_by_its_offset_in_the_file(tmp_path, chunk, data):
         corpus.scan(path, "char", "stream")
     assert str(streamed.value) == str(whole.value)
     assert "--errors replace" in str(streamed.value)
+    assert f"byte {data.find(bytes([255]))}" in str(whole.value) or b"\xff" not in data
     replaced = corpus.scan(path, "char", "stream", errors="replace").vocabulary
-    assert replaced == Vocabulary.build([data.decode("utf-8", "replace")], "char")
+    assert replaced == Vocabulary.build([read_text(path, errors="replace")], "char")
 
 
-def test_missing_file_and_unknown_encoding(tmp_path):
+def test_missing_file_a_folder_a_fifo_and_an_unknown_encoding(tmp_path):
     with pytest.raises(TextError, match="no such file"):
         corpus.scan(tmp_path / "nope.txt", "char", "stream")
-    with pytest.raises(TextError, match="is a folder"):
+    with pytest.raises(TextError, match="is a folder, not a regular file"):
         corpus.scan(tmp_path, "char", "stream")
+    os.mkfifo(tmp_path / "pipe")  # refused before a byte is read: nothing blocks
+    with pytest.raises(TextError, match=r"pipe is a FIFO \(named pipe\), not a regular file"):
+        corpus.scan(tmp_path / "pipe", "char", "stream")
+    with pytest.raises(TextError, match="character device"):
+        corpus.file_digest("/dev/zero")
     (tmp_path / "t.txt").write_text("abc")
     with pytest.raises(TextError, match="unknown encoding 'klingon'"):
         corpus.scan(tmp_path / "t.txt", "char", "stream", encoding="klingon")
@@ -119,15 +143,31 @@ def test_an_encoding_is_used_again_only_for_the_same_file_and_vocabulary(tmp_pat
         corpus.open_corpus(tmp_path)  # its description went first: no stale one is left
 
 
-def test_leftovers_of_a_killed_write_are_cleared(tmp_path):
+def test_a_cut_description_is_written_again(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("abc" * 100)
-    (tmp_path / ".corpus.ids.x1y2.tmp").write_bytes(b"\0" * 10)
     (tmp_path / "corpus.json").write_text("{")  # cut short
     vocab = Vocabulary.build(["abc"], "char")
     encoded = corpus.encode(path, vocab, "stream", tmp_path)
     assert encoded.info["tokens"] == 300
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.ids", "corpus.json", "t.txt"]
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+def test_an_encoding_whose_files_changed_is_made_again(tmp_path, mode):
+    """A flipped byte in the ids (an id past the vocabulary, say) is never trained on."""
+    path = tmp_path / "t.txt"
+    path.write_text("abc\ncab\n" * 50)
+    scanned = corpus.scan(path, "char", mode)
+    first = corpus.encode(path, scanned.vocabulary, mode, tmp_path, sha256=scanned.sha256)
+    want = first.ids.tolist()
+    name = "corpus.ids" if mode == "stream" else "corpus.lines"
+    data = bytearray((tmp_path / name).read_bytes())
+    data[5] ^= 0x7F
+    (tmp_path / name).write_bytes(bytes(data))
+    again = corpus.encode(path, scanned.vocabulary, mode, tmp_path, sha256=scanned.sha256)
+    assert again.ids.tolist() == want
+    assert (tmp_path / name).read_bytes() != bytes(data)
 
 
 def test_a_damaged_encoding_is_refused(tmp_path):

@@ -9,6 +9,7 @@ also the program those processes run.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,8 +22,9 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
+import rnnkit
 from rnnkit import distributed
-from rnnkit.checkpoint import load_checkpoint
+from rnnkit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rnnkit.cli import main
 from rnnkit.models import LanguageModel
 from rnnkit.train import LinesLMTask, StreamLMTask, TrainConfig, train
@@ -195,6 +197,10 @@ def test_a_killed_process_ends_the_job_and_the_run_resumes_exactly(tmp_path):
     out, _ = finish(launch(2, *rnnkit, "--out", "part", "--resume", cwd=tmp_path))
     assert f"resuming at step {saved}" in out
     assert_same_run(tmp_path / "full", tmp_path / "part")
+    # a checkpoint of two processes is a model like any other: rank 0's dropout state on top
+    sample = [sys.executable, "-m", "rnnkit", "sample", "part", "--num", "2", "--length", "5"]
+    done = subprocess.run(sample, cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 3, done
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -202,9 +208,14 @@ def assert_same_run(a: Path, b: Path) -> None:
     part, part_meta = load_checkpoint(b / "checkpoint.safetensors")
     assert part_meta["world_size"] == 2 and len(part_meta["ranks"]) == 2
     assert sorted(part) == sorted(full)  # every process's carried state among them
+    assert {"rank0.task.carry.0", "rank1.task.carry.0"} <= set(part)
     for name, value in full.items():
         np.testing.assert_array_equal(part[name], value, err_msg=name)
     assert part_meta["history"] == full_meta["history"]
+    # rank 0 alone keeps the record: each step once, and the resumed record is whole
+    record = (b / "record.jsonl").read_bytes()
+    assert record == (a / "record.jsonl").read_bytes()
+    assert record.count(b'"kind": "step"') == part_meta["step"]
 
 
 def test_ctrl_c_stops_every_process_after_the_same_step(tmp_path):
@@ -220,10 +231,89 @@ def test_ctrl_c_stops_every_process_after_the_same_step(tmp_path):
         time.sleep(0.01)
     job.send_signal(signal.SIGINT)
     _, err = finish(job, rc=130)
-    assert err.count("interrupted: checkpoint saved in part") == 1, err
+    assert err.count("interrupted (SIGINT): checkpoint saved in part") == 1, err
     assert 20 <= checkpoint_step(tmp_path / "part") < 400
     finish(launch(2, *rnnkit, "--out", "part", "--resume", cwd=tmp_path))
     assert_same_run(tmp_path / "full", tmp_path / "part")
+
+
+def test_bad_input_and_a_damaged_process_state_end_every_process_in_one_line(tmp_path):
+    """Refusals found by rank 0 (flags, a batch too small for the processes) and a checkpoint
+    whose state of process 1 alone is damaged end the whole job with one line and exit 2:
+    no process waits for another in an exchange."""
+    (tmp_path / "text.txt").write_text(TEXT)
+    rnnkit = [sys.executable, "-m", "rnnkit", "train", "text.txt", "--out"]
+    for flags, needle in [
+        (["--lr", "inf"], "--lr must be > 0 and finite"),
+        (["--batch-size", "1"], "--batch-size 1 is smaller than the 2 processes"),
+    ]:
+        _, err = finish(launch(2, *rnnkit, "bad", *flags, cwd=tmp_path), rc=2)
+        assert needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()
+    finish(launch(2, *rnnkit, "run", *KILL_RUN[1:13], "--steps", "20", "--progress", "none",
+                  cwd=tmp_path))  # fmt: skip
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    arrays, meta = load_checkpoint(path)
+    meta["ranks"][1]["task"]["batches"]["index"] = 10**6
+    save_checkpoint(path, arrays, meta)
+    before = path.read_bytes()
+    resume = [*rnnkit[:-2], "--out", "run", "--resume", "--steps", "40"]
+    start = time.monotonic()
+    _, err = finish(launch(2, *resume, cwd=tmp_path), rc=2)
+    assert time.monotonic() - start < TIMEOUT / 2
+    assert "cannot be resumed: the data position's index 1000000 is past" in err, err
+    assert len(err.splitlines()) == 1 and path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ("none", None),
+        ("world_size_text", "world_size must be a whole number"),
+        ("world_size_other", "saved by 3 processes and this is 2"),
+        ("ranks_short", '"ranks" must hold task, generators of each of the 2 processes'),
+        ("rank_extra_key", '"ranks" must hold'),
+        ("task_on_top", '"ranks" must hold'),
+        ("stray_rank", "unexpected arrays for a run of 2 processes: ['rank2.task.carry.0']"),
+        ("stray_task", "unexpected arrays"),
+    ],
+)
+def test_the_state_of_each_process_is_checked_before_it_is_used(change, needle):
+    comm = distributed.Communicator()
+    comm.rank, comm.size = 1, 2  # what MPI sets, without MPI
+    arrays = {"model.w": np.zeros(2), "rank0.task.carry.0": np.zeros(1)}
+    arrays["rank1.task.carry.0"] = np.ones(1)
+    ranks = [{"task": {"at": r}, "generators": [r]} for r in range(2)]
+    meta = {"world_size": 2, "ranks": ranks, "generators": [0], "step": 3}
+    if change == "world_size_text":
+        meta["world_size"] = "2"
+    elif change == "world_size_other":
+        meta["world_size"] = 3
+    elif change == "ranks_short":
+        meta["ranks"] = ranks[:1]
+    elif change == "rank_extra_key":
+        ranks[1]["step"] = 4
+    elif change == "task_on_top":
+        meta["task"] = {"at": 0}
+    elif change == "stray_rank":
+        arrays["rank2.task.carry.0"] = np.ones(1)
+    elif change == "stray_task":
+        arrays["task.carry.0"] = np.ones(1)
+    if needle is None:
+        own, own_meta = comm.own_state(arrays, meta)
+        assert sorted(own) == ["model.w", "task.carry.0"] and own["task.carry.0"][0] == 1
+        assert own_meta["task"] == {"at": 1} and own_meta["generators"] == [1]
+        return
+    with pytest.raises((ValueError, CheckpointError), match=re.escape(needle)):
+        comm.own_state(arrays, meta)
+
+
+def test_one_process_refuses_the_state_of_several():
+    comm = distributed.Communicator()
+    with pytest.raises(ValueError, match="holds no states of several processes"):
+        comm.own_state({"rank0.task.carry.0": np.zeros(1)}, {"task": {}, "generators": []})
+    with pytest.raises(distributed.WorldSizeError, match="saved by 2 processes and this is 1"):
+        comm.own_state({}, {"world_size": 2})
 
 
 def test_a_failing_process_ends_the_job(tmp_path):
@@ -243,30 +333,25 @@ def fail(out: Path) -> None:
 
 
 def test_each_process_takes_its_share_of_the_cores(tmp_path):
-    """Under mpiexec, the command line's processes set their BLAS to the cores over the
-    processes on the machine, unless OPENBLAS_NUM_THREADS (or its kin) says otherwise."""
-    env = {k: v for k, v in ENV.items() if k not in distributed.BLAS_THREAD_VARIABLES}
+    """Under mpiexec, the command line's processes set their BLAS and rnnkit's own threads to
+    the cores over the processes on the machine, unless OPENBLAS_NUM_THREADS (or its kin), or
+    RNNKIT_NUM_THREADS, says otherwise."""
+    own = (*distributed.BLAS_THREAD_VARIABLES, distributed.OWN_THREAD_VARIABLE)
+    env = {k: v for k, v in ENV.items() if k not in own}
     finish(launch(2, sys.executable, __file__, "threads", tmp_path, env=env))
     cores = len(os.sched_getaffinity(0))
+    share = str(max(1, cores // 2))
     for rank in (0, 1):
-        assert (tmp_path / f"threads-{rank}").read_text() == str(max(1, cores // 2))
-    finish(
-        launch(
-            2,
-            sys.executable,
-            __file__,
-            "threads",
-            tmp_path,
-            env={**env, "OPENBLAS_NUM_THREADS": "2"},
-        )
-    )
-    assert (tmp_path / "threads-1").read_text() == str(min(2, cores))  # the user's choice
+        assert (tmp_path / f"threads-{rank}").read_text() == f"{share} {share}"
+    users = {**env, "OPENBLAS_NUM_THREADS": "2", "RNNKIT_NUM_THREADS": "5"}
+    finish(launch(2, sys.executable, __file__, "threads", tmp_path, env=users))
+    assert (tmp_path / "threads-1").read_text() == f"{min(2, cores)} 5"  # the user's choices
 
 
 def threads(out: Path) -> None:
     comm = distributed.for_command()
     blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
-    (out / f"threads-{comm.rank}").write_text(str(min(blas)))
+    (out / f"threads-{comm.rank}").write_text(f"{min(blas)} {rnnkit.num_threads()}")
 
 
 def test_one_process_communicator_changes_nothing():
