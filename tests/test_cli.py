@@ -886,7 +886,8 @@ def test_killed_before_the_first_checkpoint(work, references):
     err = fails(work, "train", "names.txt", "--out", "early", "--resume")
     assert "holds no checkpoint.safetensors" in err and "drop --resume" in err
     (work / "early").mkdir(exist_ok=True)
-    (work / "early" / f".{CKPT}.half.tmp").write_bytes(b"\0" * 100)  # a write cut short
+    for name in (CKPT, "corpus.ids", "corpus.lines"):  # writes cut short
+        (work / "early" / f".{name}.half.tmp").write_bytes(b"\0" * 100)
     err = fails(work, "train", "names.txt", "--out", "early", "--resume")
     assert "holds no checkpoint.safetensors" in err
     rnnkit(work, *kill_args("lines", "early"))
@@ -927,6 +928,11 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(work, references):
     assert (work / folder / CKPT).read_bytes() == before
 
 
+# Under a file-size limit a write may stop short without an error: Python would leave cut
+# bytecode caches, and Numba cut compiler caches, behind for every later run to trip on.
+FULL_DISK_ENV = {"RNNKIT_COMPILED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
 def fill_the_disk_at(limit: int):
     """A full disk for the process: files may grow to ``limit`` bytes, and a write past it
     fails with EFBIG (SIGXFSZ ignored) as ENOSPC would on a full disk."""
@@ -947,7 +953,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_folder(work, tm
     flags = [*TINY, "--checkpoint-every", "1", "--eval-every", "5"]
     rnnkit(tmp_path, "train", "names.txt", "--out", "probe", *flags, "--steps", "1")
     limit = (tmp_path / "probe" / CKPT).stat().st_size + 200  # room for a few more steps
-    env = {**ENV, "RNNKIT_COMPILED": "0"}  # no compiler cache to write either
+    env = {**ENV, **FULL_DISK_ENV}
     result = subprocess.run(
         command(["train", "names.txt", "--out", "run", *flags, "--steps", "40"]),
         cwd=tmp_path,
@@ -967,3 +973,25 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_folder(work, tm
     assert sorted(os.listdir(tmp_path / "run")) == run_files("lines")
     result = rnnkit(tmp_path, "train", "--out", "run", "--resume", "--progress", "none")
     assert f"resuming at step {meta['step']}" in result.stdout and "done: 40 steps" in result.stdout
+
+
+def test_a_full_disk_while_the_text_is_encoded_leaves_no_run_behind(work, tmp_path):
+    """The encoded corpus is written before the first checkpoint: a disk too full for it ends
+    in one line saying to run the command again (there is no run to resume yet)."""
+    shutil.copy(work / "names.txt", tmp_path)
+    result = subprocess.run(
+        command(["train", "names.txt", "--out", "run", *TINY, "--steps", "2"]),
+        cwd=tmp_path,
+        env={**ENV, **FULL_DISK_ENV},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        preexec_fn=fill_the_disk_at(500),  # smaller than corpus.ids
+    )
+    assert result.returncode == 1, result.stderr
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "cannot write corpus.ids in run:" in err and "free some space and run it again" in err
+    assert sorted(os.listdir(tmp_path / "run")) == [LOCK]
+    rnnkit(tmp_path, "train", "names.txt", "--out", "run", *TINY, "--steps", "2")
+    assert sorted(os.listdir(tmp_path / "run")) == run_files("lines")

@@ -26,7 +26,7 @@ import numpy as np
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..corpus import encode, file_digest, file_names, open_corpus, scan
 from ..distributed import Communicator, MPIUnavailable, WorldSizeError, for_command
-from ..files import lock_folder, remove_stale_temporaries
+from ..files import NoRoom, lock_folder, remove_stale_temporaries
 from ..init import ParameterBudgetExceeded, parameter_budget
 from ..memory import NotEnoughMemory, available_bytes, check_fits, format_bytes
 from ..models import LanguageModel
@@ -449,7 +449,11 @@ def encode_corpus(out: Path, corpus: Corpus, opts: dict) -> None:
     for name in (CHECKPOINT_NAME, *file_names()):
         remove_stale_temporaries(out, name)
     mode, encoding, errors = opts["mode"], opts["encoding"], opts["errors"]
-    encode(corpus.source, corpus.vocab, mode, out, "corpus", encoding, errors, corpus.sha256)
+    try:
+        encode(corpus.source, corpus.vocab, mode, out, "corpus", encoding, errors, corpus.sha256)
+    except NoRoom as e:
+        e.resumable = (out / CHECKPOINT_NAME).exists()  # else there is no run to resume yet
+        raise
 
 
 def load_data(out: Path, corpus: Corpus, opts: dict):
