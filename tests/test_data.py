@@ -314,6 +314,35 @@ def test_sequence_batches_state_is_small_and_resumes_the_same_order():
     np.testing.assert_array_equal(old.next(), [1, 3])
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"order_state": "shuffled"}, "generator state is not valid"),
+        ({"order_state": np.random.MT19937(0).state}, "generator state is not valid"),
+        ({"index": 3}, "past the 2 batches"),
+        ({"order": [0, 1, 2, 3]}, "a data position is"),  # both forms at once
+        ({"epoch": True}, "epoch must be a whole number"),
+    ],
+)
+def test_a_saved_order_state_is_checked_and_a_bad_one_changes_nothing(change, message):
+    b = SequenceBatches(4, 2, np.random.default_rng(0))
+    b.next()
+    state = {**b.state_dict(), **change}
+    other = SequenceBatches(4, 2, np.random.default_rng(1))
+    before = (other.rng.bit_generator.state, other.order.tolist(), other.epoch, other.index)
+    with pytest.raises(ValueError, match=message):
+        other.load_state_dict(state)
+    after = (other.rng.bit_generator.state, other.order.tolist(), other.epoch, other.index)
+    assert after == before
+
+
+def test_stream_batches_take_integer_ids_only():
+    with pytest.raises(ValueError, match="ids must be integers, got float64"):
+        StreamBatches(np.arange(20.0), 2, 3)
+    with pytest.raises(ValueError, match="one-dimensional"):
+        StreamBatches(np.zeros((4, 5), dtype=np.int64), 2, 3)
+
+
 # ---------------------------------------------------------------- lm_lines_batch
 
 

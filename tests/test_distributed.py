@@ -314,6 +314,9 @@ def test_one_process_refuses_the_state_of_several():
         comm.own_state({"rank0.task.carry.0": np.zeros(1)}, {"task": {}, "generators": []})
     with pytest.raises(distributed.WorldSizeError, match="saved by 2 processes and this is 1"):
         comm.own_state({}, {"world_size": 2})
+    comm.size = 2  # and a run of one process under mpiexec -n 2
+    with pytest.raises(distributed.WorldSizeError, match=r"saved by 1 process and .*no mpiexec"):
+        comm.own_state({}, {"task": {}, "generators": []})
 
 
 def test_a_failing_process_ends_the_job(tmp_path):
