@@ -311,7 +311,10 @@ def test_sequence_batches_state_is_small_and_resumes_the_same_order():
     legacy = {"epoch": 0, "index": 1, "order": [2, 0, 1, 3]}  # a checkpoint of earlier versions
     old = SequenceBatches(4, 2, np.random.default_rng(0))
     old.load_state_dict(legacy)
+    assert old.state_dict() == legacy  # saved again as it was read: no state draws that order
     np.testing.assert_array_equal(old.next(), [1, 3])
+    old.next()  # a new epoch: its order comes from the generator again
+    assert "order_state" in old.state_dict()
 
 
 @pytest.mark.parametrize(

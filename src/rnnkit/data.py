@@ -71,7 +71,10 @@ class SequenceBatches:
         return self.order[start : start + self.batch_size]
 
     def state_dict(self) -> dict:
-        """The position, JSON-friendly."""
+        """The position, JSON-friendly (the order itself while it is one read back from a
+        position that held it: no generator state draws it)."""
+        if self.order_state is None:
+            return {"epoch": self.epoch, "index": self.index, "order": self.order.tolist()}
         return {"epoch": self.epoch, "index": self.index, "order_state": self.order_state}
 
     def load_state_dict(self, state: dict) -> None:
@@ -91,6 +94,7 @@ class SequenceBatches:
             ):
                 raise ValueError(f"the saved order is not an order of {self.num_examples} examples")
             self.epoch, self.index, self.order = epoch, index, np.asarray(order, dtype=np.int64)
+            self.order_state = None  # until the next epoch draws an order
             return
         epoch, index = _position(state, self.batches_per_epoch, {"order_state"})
         before = self.rng.bit_generator.state
