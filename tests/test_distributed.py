@@ -271,11 +271,12 @@ def test_bad_input_and_a_damaged_process_state_end_every_process_in_one_line(tmp
         ("none", None),
         ("world_size_text", "world_size must be a whole number"),
         ("world_size_other", "saved by 3 processes and this is 2"),
-        ("ranks_short", '"ranks" must hold task, generators of each of the 2 processes'),
+        ("ranks_short", '"ranks" must hold the task and generators of each of the 2 processes'),
         ("rank_extra_key", '"ranks" must hold'),
         ("task_on_top", '"ranks" must hold'),
         ("stray_rank", "unexpected arrays for a run of 2 processes: ['rank2.task.carry.0']"),
         ("stray_task", "unexpected arrays"),
+        ("odd_rank_name", "unexpected arrays for a run of 2 processes: ['rank01.task.carry.0']"),
     ],
 )
 def test_the_state_of_each_process_is_checked_before_it_is_used(change, needle):
@@ -299,6 +300,8 @@ def test_the_state_of_each_process_is_checked_before_it_is_used(change, needle):
         arrays["rank2.task.carry.0"] = np.ones(1)
     elif change == "stray_task":
         arrays["task.carry.0"] = np.ones(1)
+    elif change == "odd_rank_name":
+        arrays["rank01.task.carry.0"] = np.ones(1)
     if needle is None:
         own, own_meta = comm.own_state(arrays, meta)
         assert sorted(own) == ["model.w", "task.carry.0"] and own["task.carry.0"][0] == 1

@@ -49,7 +49,7 @@ RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 OWN_THREAD_VARIABLE = "RNNKIT_NUM_THREADS"  # rnnkit's own threads (rnnkit.parallel)
 PROCESS_KEYS = ("task", "generators")  # the metadata of one process's own state in a checkpoint
-_PER_RANK = re.compile(r"rank(\d+)\.")  # the arrays of one process in a checkpoint
+_PER_RANK = re.compile(r"rank\d+\.")  # the arrays of one process in a checkpoint
 _SHARED = "raised_on_every_process"  # marks an exception every process raised at one point
 
 
@@ -147,10 +147,11 @@ class Communicator:
             and "task" not in meta  # (its "generators" are rank 0's, which rnnkit.load takes)
         ):
             raise ValueError(
-                f'"ranks" must hold {", ".join(PROCESS_KEYS)} of each of the {self.size} '
-                f"processes, and nothing else the state of one process"
+                f'"ranks" must hold the {" and ".join(PROCESS_KEYS)} of each of the '
+                f"{self.size} processes, and only they may"
             )
-        strays = [k for k in ranked if int(_PER_RANK.match(k).group(1)) >= self.size]
+        processes = {f"rank{r}" for r in range(self.size)}
+        strays = [k for k in ranked if k.split(".", 1)[0] not in processes]
         strays += [k for k in arrays if k.startswith("task.")]  # the processes' own, not here
         if strays:
             raise ValueError(f"unexpected arrays for a run of {self.size} processes: {strays[:3]}")
