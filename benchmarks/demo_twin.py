@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import torch
 
 from rnnkit.cli.options import DEFAULTS
 from rnnkit.cli.runs import bundled_names
-from rnnkit.cli.train import DEMO, model_config, read_corpus
+from rnnkit.cli.train import DEMO, load_data, model_config, read_corpus
+from rnnkit.corpus import encode
 from rnnkit.data import IGNORE_INDEX, lm_lines_batch
 from rnnkit.models import LanguageModel
 from rnnkit.train import LinesLMTask, TrainConfig, lines_loss, train
@@ -70,7 +72,10 @@ def main() -> int:
     torch.set_num_threads(2)
     opts = {**DEFAULTS, **DEMO}
     corpus = read_corpus(bundled_names(), opts)
-    vocab, train_lines, val_lines = corpus.vocab, corpus.train, corpus.val
+    vocab = corpus.vocab
+    with tempfile.TemporaryDirectory() as folder:  # the command line's own data, in memory
+        encode(bundled_names(), vocab, opts["mode"], folder)
+        train_lines, val_lines = (list(lines) for lines in load_data(folder, corpus, opts)[:2])
     config = TrainConfig(
         steps=opts["steps"], lr=opts["lr"], clip=opts["clip"], seed=opts["seed"], progress="none"
     )

@@ -31,7 +31,15 @@ from rnnkit.text import Vocabulary, split_lines, tokenize
 
 RNNKIT = shutil.which("rnnkit", path=str(Path(sys.executable).parent)) or shutil.which("rnnkit")
 CKPT = "checkpoint.safetensors"
-RUN_FILES = [".lock", CKPT, "record.jsonl"]  # what a run folder holds, sorted
+
+
+def run_files(mode: str) -> list[str]:
+    """What a run folder holds, sorted: its lock, checkpoint and record, and the text encoded
+    beside them."""
+    corpus = ["corpus.ids", "corpus.json"] + (["corpus.lines"] if mode == "lines" else [])
+    return sorted([".lock", CKPT, "record.jsonl", *corpus])
+
+
 # Several rnnkit processes may run at once (a killed run and the test's own NumPy): on a small
 # machine OpenBLAS threads spinning against each other make everything many times slower.
 ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -252,7 +260,7 @@ def test_train_prints_what_it_resolved_and_saves(work, runs, level, mode):
     assert meta["step"] == steps and any(k.startswith("best.") for k in arrays)
     assert Vocabulary.from_json(meta["vocabulary"]) == vocab
     assert meta["options"]["level"] == level and meta["options"]["mode"] == mode
-    assert sorted(os.listdir(work / folder)) == RUN_FILES  # no temporary files left behind
+    assert sorted(os.listdir(work / folder)) == run_files(mode)  # no temporary files left
 
 
 def test_word_min_count_reads_rare_words_as_unk(work, runs):
@@ -339,7 +347,7 @@ def test_train_refuses_a_folder_that_holds_a_run(work, runs):
     assert "already holds a training run" in err and "--resume" in err
     assert (folder / CKPT).read_bytes() == before
     assert (folder / CKPT).stat().st_mtime_ns == mtime
-    assert sorted(os.listdir(folder)) == RUN_FILES
+    assert sorted(os.listdir(folder)) == run_files("lines")
 
 
 # ---------------------------------------------------------------- sample
@@ -687,7 +695,7 @@ def test_damaged_checkpoint(work, runs, tmp_path, damage):
         assert ckpt.read_bytes() == data  # the file is left as it is
     err = fails(tmp_path, "train", "names.txt", "--out", "run", *TINY)
     assert "already holds" in err
-    assert ckpt.read_bytes() == data and sorted(os.listdir(run)) == RUN_FILES
+    assert ckpt.read_bytes() == data and sorted(os.listdir(run)) == run_files("lines")
 
 
 def test_resume_with_other_flags_or_text_is_refused(work, runs, tmp_path):
@@ -701,16 +709,20 @@ def test_resume_with_other_flags_or_text_is_refused(work, runs, tmp_path):
     assert "--cell lstm (saved: gru)" in err
     err = fails(tmp_path, "train", "text.txt", "--out", "run", "--resume", "--level", "word")
     assert "--level word (saved: char)" in err
-    # another text, even one byte more: refused by its SHA-256, without echoing any of it
+    # another text, even one byte more or one with the very same characters: refused by its
+    # SHA-256, without echoing any of it
     secret = "Price: 5€ (or 6€) PASSWORD\n"
-    (tmp_path / "more.txt").write_text((work / "text.txt").read_text() + secret)
-    err = fails(tmp_path, "train", "more.txt", "--out", "run", "--resume")
-    assert "more.txt is not the text the run was trained on" in err and "SHA-256" in err
-    assert "PASSWORD" not in err and "€" not in err
+    text = (work / "text.txt").read_text()
+    (tmp_path / "more.txt").write_text(text + secret)
+    (tmp_path / "shuffled.txt").write_text("".join(sorted(text)))
+    for other in ("more.txt", "shuffled.txt"):
+        err = fails(tmp_path, "train", other, "--out", "run", "--resume")
+        assert f"{other} is not the text the run was trained on" in err and "SHA-256" in err
+        assert "PASSWORD" not in err and "€" not in err
     (tmp_path / "less.txt").write_text("the cat sat on the mat\n" * 200)
     err = fails(tmp_path, "train", "less.txt", "--out", "run", "--resume")
     assert "less.txt is not the text the run was trained on" in err
-    assert (run / CKPT).read_bytes() == before and sorted(os.listdir(run)) == RUN_FILES
+    assert (run / CKPT).read_bytes() == before and sorted(os.listdir(run)) == run_files("stream")
     # a folder without a run
     err = fails(tmp_path, "train", "text.txt", "--out", "nothing-here", "--resume")
     assert "holds no checkpoint.safetensors" in err and "drop --resume" in err
@@ -856,7 +868,7 @@ def test_sigkill_then_resume_gives_the_same_weights(work, references, mode):
             assert "resuming at step" in result.stdout
         arrays, meta = arrays_of(work / folder)
         assert meta["step"] == int(KILL_RUNS[mode][-1])
-        assert sorted(os.listdir(work / folder)) == RUN_FILES, "temporary files left behind"
+        assert sorted(os.listdir(work / folder)) == run_files(mode), "temporary files left"
         try:
             assert_same_arrays(arrays, ref_arrays)
         except AssertionError as e:
@@ -874,11 +886,12 @@ def test_killed_before_the_first_checkpoint(work, references):
     err = fails(work, "train", "names.txt", "--out", "early", "--resume")
     assert "holds no checkpoint.safetensors" in err and "drop --resume" in err
     (work / "early").mkdir(exist_ok=True)
-    (work / "early" / f".{CKPT}.half.tmp").write_bytes(b"\0" * 100)  # a write cut short
+    for name in (CKPT, "corpus.ids", "corpus.lines"):  # writes cut short
+        (work / "early" / f".{name}.half.tmp").write_bytes(b"\0" * 100)
     err = fails(work, "train", "names.txt", "--out", "early", "--resume")
     assert "holds no checkpoint.safetensors" in err
     rnnkit(work, *kill_args("lines", "early"))
-    assert sorted(os.listdir(work / "early")) == RUN_FILES
+    assert sorted(os.listdir(work / "early")) == run_files("lines")
     assert_same_arrays(arrays_of(work / "early")[0], references["lines"][0])
 
 
@@ -915,6 +928,11 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(work, references):
     assert (work / folder / CKPT).read_bytes() == before
 
 
+# Under a file-size limit a write may stop short without an error: Python would leave cut
+# bytecode caches, and Numba cut compiler caches, behind for every later run to trip on.
+FULL_DISK_ENV = {"RNNKIT_COMPILED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
 def fill_the_disk_at(limit: int):
     """A full disk for the process: files may grow to ``limit`` bytes, and a write past it
     fails with EFBIG (SIGXFSZ ignored) as ENOSPC would on a full disk."""
@@ -935,7 +953,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_folder(work, tm
     flags = [*TINY, "--checkpoint-every", "1", "--eval-every", "5"]
     rnnkit(tmp_path, "train", "names.txt", "--out", "probe", *flags, "--steps", "1")
     limit = (tmp_path / "probe" / CKPT).stat().st_size + 200  # room for a few more steps
-    env = {**ENV, "RNNKIT_COMPILED": "0"}  # no compiler cache to write either
+    env = {**ENV, **FULL_DISK_ENV}
     result = subprocess.run(
         command(["train", "names.txt", "--out", "run", *flags, "--steps", "40"]),
         cwd=tmp_path,
@@ -952,6 +970,28 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_folder(work, tm
     assert "was left as it is" in err and "--resume" in err
     _, meta = arrays_of(tmp_path / "run")  # the previous checkpoint loads
     assert 1 <= meta["step"] < 40
-    assert sorted(os.listdir(tmp_path / "run")) == RUN_FILES
+    assert sorted(os.listdir(tmp_path / "run")) == run_files("lines")
     result = rnnkit(tmp_path, "train", "--out", "run", "--resume", "--progress", "none")
     assert f"resuming at step {meta['step']}" in result.stdout and "done: 40 steps" in result.stdout
+
+
+def test_a_full_disk_while_the_text_is_encoded_leaves_no_run_behind(work, tmp_path):
+    """The encoded corpus is written before the first checkpoint: a disk too full for it ends
+    in one line saying to run the command again (there is no run to resume yet)."""
+    shutil.copy(work / "names.txt", tmp_path)
+    result = subprocess.run(
+        command(["train", "names.txt", "--out", "run", *TINY, "--steps", "2"]),
+        cwd=tmp_path,
+        env={**ENV, **FULL_DISK_ENV},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        preexec_fn=fill_the_disk_at(500),  # smaller than corpus.ids
+    )
+    assert result.returncode == 1, result.stderr
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "cannot write corpus.ids in run:" in err and "free some space and run it again" in err
+    assert sorted(os.listdir(tmp_path / "run")) == [LOCK]
+    rnnkit(tmp_path, "train", "names.txt", "--out", "run", *TINY, "--steps", "2")
+    assert sorted(os.listdir(tmp_path / "run")) == run_files("lines")

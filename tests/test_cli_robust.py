@@ -15,7 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import CKPT, ENV, LOCK, TIMEOUT, command, fails, names, rnnkit, start, wait_for_step
+from test_cli import (
+    CKPT,
+    ENV,
+    TIMEOUT,
+    command,
+    fails,
+    names,
+    rnnkit,
+    run_files,
+    start,
+    wait_for_step,
+)
 
 import rnnkit as rk
 from rnnkit.checkpoint import load_checkpoint, save_checkpoint
@@ -65,7 +76,7 @@ def test_two_trainers_into_one_folder_one_is_refused_naming_the_other(here, tmp_
     assert first.returncode == 130, err
     _, meta = load_checkpoint(tmp_path / "run" / CKPT)
     assert meta["options"]["steps"] == 100000 and meta["step"] >= 15  # the first run's own
-    assert sorted(os.listdir(tmp_path / "run")) == [LOCK, CKPT]
+    assert sorted(os.listdir(tmp_path / "run")) == run_files("lines")
 
 
 def test_two_trainers_started_together_exactly_one_trains(here, tmp_path):

@@ -13,6 +13,7 @@ from rnnkit.data import (
     StreamBatches,
     lm_lines_batch,
     pad_sequences,
+    share,
 )
 
 # ---------------------------------------------------------------- pad_sequences
@@ -203,7 +204,8 @@ def test_stream_batches_all_chunks_is_one_pass_and_leaves_position_alone():
     passes = list(b.all_chunks())
     assert b.chunks_per_epoch == 2 and len(passes) == 3  # the 2-step tail is evaluated too
     assert [len(x) for x, _ in passes] == [4, 4, 2]
-    np.testing.assert_array_equal(np.concatenate([x for x, _ in passes]), b.inputs)
+    inputs = np.arange(30).reshape(3, 10).T  # (per stream, N): each column one stream
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in passes]), inputs)
     assert b.state_dict() == state
     fresh = StreamBatches(np.arange(31), batch_size=3, seq_len=4)
     for x, y in passes[:2]:
@@ -262,6 +264,86 @@ def test_stream_batches_bad_sizes_raise_value_error(kwargs):
     chunks of 6 steps and chunks_per_epoch -3, not a clear ValueError."""
     with pytest.raises(ValueError, match="batch|seq"):
         StreamBatches(np.arange(20), **kwargs)
+
+
+# ---------------------------------------------------------------- shares of several processes
+
+
+@pytest.mark.parametrize("n,size", [(5, 2), (32, 3), (2, 3), (7, 7), (0, 2)])
+def test_share_cuts_as_array_split(n, size):
+    parts = [np.arange(n)[share(n, rank, size)] for rank in range(size)]
+    for got, want in zip(parts, np.array_split(np.arange(n), size)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="rank must lie in"):
+        share(n, size, size)
+
+
+def test_stream_shards_side_by_side_are_the_whole_batch():
+    ids = np.random.default_rng(3).integers(0, 50, 400)
+    whole = StreamBatches(ids, batch_size=5, seq_len=6)
+    shards = [StreamBatches(ids, batch_size=5, seq_len=6) for _ in range(3)]
+    for rank, b in enumerate(shards):
+        b.shard(rank, 3)
+    for _ in range(whole.chunks_per_epoch + 1):
+        x, y, new_epoch = whole.next()
+        parts = [b.next() for b in shards]
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts], axis=1), x)
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts], axis=1), y)
+        assert all(p[2] == new_epoch for p in parts)
+    with pytest.raises(ValueError, match="batch size 5 is smaller than the 6 processes"):
+        StreamBatches(ids, batch_size=5, seq_len=6).shard(0, 6)
+    empty = StreamBatches(ids, batch_size=5, seq_len=6)
+    empty.shard(5, 6, allow_empty=True)
+    assert list(empty.all_chunks()) == []
+
+
+def test_sequence_batches_state_is_small_and_resumes_the_same_order():
+    b = SequenceBatches(100_000, 64, np.random.default_rng(4))
+    for _ in range(b.batches_per_epoch + 5):  # into the second epoch
+        b.next()
+    state = json.loads(json.dumps(b.state_dict()))
+    assert len(json.dumps(state)) < 1000  # not the order of 100,000 examples
+    expected = [b.next() for _ in range(3)]
+    again = SequenceBatches(100_000, 64, np.random.default_rng(99))
+    again.load_state_dict(state)
+    for want in expected:
+        np.testing.assert_array_equal(again.next(), want)
+    legacy = {"epoch": 0, "index": 1, "order": [2, 0, 1, 3]}  # a checkpoint of earlier versions
+    old = SequenceBatches(4, 2, np.random.default_rng(0))
+    old.load_state_dict(legacy)
+    assert old.state_dict() == legacy  # saved again as it was read: no state draws that order
+    np.testing.assert_array_equal(old.next(), [1, 3])
+    old.next()  # a new epoch: its order comes from the generator again
+    assert "order_state" in old.state_dict()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"order_state": "shuffled"}, "generator state is not valid"),
+        ({"order_state": np.random.MT19937(0).state}, "generator state is not valid"),
+        ({"index": 3}, "past the 2 batches"),
+        ({"order": [0, 1, 2, 3]}, "a data position is"),  # both forms at once
+        ({"epoch": True}, "epoch must be a whole number"),
+    ],
+)
+def test_a_saved_order_state_is_checked_and_a_bad_one_changes_nothing(change, message):
+    b = SequenceBatches(4, 2, np.random.default_rng(0))
+    b.next()
+    state = {**b.state_dict(), **change}
+    other = SequenceBatches(4, 2, np.random.default_rng(1))
+    before = (other.rng.bit_generator.state, other.order.tolist(), other.epoch, other.index)
+    with pytest.raises(ValueError, match=message):
+        other.load_state_dict(state)
+    after = (other.rng.bit_generator.state, other.order.tolist(), other.epoch, other.index)
+    assert after == before
+
+
+def test_stream_batches_take_integer_ids_only():
+    with pytest.raises(ValueError, match="ids must be integers, got float64"):
+        StreamBatches(np.arange(20.0), 2, 3)
+    with pytest.raises(ValueError, match="one-dimensional"):
+        StreamBatches(np.zeros((4, 5), dtype=np.int64), 2, 3)
 
 
 # ---------------------------------------------------------------- lm_lines_batch

@@ -10,6 +10,8 @@ from rnnkit.text import (
     UNK,
     TextError,
     Vocabulary,
+    decode_pieces,
+    decode_text,
     detokenize,
     read_text,
     split_lines,
@@ -285,6 +287,35 @@ def test_a_byte_order_mark_is_dropped_and_line_breaks_become_newlines(tmp_path):
     path.write_bytes(b"\xef\xbb\xbfab\xff")  # the offset counts the mark's bytes too
     with pytest.raises(TextError, match=r"byte 5 \(0xff\)"):
         read_text(path)
+
+
+@pytest.mark.parametrize(
+    "data, encoding",
+    [
+        ("\ufeffh\u00e9\r\n\u65e5\r\rx\r".encode(), "utf-8"),
+        (b"\xef\xbb\xbf\xef\xbb\xbfab", "utf-8"),  # a second mark is a character
+        (b"\xef\xbbab", "utf-8"),  # the start of a mark only: a bad byte
+        (b"ab\r\ncd\xe2\x82", "utf-8"),  # a character cut at the end
+        (b"\xef\xbb\xbfab\r\n\xffcd", "utf-8"),
+        ("a\r\nb\u00e9".encode("utf-16"), "utf-16"),
+        (b"\xef\xbb\xbfcaf\xe9\r\n", "latin-1"),  # no mark to drop in latin-1
+    ],
+)
+def test_pieces_decode_as_the_whole_file_wherever_it_is_cut(data, encoding):
+    """A file read in chunks decodes to the text (or the error) of the whole file, however
+    the chunks cut a character, a byte-order mark or a \\r\\n."""
+    try:
+        whole = decode_text(data, "f.txt", encoding)
+    except TextError as e:
+        whole = str(e)
+    for cuts in [(i,) for i in range(len(data) + 1)] + [tuple(range(0, len(data), 1))]:
+        bounds = [0, *cuts, len(data)]
+        pieces = [data[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        try:
+            got = "".join(decode_pieces(pieces, "f.txt", encoding))
+        except TextError as e:
+            got = str(e)
+        assert got == whole, (cuts, got, whole)
 
 
 @pytest.mark.parametrize("codec", ["base64", "rot13", "zlib", "hex"])

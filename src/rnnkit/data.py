@@ -32,7 +32,8 @@ class SequenceBatches:
     """Shuffled mini-batches of whole sequences (lines mode, classification, tagging, seq2seq).
 
     Each epoch visits every example once, in an order drawn from ``rng``; a batch is a list of
-    example indices. The position (epoch, batch, order) is part of the state.
+    example indices. The position (epoch, batch, and the generator's state when the epoch's
+    order was drawn) is part of the state, a few numbers however many examples there are.
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class SequenceBatches:
         self.order = self._new_order()
 
     def _new_order(self) -> np.ndarray:
+        self.order_state = self.rng.bit_generator.state  # enough to draw this order again
         if self.shuffle:
             return self.rng.permutation(self.num_examples)
         return np.arange(self.num_examples)
@@ -69,22 +71,51 @@ class SequenceBatches:
         return self.order[start : start + self.batch_size]
 
     def state_dict(self) -> dict:
-        """The position, JSON-friendly."""
-        return {"epoch": self.epoch, "index": self.index, "order": self.order.tolist()}
+        """The position, JSON-friendly (the order itself while it is one read back from a
+        position that held it: no generator state draws it)."""
+        if self.order_state is None:
+            return {"epoch": self.epoch, "index": self.index, "order": self.order.tolist()}
+        return {"epoch": self.epoch, "index": self.index, "order_state": self.order_state}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a saved position; ValueError if it is not one of these batches'."""
-        epoch, index = _position(state, self.batches_per_epoch, {"order"})
-        order = state["order"]
-        if not (
-            isinstance(order, list)
-            and len(order) == self.num_examples
-            and all(isinstance(i, int) and not isinstance(i, bool) for i in order)
-            and sorted(order) == list(range(self.num_examples))
-        ):
-            raise ValueError(f"the saved order is not an order of {self.num_examples} examples")
+        """Continue from a saved position; ValueError, changing nothing, if it is not one of
+        these batches'. The epoch's order is drawn again from the saved generator state, which
+        leaves ``rng`` where that draw left it: a task that draws more from ``rng`` restores
+        its own state afterwards. A position saved with the order itself (``"order"``, as
+        earlier versions wrote it) is read too."""
+        if isinstance(state, dict) and "order" in state:
+            epoch, index = _position(state, self.batches_per_epoch, {"order"})
+            order = state["order"]
+            if not (
+                isinstance(order, list)
+                and len(order) == self.num_examples
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in order)
+                and sorted(order) == list(range(self.num_examples))
+            ):
+                raise ValueError(f"the saved order is not an order of {self.num_examples} examples")
+            self.epoch, self.index, self.order = epoch, index, np.asarray(order, dtype=np.int64)
+            self.order_state = None  # until the next epoch draws an order
+            return
+        epoch, index = _position(state, self.batches_per_epoch, {"order_state"})
+        before = self.rng.bit_generator.state
+        try:
+            self.rng.bit_generator.state = state["order_state"]
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            self.rng.bit_generator.state = before
+            raise ValueError(f"the saved order's generator state is not valid ({e})") from None
         self.epoch, self.index = epoch, index
-        self.order = np.asarray(order, dtype=np.int64)
+        self.order = self._new_order()
+
+
+def share(n: int, rank: int, size: int) -> slice:
+    """Process ``rank``'s part of ``n`` items split among ``size`` processes: contiguous parts
+    whose lengths differ by one at most (the first ``n % size`` one longer), as
+    ``np.array_split`` cuts them."""
+    if not 0 <= rank < size:
+        raise ValueError(f"rank must lie in [0, {size}), got {rank}")
+    base, extra = divmod(n, size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
 
 
 class StreamBatches:
@@ -94,6 +125,10 @@ class StreamBatches:
 
     ``next()`` returns ``(inputs (T, N), targets (T, N), new_epoch)``; targets are the inputs
     shifted one token ahead. At an epoch's start the carried state should be reset.
+
+    ``ids`` may be any one-dimensional integer array, a ``np.memmap`` of a corpus on disk
+    included: each chunk is read from it when asked for, and nothing the size of the corpus is
+    copied. After :meth:`shard`, the chunks hold only one process's share of the streams.
     """
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
@@ -102,18 +137,46 @@ class StreamBatches:
                 f"batch_size and seq_len must be >= 1, got batch_size={batch_size}, "
                 f"seq_len={seq_len}"
             )
-        ids = np.asarray(ids, dtype=np.int64)
-        per_stream = (len(ids) - 1) // batch_size
-        if per_stream < 1:
+        if np.ndim(ids) != 1:
+            raise ValueError(f"ids must be one-dimensional, got shape {np.shape(ids)}")
+        self.ids = ids if isinstance(ids, np.ndarray) else np.asarray(ids, dtype=np.int64)
+        if not np.issubdtype(self.ids.dtype, np.integer):
+            raise ValueError(f"ids must be integers, got {self.ids.dtype}")
+        self.per_stream = (len(ids) - 1) // batch_size
+        if self.per_stream < 1:
             raise ValueError(
                 f"a stream of {len(ids)} tokens is too short for batch size "
                 f"{batch_size}: need at least {batch_size + 1} tokens"
             )
-        self.inputs = ids[: batch_size * per_stream].reshape(batch_size, per_stream).T  # (L, N)
-        self.targets = ids[1 : batch_size * per_stream + 1].reshape(batch_size, per_stream).T
-        self.seq_len = min(seq_len, per_stream)
-        self.chunks_per_epoch = per_stream // self.seq_len
+        self.batch_size = batch_size
+        self.seq_len = min(seq_len, self.per_stream)
+        self.chunks_per_epoch = self.per_stream // self.seq_len
+        self.starts = np.arange(batch_size) * self.per_stream  # where each stream begins
         self.epoch, self.index = 0, 0
+
+    def shard(self, rank: int, size: int, allow_empty: bool = False) -> None:
+        """From now on, read only process ``rank``'s share of the streams (see :func:`share`).
+
+        Raises:
+            ValueError: fewer streams than processes, unless ``allow_empty``.
+        """
+        if self.batch_size < size and not allow_empty:
+            raise ValueError(
+                f"batch size {self.batch_size} is smaller than the {size} processes: each "
+                f"needs one stream at least"
+            )
+        streams = np.arange(self.batch_size)[share(self.batch_size, rank, size)]
+        self.starts = streams * self.per_stream
+
+    @property
+    def streams(self) -> int:
+        """The parallel streams this process reads: ``batch_size``, or its share."""
+        return len(self.starts)
+
+    def _chunk(self, begin: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and targets of time steps ``begin .. end - 1`` of every stream, (T, N)."""
+        at = self.starts[None, :] + np.arange(begin, end)[:, None]  # (T, N) positions
+        return self.ids[at].astype(np.int64), self.ids[at + 1].astype(np.int64)
 
     def next(self) -> tuple[np.ndarray, np.ndarray, bool]:
         """The next chunk ``(inputs, targets, new_epoch)``."""
@@ -122,16 +185,17 @@ class StreamBatches:
             self.epoch += 1
             self.index = 0
             new_epoch = True
-        t = slice(self.index * self.seq_len, (self.index + 1) * self.seq_len)
+        begin = self.index * self.seq_len
         self.index += 1
-        return self.inputs[t], self.targets[t], new_epoch
+        return (*self._chunk(begin, begin + self.seq_len), new_epoch)
 
     def all_chunks(self):
         """Every chunk of one pass in order, the last shorter one included (for evaluation):
-        ``(inputs, targets)``."""
-        for start in range(0, len(self.inputs), self.seq_len):
-            t = slice(start, start + self.seq_len)
-            yield self.inputs[t], self.targets[t]
+        ``(inputs, targets)``; none for a share without streams."""
+        if self.streams == 0:
+            return
+        for begin in range(0, self.per_stream, self.seq_len):
+            yield self._chunk(begin, min(begin + self.seq_len, self.per_stream))
 
     def state_dict(self) -> dict:
         """The position, JSON-friendly."""

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from .memory import check_fits, format_bytes
 
@@ -62,7 +63,7 @@ def file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _open_regular(path: str | os.PathLike, what: str) -> int:
+def _open_regular(path: str | os.PathLike, what: str, whole: bool = True) -> int:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block
     try:
         st = os.fstat(fd)
@@ -70,7 +71,8 @@ def _open_regular(path: str | os.PathLike, what: str) -> int:
             raise NotARegularFile(
                 errno.EINVAL, f"{path} is {file_kind(st.st_mode)}, not a regular file"
             )
-        check_fits(st.st_size, f"{what} {path} ({format_bytes(st.st_size)})")
+        if whole:  # to be read into memory at once
+            check_fits(st.st_size, f"{what} {path} ({format_bytes(st.st_size)})")
     except BaseException:
         os.close(fd)
         raise
@@ -95,12 +97,27 @@ def read_regular_file(path: str | os.PathLike, what: str = "file") -> bytes:
         return f.read()
 
 
+def open_regular_file(path: str | os.PathLike, what: str = "file") -> BinaryIO:
+    """``path`` opened for reading in binary, to be read in pieces (so of any size); raises as
+    :func:`read_regular_file` does, but never :class:`NotEnoughMemory`."""
+    return os.fdopen(_open_regular(path, what, whole=False), "rb")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
 
     A full disk (or a file-size limit) raises :class:`NoRoom`, whose message names the
     folder, the size the file needs and the space left; the old file is left as it was.
     """
+    with atomic_file(path, len(data)) as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, size: int | None = None) -> Iterator[BinaryIO]:
+    """A binary file to write in the block, which then replaces ``path`` atomically (see
+    :func:`atomic_write_bytes`); if the block raises, it is removed and ``path`` left as it
+    was. ``size``: the bytes the file will hold, when known, for :class:`NoRoom`'s message."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
@@ -110,15 +127,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a saved file gets the usual mode
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.errno in _NO_ROOM:
-            raise _no_room(path, len(data), e) from None
+            raise _no_room(path, size, written, e) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -130,16 +148,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         pass
 
 
-def _no_room(path: Path, size: int, e: OSError) -> NoRoom:
+def _no_room(path: Path, size: int | None, written: int, e: OSError) -> NoRoom:
     try:
         free = f", {format_bytes(shutil.disk_usage(path.parent).free)} free"
     except OSError:
         free = ""
     kept = f"the previous {path.name} was left as it is" if path.exists() else "nothing was written"
+    needs = format_bytes(size) if size is not None else f"more than {format_bytes(written)}"
     return NoRoom(
         e.errno,
-        f"cannot write {path.name} in {path.parent}: {e.strerror} (it needs "
-        f"{format_bytes(size)}{free}); {kept}",
+        f"cannot write {path.name} in {path.parent}: {e.strerror} (it needs {needs}{free}); {kept}",
     )
 
 

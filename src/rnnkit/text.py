@@ -8,12 +8,14 @@ unseen words), then the others in sorted order, so the same text always gives th
 from __future__ import annotations
 
 import codecs
+import io
+import itertools
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from .files import NotARegularFile, read_regular_file
+from .files import NotARegularFile, open_regular_file, read_regular_file
 from .memory import NotEnoughMemory
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
@@ -44,24 +46,57 @@ def check_codec(encoding: str, errors: str = "strict") -> None:
         raise TextError(f"unknown error handler {errors!r}; use strict or replace") from None
 
 
-def decode_text(data: bytes, name: str, encoding: str = "utf-8", errors: str = "strict") -> str:
-    """Bytes to text: a UTF-8 byte-order mark is dropped, line breaks ``\\r\\n`` and ``\\r``
-    become ``\\n`` (as Python's text files read them), and undecodable bytes raise
-    :class:`TextError` naming their offset in the file ``name``, unless
-    ``errors="replace"``."""
+def decode_pieces(
+    pieces: Iterable[bytes], name: str, encoding: str = "utf-8", errors: str = "strict"
+) -> Iterator[str]:
+    """Bytes read piece by piece (a file in chunks) to text, piece by piece: a UTF-8
+    byte-order mark is dropped, line breaks ``\\r\\n`` and ``\\r`` become ``\\n`` (as Python's
+    text files read them), and an undecodable byte raises :class:`TextError` naming its
+    offset in the file ``name``, unless ``errors="replace"``. A character or a ``\\r\\n``
+    split between two pieces is decoded whole."""
     check_codec(encoding, errors)
-    skipped = 0
-    if codecs.lookup(encoding).name == "utf-8" and data.startswith(codecs.BOM_UTF8):
-        data, skipped = data[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
-    try:
-        text = data.decode(encoding, errors=errors)
-    except UnicodeDecodeError as e:
-        raise TextError(
-            f"{name}: byte {skipped + e.start} (0x{data[e.start]:02x}) is not valid "
-            f"{e.encoding}; give the file's encoding with --encoding (for example "
-            f"latin-1) or replace bad bytes with --errors replace"
-        ) from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    inner = codecs.getincrementaldecoder(encoding)(errors)
+    decoder = io.IncrementalNewlineDecoder(inner, translate=True)
+    bom = codecs.BOM_UTF8 if codecs.lookup(encoding).name == "utf-8" else b""
+    offset, head = 0, b""  # bytes of the file decoded so far; the first few, held back
+    for piece in itertools.chain(pieces, [None]):
+        final = piece is None
+        data = head + (piece or b"")
+        if bom and not final and len(data) < len(bom) and bom.startswith(data):
+            head = data  # not yet enough bytes to tell a byte-order mark
+            continue
+        if bom and data.startswith(bom):
+            data, offset = data[len(bom) :], len(bom)
+        bom, head = b"", b""
+        begun = len(inner.getstate()[0])  # bytes of a character the last piece began
+        try:
+            text = decoder.decode(data, final=final)
+        except UnicodeDecodeError as e:
+            at = offset - begun + e.start
+            raise TextError(
+                f"{name}: byte {at} (0x{e.object[e.start]:02x}) is not valid {e.encoding}; "
+                f"give the file's encoding with --encoding (for example latin-1) or replace "
+                f"bad bytes with --errors replace"
+            ) from None
+        offset += len(data)
+        if text:
+            yield text
+
+
+def decode_text(data: bytes, name: str, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """Bytes to text, by the rules of :func:`decode_pieces`."""
+    return "".join(decode_pieces([data], name, encoding, errors))
+
+
+def _unreadable(path: str | Path, error: Exception) -> TextError:
+    """The one message for a text file that cannot be read, whole or in pieces."""
+    if isinstance(error, FileNotFoundError):
+        return TextError(f"{path}: no such file")
+    if isinstance(error, NotARegularFile):
+        return TextError(f"{error.strerror}; give a text file")
+    if isinstance(error, NotEnoughMemory):
+        return TextError(str(error))
+    return TextError(f"{path}: cannot read ({error.strerror})")
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -69,20 +104,31 @@ def read_bytes(path: str | Path) -> bytes:
     FIFO or a device (refused before reading), or one larger than the memory available."""
     try:
         return read_regular_file(path, "text file")
-    except FileNotFoundError:
-        raise TextError(f"{path}: no such file") from None
-    except NotARegularFile as e:
-        raise TextError(f"{e.strerror}; give a text file") from None
-    except NotEnoughMemory as e:
-        raise TextError(str(e)) from None
+    except (OSError, NotEnoughMemory) as e:
+        raise _unreadable(path, e) from None
+
+
+def read_pieces(path: str | Path, size: int) -> Iterator[bytes]:
+    """The bytes of a text file of any size, ``size`` at a time; :class:`TextError` as
+    :func:`read_bytes` (but no file is too large: nothing holds it whole)."""
+    try:
+        with open_regular_file(path, "text file") as f:
+            while piece := f.read(size):
+                yield piece
     except OSError as e:
-        raise TextError(f"{path}: cannot read ({e.strerror})") from None
+        raise _unreadable(path, e) from None
 
 
 def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict") -> str:
-    """Read a whole text file (see :func:`read_bytes` and :func:`decode_text`)."""
+    """Read a whole text file (see :func:`read_bytes` and :func:`decode_pieces`)."""
     check_codec(encoding, errors)
     return decode_text(read_bytes(path), str(path), encoding, errors)
+
+
+def unseen_characters(what: str, unknown: Sequence[str]) -> TextError:
+    """The error for characters of ``what`` (a file, a flag) a model never saw."""
+    shown = ", ".join(repr(u) for u in unknown[:20])
+    return TextError(f"{what} has characters the model never saw: {shown}")
 
 
 def tokenize(text: str, level: str) -> list[str]:
@@ -142,6 +188,21 @@ class Vocabulary:
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(tokenize(text, level) if isinstance(text, str) else text)
+        return cls.from_counts(counts, level, min_count, pad=pad, specials=specials)
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Mapping[str, int],
+        level: str,
+        min_count: int = 1,
+        *,
+        pad: bool = False,
+        specials: Sequence[str] | None = None,
+    ) -> Vocabulary:
+        """From how often each token occurs (a streaming pass counts them): the special
+        tokens, then every token seen ``min_count`` times or more, sorted; ``pad`` and
+        ``specials`` as in :meth:`build`."""
         if specials is None:
             specials = [EOS] if level == "char" else [EOS, UNK]
         specials = [PAD, *specials] if pad else list(specials)

@@ -5,7 +5,9 @@ What is trained on what is a *task*: an object with ``train_step(model) -> loss`
 loss, backward: gradients added into the model), ``evaluate(model) -> loss``, and
 ``state_dict() -> (arrays, meta)`` / ``load_state_dict(arrays, meta)`` for its position in the
 data, its random generator and any state it carries between steps. :class:`StreamLMTask` and
-:class:`LinesLMTask` train language models; :class:`BatchTask` wraps any other model.
+:class:`LinesLMTask` train language models; :class:`BatchTask` wraps any other model. The two
+language-model tasks also train on several processes (:mod:`rnnkit.distributed`): each has
+``shard(rank, size)`` and ``count``, the targets its last loss averaged.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import IGNORE_INDEX, SequenceBatches, StreamBatches, lm_lines_batch
+from .data import IGNORE_INDEX, SequenceBatches, StreamBatches, lm_lines_batch, share
+from .distributed import Communicator
 from .losses import cross_entropy
 from .module import (
     BEST,
@@ -62,6 +65,9 @@ class ConfigError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field} {message}")
         self.field, self.message = field, message
+
+    def __reduce__(self):  # rebuilt from its fields, as another process unpickles it
+        return type(self), (self.field, self.message)
 
 
 @dataclass
@@ -163,6 +169,14 @@ class StreamLMTask:
         if val_ids is not None and len(val_ids) > 1:
             self.val = StreamBatches(val_ids, min(batch_size, len(val_ids) - 1), seq_len)
         self.carry = None
+        self.count = 0  # tokens the last loss averaged
+
+    def shard(self, rank: int, size: int) -> None:
+        """Train on process ``rank``'s share of the parallel streams, and validate on its share
+        of the validation streams (which may be none)."""
+        self.batches.shard(rank, size)
+        if self.val is not None:
+            self.val.shard(rank, size, allow_empty=True)
 
     def train_step(self, model) -> float:
         """One chunk forward and backward; returns the mean loss per token."""
@@ -171,6 +185,7 @@ class StreamLMTask:
             self.carry = None
         logits, state, cache = model.forward(x, self.carry)
         loss, dlogits = cross_entropy(logits, y)
+        self.count = y.size
         if not math.isfinite(loss):
             return loss  # the loop stops with TrainingError; no backward pass through nan
         model.backward(dlogits, cache)
@@ -178,8 +193,12 @@ class StreamLMTask:
         return loss
 
     def evaluate(self, model) -> float | None:
-        """Mean loss per token over the validation stream; None without one."""
-        return None if self.val is None else stream_loss(model, self.val)[0]
+        """Mean loss per token over the validation stream (this process's share of it: nan
+        for a share without streams); None without one."""
+        if self.val is None:
+            return None
+        loss, self.count = stream_loss(model, self.val)
+        return loss
 
     def state_dict(self) -> tuple[dict, dict]:
         """Data position and carried state."""
@@ -203,7 +222,7 @@ class StreamLMTask:
             raise ValueError(
                 "the carried state is missing" if started else "a state is carried before any step"
             )
-        N = self.batches.inputs.shape[1]
+        N = self.batches.streams
         parts = [arrays[n] for n in names]
         if any(p.ndim != 3 or p.shape != parts[0].shape or p.shape[1] != N for p in parts):
             shapes = [p.shape for p in parts]
@@ -216,7 +235,7 @@ class StreamLMTask:
         """ValueError unless the carried state has the shape and dtype of ``model``'s."""
         if self.carry is None:
             return
-        want = model.initial_state(self.batches.inputs.shape[1])
+        want = model.initial_state(self.batches.streams)
         want = want if isinstance(want, tuple) else (want,)
         got = self.carry if isinstance(self.carry, tuple) else (self.carry,)
         if [(a.shape, a.dtype) for a in got] != [(a.shape, a.dtype) for a in want]:
@@ -227,14 +246,15 @@ class StreamLMTask:
 
 
 def stream_loss(model, batches: StreamBatches) -> tuple[float, int]:
-    """``(mean loss per token, tokens)`` over one pass of a stream, state carried, eval mode."""
+    """``(mean loss per token, tokens)`` over one pass of a stream, state carried, eval mode
+    (nan and 0 for a share without streams)."""
     total, count, carry = 0.0, 0, None
     with evaluating(model):
         for x, y in batches.all_chunks():
             logits, carry, _ = model.forward(x, carry)
             loss, _ = cross_entropy(logits, y, reduction="sum")
             total, count = total + loss, count + y.size
-    return total / count, count
+    return (total / count if count else math.nan), count
 
 
 class LinesLMTask:
@@ -249,24 +269,44 @@ class LinesLMTask:
         eos_id: int,
         rng: np.random.Generator,
     ):
-        self.lines, self.val_lines = list(train_lines), list(val_lines or [])
+        # kept as given: lines read from a corpus on disk (rnnkit.corpus.Lines) stay there
+        self.lines, self.val_lines = train_lines, val_lines if val_lines is not None else []
         self.eos_id, self.rng = eos_id, rng
         self.batches = SequenceBatches(len(self.lines), batch_size, rng)
+        self.part = (0, 1)  # (rank, size): which share of each batch this process takes
+        self.count = 0  # tokens the last loss averaged
+
+    def shard(self, rank: int, size: int) -> None:
+        """Train on process ``rank``'s share of the lines of every batch, and validate on its
+        share of the validation lines."""
+        if self.batches.batch_size < size:
+            raise ValueError(
+                f"batch size {self.batches.batch_size} is smaller than the {size} processes: "
+                f"each needs one line at least"
+            )
+        self.part = (rank, size)
 
     def train_step(self, model) -> float:
         """One batch of lines forward and backward; returns the mean loss per token."""
         idx = self.batches.next()
+        idx = idx[share(len(idx), *self.part)]
         x, y, lengths = lm_lines_batch([self.lines[i] for i in idx], self.eos_id)
         logits, _, cache = model.forward(x, None, lengths)
         loss, dlogits = cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
+        self.count = int(lengths.sum())
         if not math.isfinite(loss):
             return loss  # the loop stops with TrainingError; no backward pass through nan
         model.backward(dlogits, cache)
         return loss
 
     def evaluate(self, model) -> float | None:
-        """Mean loss per token over the validation lines; None without any."""
-        return lines_loss(model, self.val_lines, self.eos_id)[0] if self.val_lines else None
+        """Mean loss per token over the validation lines (this process's share of them: nan
+        for a share without lines); None without any."""
+        if len(self.val_lines) == 0:
+            return None
+        lines = self.val_lines[share(len(self.val_lines), *self.part)]
+        loss, self.count = lines_loss(model, lines, self.eos_id)
+        return loss
 
     def state_dict(self) -> tuple[dict, dict]:
         """Data position and the shuffling generator."""
@@ -280,7 +320,8 @@ class LinesLMTask:
 def lines_loss(
     model, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int = 64
 ) -> tuple[float, int]:
-    """``(mean loss per token, tokens)`` over lines (``<eos>`` of each line included)."""
+    """``(mean loss per token, tokens)`` over lines (``<eos>`` of each line included; nan and
+    0 for no lines)."""
     total, count = 0.0, 0
     with evaluating(model):
         for start in range(0, len(lines), batch_size):
@@ -288,7 +329,7 @@ def lines_loss(
             logits, _, _ = model.forward(x, None, lengths)
             loss, _ = cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
             total, count = total + loss, count + int(lengths.sum())
-    return total / count, count
+    return (total / count if count else math.nan), count
 
 
 class BatchTask:
@@ -333,8 +374,9 @@ def _load_shuffled(batches: SequenceBatches, rng, arrays: dict, meta: dict) -> N
         raise ValueError('the task state must be {"batches": position, "rng": state}')
     saved_rng = rng.bit_generator.state
     try:
+        rng.bit_generator.state = meta["rng"]  # checked before the batches change
+        batches.load_state_dict(meta["batches"])  # draws the epoch's order from rng again
         rng.bit_generator.state = meta["rng"]
-        batches.load_state_dict(meta["batches"])
     except (TypeError, ValueError, KeyError, OverflowError) as e:
         rng.bit_generator.state = saved_rng
         raise ValueError(f"the task state cannot be restored ({e})") from None
@@ -426,11 +468,20 @@ class _DeferredInterrupt:
         self.previous = {}
 
 
+def _process_state(model: Module, task) -> tuple[dict, dict]:
+    """What a checkpoint holds for each process (:data:`rnnkit.distributed.PROCESS_KEYS`):
+    the task's data position and carried state, and the random state of dropout."""
+    task_arrays, task_meta = task.state_dict()
+    arrays = {f"task.{k}": v for k, v in task_arrays.items()}
+    generators = [g.bit_generator.state for g in random_generators(model)]
+    return arrays, {"task": task_meta, "generators": generators}
+
+
 def _checkpoint(
     path: Path,
     model: Module,
     opt: Optimizer,
-    task,
+    processes: tuple[dict, dict],
     step: int,
     history: History,
     best: dict | None,
@@ -440,8 +491,7 @@ def _checkpoint(
     arrays = {MODEL + k: v for k, v in model.named_parameters()}  # the last weights
     opt_state = opt.state_dict()
     arrays |= {f"optim.{k}": v for k, v in opt_state.pop("buffers").items()}
-    task_arrays, task_meta = task.state_dict()
-    arrays |= {f"task.{k}": v for k, v in task_arrays.items()}
+    arrays |= processes[0]  # every process's own state (see _process_state)
     if best is not None:
         arrays |= {BEST + k: v for k, v in best.items()}
     meta = {
@@ -449,7 +499,7 @@ def _checkpoint(
         "step": step,
         "config": asdict(config),
         "optimizer": opt_state,
-        "task": task_meta,
+        **processes[1],
         "history": asdict(history),
         **extra,
     }
@@ -547,6 +597,7 @@ def train(
     on_checkpoint: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     recorder=None,
+    comm: Communicator | None = None,
 ) -> History:
     """Train ``model`` on ``task`` for ``config.steps`` optimiser steps.
 
@@ -565,11 +616,20 @@ def train(
             within the run's length, the optimiser's buffers and the data position present
             and consistent, the task's carried state fitting the model).
         extra_metadata: JSON-friendly entries stored in each checkpoint (vocabulary, options).
-        on_checkpoint: called with the step after each checkpoint is written.
+        on_checkpoint: called with the step after each checkpoint is written (on every
+            process).
         on_start: called with the step training starts from (0, or the step a resumed run
-            is at), once the saved state has been checked and restored.
+            is at), once the saved state has been checked and restored (on every process).
         recorder: a :class:`rnnkit.record.TrainingRecord` (or an object with its ``begin``,
-            ``step``, ``evaluation`` and ``checkpoint``), told of each step as it happens.
+            ``step``, ``evaluation`` and ``checkpoint``), told of each step as it happens
+            (on rank 0 alone).
+        comm: the processes that train the model together, an
+            :class:`rnnkit.distributed.MPI` (default: this process alone). Each takes its
+            share of every batch of ``task`` (built for the global batch, the same on every
+            process); together they compute what one process computes on the whole batch.
+            Rank 0 alone shows progress, keeps the record and writes checkpoints, which hold
+            every process's data position and random state: a run resumes under the same
+            number of processes only.
 
     Returns:
         The :class:`History`. With ``restore_best`` or ``patience``, the weights of the best
@@ -586,6 +646,9 @@ def train(
     (the caller's handlers are put back on return).
     """
     extra = dict(extra_metadata or {})
+    comm = comm or Communicator()
+    task = comm.shard(task)
+    recorder = recorder if comm.rank == 0 else None
     path = None
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -596,18 +659,25 @@ def train(
     if resume:
         if path is None:
             raise ValueError("resume needs out_dir")
-        arrays, meta = load_checkpoint(path)
-        try:
-            history, best, step, bad_evals = _restore(path, arrays, meta, model, opt, task, config)
-        except CheckpointError:
-            raise
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
-            raise CheckpointError(f"checkpoint {path} cannot be resumed: {e}") from None
+        saved = comm.from_root(lambda: load_checkpoint(path))
+
+        def restore():
+            try:
+                arrays, meta = comm.own_state(*saved)
+                return _restore(path, arrays, meta, model, opt, task, config)
+            except CheckpointError:
+                raise
+            except (KeyError, TypeError, ValueError, OverflowError) as e:
+                raise CheckpointError(f"checkpoint {path} cannot be resumed: {e}") from None
+
+        history, best, step, bad_evals = comm.collective(restore)
     else:
         # Dropout draws from a stream of its own, never the one that drew the initial weights.
-        dropout_state = np.random.default_rng([config.seed, 1]).bit_generator.state
+        dropout_seed = comm.dropout_seed(config.seed)
+        dropout_state = np.random.default_rng(dropout_seed).bit_generator.state
         for g in random_generators(model):
             g.bit_generator.state = dropout_state
+    comm.broadcast_parameters(model)
     if on_start is not None:
         on_start(step)
     if recorder is not None:
@@ -618,21 +688,28 @@ def train(
         return history
 
     def save(at_step: int, interrupted: bool = False) -> None:
-        if recorder is not None:  # the record reaches at_step on disk before the checkpoint
-            recorder.checkpoint(at_step, model, interrupted)
-        if path is not None:
-            state = {**extra, "bad_evals": bad_evals}
-            _checkpoint(path, model, opt, task, at_step, history, best, config, state)
-            if on_checkpoint is not None:
-                on_checkpoint(at_step)
+        processes = comm.gather_state(*_process_state(model, task)) if path else None
 
-    progress = Progress(config.progress, config.steps, start=step)
+        def write() -> None:  # on rank 0
+            if recorder is not None:  # the record reaches at_step on disk before the checkpoint
+                recorder.checkpoint(at_step, model, interrupted)
+            if path is not None:
+                state = {**extra, "bad_evals": bad_evals}
+                _checkpoint(path, model, opt, processes, at_step, history, best, config, state)
+
+        comm.from_root(write)
+        if path is not None and on_checkpoint is not None:
+            on_checkpoint(at_step)
+
+    progress = Progress(config.progress if comm.rank == 0 else "none", config.steps, start=step)
     model.train()
     with _DeferredInterrupt() as interrupt:
         while step < config.steps:
             opt.lr = _learning_rate(config, step)
             opt.zero_grad()
             loss = task.train_step(model)
+            # the mean over the global batch; a signal to any process stops all after this step
+            loss, signum = comm.reduce_step(model, loss, task, interrupt.signum or 0)
             if not math.isfinite(loss):
                 _diverged(progress, f"the loss became {loss}", step)
             norm = grad_norm(model)  # checked before clipping, which could hide an inf
@@ -655,6 +732,7 @@ def train(
             if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
                 val = task.evaluate(model)
             if val is not None:
+                val = comm.reduce_loss(val, task)
                 history.val_loss.append([step, val])
                 if recorder is not None:
                     recorder.evaluation(step, val)
@@ -672,12 +750,12 @@ def train(
                 (config.checkpoint_every and step % config.checkpoint_every == 0)
                 or step == config.steps
                 or stop
-                or interrupt.signum
+                or signum
             ):
-                save(step, bool(interrupt.signum))
-            if interrupt.signum:
+                save(step, bool(signum))
+            if signum:
                 progress.close()
-                raise Interrupted(interrupt.signum, path)
+                raise Interrupted(signum, path)
             if stop:
                 break
     progress.close()

@@ -151,7 +151,8 @@ def guarded(command: str, work: Callable[[], int | None]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except NoRoom as e:  # a full disk: the message names the folder and the space needed
-        then = ", then continue with --resume" if command == "train" else " and run it again"
+        resumable = command == "train" and getattr(e, "resumable", True)
+        then = ", then continue with --resume" if resumable else " and run it again"
         print(f"{prefix} {e.strerror}; free some space{then}", file=sys.stderr)
         return 1
     except OSError as e:  # a folder that went away, a failing device: the last checkpoint stays

@@ -4,30 +4,36 @@ one process at a time writes.
 The order of the work is what keeps a user's files safe: every option and the text are checked
 before the folder is created; the folder is locked before anything in it is read or written;
 a resumed run's checkpoint, its options and its text (by SHA-256) are all checked before
-training continues; a failure leaves every saved file as it was.
+training continues; a failure leaves every saved file as it was. The text is read in one
+streaming pass before the folder is created (vocabulary, SHA-256, sizes), then encoded once as
+token ids beside the checkpoint (:mod:`rnnkit.corpus`), which training reads through a map.
+
+Under ``mpiexec -n K`` (:mod:`rnnkit.distributed`), rank 0 alone does all of that and holds
+the folder's lock; then every process trains on its share of each batch.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import tempfile
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..files import lock_folder, remove_stale_temporaries
+from ..corpus import encode, file_digest, file_names, open_corpus, scan
+from ..distributed import Communicator, MPIUnavailable, WorldSizeError, for_command
+from ..files import NoRoom, lock_folder, remove_stale_temporaries
 from ..init import ParameterBudgetExceeded, parameter_budget
 from ..memory import NotEnoughMemory, available_bytes, check_fits, format_bytes
 from ..models import LanguageModel
 from ..module import module_from_checkpoint
 from ..record import language_model_record
 from ..sampling import generate
-from ..text import Vocabulary, decode_text, read_bytes, split_lines
+from ..text import Vocabulary, split_lines
 from ..train import (
     CHECKPOINT_NAME,
     MAX_STEPS,
@@ -35,6 +41,8 @@ from ..train import (
     History,
     LinesLMTask,
     StreamLMTask,
+    TrainConfig,
+    TrainingError,
     train,
 )
 from .core import UsageError, say
@@ -52,7 +60,6 @@ from .runs import NAMES_FILE, bundled_names, start_token
 # The demo is a short run with the defaults: past about 300 steps (8 epochs) the held-out loss
 # of the bundled names stops falling, and the run keeps its best weights anyway.
 DEMO = {"steps": 300}
-BYTES_PER_CHARACTER = 32  # what decoding, tokenising and encoding a text take, at their peak
 
 
 def add_commands(sub) -> None:
@@ -94,11 +101,21 @@ def add_commands(sub) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    model, _, history, validating = train_language_model(
-        out, args.file, given_flags(args), args.resume
-    )
-    say(done_line(out, history, validating))
+    comm = communicator()
+    with comm.job(shared=(TrainingError, CheckpointError, KeyboardInterrupt)):
+        model, _, history, validating = train_language_model(
+            out, args.file, given_flags(args), args.resume, comm
+        )
+        say(done_line(out, history, validating))
     return 0
+
+
+def communicator() -> Communicator:
+    """The processes of this command: one, or those an MPI launcher (mpiexec) started."""
+    try:
+        return for_command()
+    except MPIUnavailable as e:
+        raise UsageError(f"started by mpiexec as one of several processes, but {e}") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -156,14 +173,15 @@ def done_line(out: Path | None, history: History, validating: bool) -> str:
 
 @dataclass
 class Corpus:
-    """A text read, checked and encoded for training."""
+    """A text checked for training: what a streaming pass over it found, and how it splits
+    into training and validation data (read from its encoding in the run folder by
+    :func:`load_data`)."""
 
     source: Path
     sha256: str
     vocab: Vocabulary
-    train: list | np.ndarray  # id lines (lines mode) or one id stream
-    val: list | np.ndarray
-    sizes: dict
+    n_train: int  # training lines (lines mode) or tokens (stream mode)
+    n_val: int  # validation lines or tokens; 0: no validation
     longest: int  # tokens in the longest sequence a step reads
 
     def record(self) -> dict:
@@ -171,38 +189,61 @@ class Corpus:
         return {"path": str(self.source.resolve()), "sha256": self.sha256}
 
 
+@dataclass
+class Plan:
+    """A run checked and ready to train: what every process needs to train it."""
+
+    opts: dict
+    config: TrainConfig
+    corpus: Corpus
+    resume: bool
+    model: LanguageModel | None = None  # built on rank 0 while checking; never sent
+
+    def __getstate__(self) -> dict:  # the other processes build their own model
+        return {**self.__dict__, "model": None}
+
+
 def train_language_model(
-    out: Path, file: str | None, given: dict, resume: bool
+    out: Path, file: str | None, given: dict, resume: bool, comm: Communicator | None = None
 ) -> tuple[LanguageModel, Vocabulary, History, bool]:
     """Train (or continue) the run in ``out``; prints what it resolved on the way. Returns
     the model (with the weights the run keeps), its vocabulary, the history, and whether it
-    was validated."""
+    was validated. With ``comm``, rank 0 checks everything, holds the folder's lock and
+    encodes the text, then every process trains."""
+    comm = comm or Communicator()
+    with ExitStack() as lock:  # rank 0 holds the folder while every process trains
+        plan = comm.from_root(lambda: _plan(out, file, given, resume, comm, lock))
+        return _fit(out, plan, comm)
+
+
+def _plan(out: Path, file: str | None, given: dict, resume: bool, comm, lock: ExitStack) -> Plan:
     if resume:
         if not (out / CHECKPOINT_NAME).exists():
             raise UsageError(
                 f"--resume: {out} holds no {CHECKPOINT_NAME} to continue; "
                 f"drop --resume to start a new run there"
             )
-        with lock_folder(out):
-            return _resume(out, file, given)
+        lock.enter_context(lock_folder(out))
+        return _resume(out, file, given, comm)
     opts = resolve(given, None)
     check_options(opts, given)  # before anything is read or written
+    check_processes(opts, comm)
     corpus = read_corpus(Path(file) if file else bundled_names(), opts)
     steps = run_length(opts, corpus)
-    config = train_config(opts, steps, validating=bool(len(corpus.val)))
+    config = train_config(opts, steps, validating=bool(corpus.n_val))
     model = new_model(opts, corpus)
     check_writable(out)  # only now: bad input must not leave an empty folder behind
-    with lock_folder(out):
-        if (out / CHECKPOINT_NAME).exists():
-            raise UsageError(
-                f"{out} already holds a training run; continue it with --resume or "
-                f"choose another --out (nothing was changed)"
-            )
-        remove_stale_temporaries(out, CHECKPOINT_NAME)
-        return _fit(out, model, corpus, opts, config, resume=False)
+    lock.enter_context(lock_folder(out))
+    if (out / CHECKPOINT_NAME).exists():
+        raise UsageError(
+            f"{out} already holds a training run; continue it with --resume or "
+            f"choose another --out (nothing was changed)"
+        )
+    encode_corpus(out, corpus, opts)
+    return Plan(opts, config, corpus, False, model)
 
 
-def _resume(out: Path, file: str | None, given: dict):
+def _resume(out: Path, file: str | None, given: dict, comm: Communicator) -> Plan:
     ckpt = out / CHECKPOINT_NAME
     arrays, meta = load_checkpoint(ckpt)
     saved, source = meta.get("options"), meta.get("source")
@@ -211,6 +252,12 @@ def _resume(out: Path, file: str | None, given: dict):
         problem = "it does not record the text it was trained on"
     if problem:
         raise CheckpointError(f"checkpoint {ckpt} cannot be resumed: {problem}")
+    try:
+        comm.check_world(meta)  # a run of another number of processes stops here
+    except WorldSizeError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {ckpt} cannot be resumed: {e}") from None
     clash = [
         f"{FLAGS[k].option} {v} (saved: {saved[k]})"
         for k, v in given.items()
@@ -223,13 +270,14 @@ def _resume(out: Path, file: str | None, given: dict):
         )
     opts = resolve(given, saved)
     check_options(opts, given)
+    check_processes(opts, comm)
     corpus = read_corpus(Path(file) if file else Path(source["path"]), opts, source["sha256"])
     if corpus.vocab.to_json() != meta.get("vocabulary"):
         raise CheckpointError(
             f"checkpoint {ckpt} cannot be resumed: its vocabulary is not its text's"
         )
     steps = run_length(opts, corpus)
-    validating = bool(len(corpus.val))
+    validating = bool(corpus.n_val)
     try:
         train_config(saved, saved["steps"], validating)  # the saved options, as they were
     except ConfigError as e:
@@ -245,8 +293,8 @@ def _resume(out: Path, file: str | None, given: dict):
             f"checkpoint {ckpt} cannot be resumed: its model is not the one its options describe"
         )
     check_training_memory(opts, corpus)
-    remove_stale_temporaries(out, CHECKPOINT_NAME)
-    return _fit(out, model, corpus, opts, config, resume=True)
+    encode_corpus(out, corpus, opts)
+    return Plan(opts, config, corpus, True, model)
 
 
 def _is_source_record(source: object) -> bool:
@@ -257,23 +305,28 @@ def _is_source_record(source: object) -> bool:
     )
 
 
-def _fit(out, model, corpus: Corpus, opts: dict, config, resume: bool):
+def _fit(out: Path, plan: Plan, comm: Communicator):
+    opts, config, corpus, resume = plan.opts, plan.config, plan.corpus, plan.resume
     vocab = corpus.vocab
+    model = plan.model if plan.model is not None else LanguageModel(**model_config(opts, vocab))
+    train_data, val_data, sizes = load_data(out, corpus, opts)
     if opts["mode"] == "stream":
-        task = StreamLMTask(corpus.train, corpus.val, opts["batch_size"], opts["seq_len"])
+        task = StreamLMTask(train_data, val_data, opts["batch_size"], opts["seq_len"])
         per_epoch = task.batches.chunks_per_epoch
     else:
         rng = np.random.default_rng(opts["seed"] + 1)
-        task = LinesLMTask(corpus.train, corpus.val, opts["batch_size"], vocab.eos_id, rng)
+        task = LinesLMTask(train_data, val_data, opts["batch_size"], vocab.eos_id, rng)
         per_epoch = task.batches.batches_per_epoch
-    sizes = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in corpus.sizes.items())
-    say(f"data: {corpus.source} ({opts['level']} level, {opts['mode']} mode): {sizes}")
+    shown = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sizes.items())
+    say(f"data: {corpus.source} ({opts['level']} level, {opts['mode']} mode): {shown}")
+    if comm.size > 1:
+        say(f"processes: {comm.size}, each with a share of every batch of {opts['batch_size']}")
     say(f"vocabulary: {len(vocab)} tokens")
     say(
         f"model: {opts['cell']} x {opts['num_layers']}, hidden {opts['hidden_size']}, "
         f"{model.num_parameters():,} parameters"
     )
-    validation = "" if len(corpus.val) else ", no validation (--val-frac 0)"
+    validation = "" if corpus.n_val else ", no validation (--val-frac 0)"
 
     start = []
 
@@ -292,19 +345,29 @@ def _fit(out, model, corpus: Corpus, opts: dict, config, resume: bool):
         "options": {**opts, "steps": config.steps},
         "source": corpus.record(),  # so --resume works from any folder, on the same text
     }
-    first = start_token(vocab, opts["mode"])
-    record = (out, vocab, opts["mode"], first, corpus.train, corpus.val, corpus.sizes)
-    recorder = language_model_record(*record, opts["seed"])
+    recorder = None
+    if comm.rank == 0:  # one process keeps the record
+        first = start_token(vocab, opts["mode"])
+        record = (out, vocab, opts["mode"], first, train_data, val_data, sizes)
+        recorder = language_model_record(*record, opts["seed"])
     # A diverging run overflows on its way to a non-finite loss: that is reported as one
     # line, not as a screen of RuntimeWarnings.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         history = train(
-            model, task, config, out, resume, extra, on_start=announce, recorder=recorder
+            model,
+            task,
+            config,
+            out,
+            resume,
+            extra,
+            on_start=announce,
+            recorder=recorder,
+            comm=comm,
         )
     if resume and len(history.train_loss) == start[0]:
         why = "had stopped early" if history.stopped_early else f"had run its {config.steps} steps"
         say(f"nothing to train: the run in {out} {why}")
-    return model, vocab, history, bool(len(corpus.val))
+    return model, vocab, history, bool(corpus.n_val)
 
 
 # ---------------------------------------------------------------- data and sizes
@@ -322,87 +385,105 @@ def check_writable(folder: Path) -> None:
         ) from None
 
 
+def check_processes(opts: dict, comm: Communicator) -> None:
+    """UsageError unless every process gets one sequence of each batch at least."""
+    if opts["batch_size"] < comm.size:
+        raise UsageError(
+            f"--batch-size {opts['batch_size']} is smaller than the {comm.size} processes: each "
+            f"needs one sequence of every batch at least"
+        )
+
+
+def held_out(total: int, opts: dict) -> int:
+    """How many of ``total`` lines (lines mode) or tokens (stream mode) are held out: a
+    seeded shuffle holds out ``val_frac`` of the lines (at least one when it is > 0); the
+    last ``val_frac`` of the tokens."""
+    frac = opts["val_frac"]
+    if opts["mode"] == "lines":
+        n_val = int(round(total * frac))
+        return max(1, n_val) if frac > 0 and total > 1 else n_val
+    return int(total * frac)
+
+
 def read_corpus(source: Path, opts: dict, sha256: str | None = None) -> Corpus:
-    """Read, check and encode the text of a run; with ``sha256`` (resuming) it must be the
-    text the run was trained on, which is checked before a byte of it is decoded."""
-    data = read_bytes(source)
-    digest = hashlib.sha256(data).hexdigest()
-    if sha256 is not None and digest != sha256:
+    """Read and check the text of a run in one streaming pass (vocabulary, SHA-256, sizes);
+    with ``sha256`` (resuming) it must be the text the run was trained on, which is checked
+    before a byte of it is decoded."""
+    if sha256 is not None and file_digest(source) != sha256:
         raise UsageError(
             f"--resume: {source} is not the text the run was trained on (its SHA-256 differs "
             f"from the one saved); resume with that text, or train into a new --out"
         )
-    check_fits(
-        BYTES_PER_CHARACTER * len(data),
-        f"encoding {source} ({format_bytes(len(data))})",
-        "train on a smaller text",
+    found = scan(
+        source, opts["level"], opts["mode"], opts["min_count"], opts["encoding"], opts["errors"]
     )
-    text = decode_text(data, str(source), opts["encoding"], opts["errors"])
-    if not text.strip():
+    if found.blank:
         raise UsageError(f"{source} is empty: there is nothing to train on")
-    lines = split_lines(text) if opts["mode"] == "lines" else None
-    vocab = Vocabulary.build(
-        lines if lines is not None else [text], opts["level"], opts["min_count"]
-    )
-    if lines is not None:
-        train_ids, val_ids, sizes = split_lines_data(lines, opts, vocab)
-        longest = 1 + max(len(x) for x in train_ids)
-    else:
-        train_ids, val_ids, sizes = split_stream_data(text, opts, vocab)
-        longest = min(opts["seq_len"], (len(train_ids) - 1) // opts["batch_size"])
-    return Corpus(source, digest, vocab, train_ids, val_ids, sizes, longest)
-
-
-def split_lines_data(lines: list[str], opts: dict, vocab: Vocabulary):
-    """Lines mode: a seeded shuffle holds out ``val_frac`` of the lines (at least one when
-    it is > 0). Returns ``(train id lines, val id lines, sizes)``."""
-    frac = opts["val_frac"]
-    order = np.random.default_rng(opts["seed"]).permutation(len(lines))
-    n_val = int(round(len(lines) * frac))
-    if frac > 0 and len(lines) > 1:
-        n_val = max(1, n_val)
-    train_ids = [vocab.encode(lines[i]) for i in order[n_val:]]
-    val_ids = [vocab.encode(lines[i]) for i in order[:n_val]]
-    if len(train_ids) < opts["batch_size"]:
+    if opts["mode"] == "lines":
+        check_fits(16 * found.lines, f"the order of {found.lines:,} lines", "use a smaller text")
+        n_val = held_out(found.lines, opts)
+        n_train = found.lines - n_val
+        if n_train < opts["batch_size"]:
+            raise UsageError(
+                f"the text has {n_train} training lines, fewer than one batch of "
+                f"--batch-size {opts['batch_size']}; use a smaller --batch-size or a longer text"
+            )
+        return Corpus(source, found.sha256, found.vocabulary, n_train, n_val, 1 + found.longest)
+    held = held_out(found.tokens, opts)
+    n_train, need = found.tokens - held, opts["batch_size"] * opts["seq_len"] + 1
+    if n_train < need:
         raise UsageError(
-            f"the text has {len(train_ids)} training lines, fewer than one batch of "
-            f"--batch-size {opts['batch_size']}; use a smaller --batch-size or a longer text"
-        )
-    sizes = {
-        "train_lines": len(train_ids),
-        "val_lines": len(val_ids),
-        "train_tokens": sum(len(x) + 1 for x in train_ids),
-    }
-    return train_ids, val_ids, sizes
-
-
-def split_stream_data(text: str, opts: dict, vocab: Vocabulary):
-    """Stream mode: the last ``val_frac`` of the tokens are held out. Returns
-    ``(train ids, val ids, sizes)``."""
-    ids = np.asarray(vocab.encode_stream(text), dtype=np.int64)
-    n_val = int(len(ids) * opts["val_frac"])
-    train_ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
-    need = opts["batch_size"] * opts["seq_len"] + 1
-    if len(train_ids) < need:
-        raise UsageError(
-            f"the text has {len(train_ids)} training tokens, too few for one batch: "
+            f"the text has {n_train} training tokens, too few for one batch: "
             f"--batch-size {opts['batch_size']} x --seq-len {opts['seq_len']} + 1 = {need}; "
             f"use a smaller --batch-size or --seq-len, or a longer text"
         )
-    if len(val_ids) < 2:
-        val_ids = val_ids[:0]  # one token predicts nothing: no validation
-    return train_ids, val_ids, {"train_tokens": len(train_ids), "val_tokens": len(val_ids)}
+    n_val = held if held >= 2 else 0  # one token predicts nothing: no validation
+    longest = min(opts["seq_len"], (n_train - 1) // opts["batch_size"])
+    return Corpus(source, found.sha256, found.vocabulary, n_train, n_val, longest)
+
+
+def encode_corpus(out: Path, corpus: Corpus, opts: dict) -> None:
+    """The text encoded as token ids in the run folder (kept from an earlier run of the same
+    text and vocabulary), once what killed writes left there is removed; only under the
+    folder's lock."""
+    for name in (CHECKPOINT_NAME, *file_names()):
+        remove_stale_temporaries(out, name)
+    mode, encoding, errors = opts["mode"], opts["encoding"], opts["errors"]
+    try:
+        encode(corpus.source, corpus.vocab, mode, out, "corpus", encoding, errors, corpus.sha256)
+    except NoRoom as e:
+        e.resumable = (out / CHECKPOINT_NAME).exists()  # else there is no run to resume yet
+        raise
+
+
+def load_data(out: Path, corpus: Corpus, opts: dict):
+    """The training and validation data of the corpus encoded in ``out``, read from its map:
+    ``(train, val, sizes)``, id lines (:class:`rnnkit.corpus.Lines`) or id streams."""
+    encoded = open_corpus(out)
+    if opts["mode"] == "stream":
+        n_train, n_val = corpus.n_train, corpus.n_val
+        train_ids, val_ids = encoded.ids[:n_train], encoded.ids[n_train : n_train + n_val]
+        return train_ids, val_ids, {"train_tokens": n_train, "val_tokens": n_val}
+    order = np.random.default_rng(opts["seed"]).permutation(corpus.n_train + corpus.n_val)
+    train_lines, val_lines = (
+        encoded.lines(order[corpus.n_val :]),
+        encoded.lines(order[: corpus.n_val]),
+    )
+    # <eos> included; counted from the smaller share, without a copy per training line
+    tokens = int(encoded.info["tokens"]) - int(val_lines.lengths().sum()) + len(train_lines)
+    sizes = {"train_lines": len(train_lines), "val_lines": len(val_lines), "train_tokens": tokens}
+    return train_lines, val_lines, sizes
 
 
 def run_length(opts: dict, corpus: Corpus) -> int:
     """Optimiser steps of the run: --epochs passes over the data, or --steps."""
     if opts["epochs"] is None:
         return opts["steps"]
-    N = min(opts["batch_size"], len(corpus.train))
+    N = min(opts["batch_size"], corpus.n_train)
     if opts["mode"] == "lines":
-        per_epoch = len(corpus.train) // N
+        per_epoch = corpus.n_train // N
     else:
-        per_epoch = ((len(corpus.train) - 1) // N) // corpus.longest
+        per_epoch = ((corpus.n_train - 1) // N) // corpus.longest
     steps = max(1, int(round(opts["epochs"] * per_epoch)))
     if steps > MAX_STEPS:
         raise UsageError(f"--epochs {opts['epochs']} is {steps:,} steps, more than {MAX_STEPS:,}")
@@ -426,7 +507,7 @@ def model_config(opts: dict, vocab: Vocabulary) -> dict:
 def activation_bytes(opts: dict, corpus: Corpus) -> int:
     """About what one training step holds besides the weights: the layers' buffers for every
     time step, the embeddings and the logits with their gradients (float32)."""
-    T, N = corpus.longest, min(opts["batch_size"], len(corpus.train))
+    T, N = corpus.longest, min(opts["batch_size"], corpus.n_train)
     H, L, V = opts["hidden_size"], opts["num_layers"], len(corpus.vocab)
     E = opts["embedding_dim"] or H
     return 4 * T * N * (L * 16 * H + 2 * E + 4 * V)

@@ -6,13 +6,15 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 
 import numpy as np
 
+from ..corpus import Corpus, encode
 from ..data import StreamBatches
 from ..memory import check_fits
 from ..sampling import check_sampling_options, generate
-from ..text import TextError, read_text, split_lines
+from ..text import TextError, unseen_characters
 from ..train import lines_loss, stream_loss
 from .core import UsageError, print_to, say
 from .runs import Run, load_run
@@ -144,39 +146,40 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_text(run: Run, text: str) -> tuple[float, int, int]:
-    """``(total nats, tokens, characters)`` of ``text`` under the model."""
-    vocab = run.vocab
+def evaluate_text(run: Run, encoded: Corpus) -> tuple[float, int]:
+    """``(total nats, tokens)`` of an encoded text under the model."""
     if run.mode == "lines":
-        lines = split_lines(text)
-        ids = [vocab.encode(line) for line in lines]
-        loss, tokens = lines_loss(run.model, ids, vocab.eos_id)
-        chars = sum(len(line) + 1 for line in lines)
-        return loss * tokens, tokens, chars
-    stream = [run.start_id(), *vocab.encode_stream(text)]
-    loss, tokens = stream_loss(run.model, StreamBatches(np.asarray(stream), 1, 256))
-    return loss * tokens, tokens, len(text)
+        loss, tokens = lines_loss(run.model, encoded.lines(), run.vocab.eos_id)
+    else:
+        loss, tokens = stream_loss(run.model, StreamBatches(encoded.ids, 1, 256))
+    return loss * tokens, tokens
 
 
 def check_known(run: Run, text: str, what: str) -> None:
     """Characters (char level) the model never saw cannot be scored: list them."""
     unknown = run.vocab.unknown(text)
     if unknown and run.vocab.level == "char":
-        shown = ", ".join(repr(u) for u in unknown[:20])
-        raise UsageError(f"{what} has characters the model never saw: {shown}")
+        raise unseen_characters(what, unknown)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     run = load_run(args.dir)
-    text = read_text(args.file, args.encoding, args.errors)
-    if not text.strip():
-        raise UsageError(f"{args.file} is empty: there is nothing to evaluate")
-    # lines mode reads stripped lines: their breaks and edge spaces are never tokens
-    check_known(run, "".join(split_lines(text)) if run.mode == "lines" else text, args.file)
-    note = print_to(sys.stderr if args.json else sys.stdout)
-    note(run.describe())
-    note(f"data: {args.file}: {len(text):,} characters")
-    nats, tokens, chars = evaluate_text(run, text)
+    with tempfile.TemporaryDirectory(prefix="rnnkit-eval-") as folder:
+        # encoded on disk and read in windows: a text of any size fits; lines mode reads
+        # stripped lines, whose breaks and edge spaces are never tokens
+        prefix = [run.start_id()] if run.mode == "stream" else []
+        encoded = encode(
+            args.file, run.vocab, run.mode, folder, "eval", args.encoding, args.errors,
+            prefix=prefix,
+        )  # fmt: skip
+        if encoded.info["blank"]:
+            raise UsageError(f"{args.file} is empty: there is nothing to evaluate")
+        chars = encoded.info["characters"]
+        note = print_to(sys.stderr if args.json else sys.stdout)
+        note(run.describe())
+        note(f"data: {args.file}: {chars:,} characters")
+        nats, tokens = evaluate_text(run, encoded)
+        del encoded  # its maps, before the folder goes
     if tokens == 0:
         raise TextError(f"{args.file} has no token to predict")
     result = {
