@@ -223,6 +223,24 @@ def test_a_second_writer_is_refused_with_the_first_ones_pid(tmp_path):
         pass
 
 
+def test_a_holder_that_has_not_written_its_pid_yet_is_waited_for(tmp_path):
+    # the race of two trainers started together: the loser reads the lock file between the
+    # winner's flock and its write of the pid
+    import fcntl
+
+    fd = os.open(tmp_path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    late = threading.Timer(0.2, lambda: os.pwrite(fd, b"4242\n", 0))
+    late.start()
+    try:
+        with pytest.raises(FolderInUse, match=r"\(pid 4242\)"):
+            with lock_folder(tmp_path):
+                pass
+    finally:
+        late.join()
+        os.close(fd)
+
+
 LOCKER = """
 import sys, time
 from rnnkit.files import lock_folder

@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,6 +174,17 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _holder(fd: int, patience: float = 1.0) -> str:
+    """The process id written in a held lock file, waiting up to ``patience`` seconds for
+    a holder that has just taken the lock to write it; "" if it never appears."""
+    deadline = time.monotonic() + patience
+    while True:
+        other = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if other.isdigit() or time.monotonic() > deadline:
+            return other if other.isdigit() else ""
+        time.sleep(0.01)
+
+
 @contextmanager
 def lock_folder(folder: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (which must exist) for the block.
@@ -187,8 +199,8 @@ def lock_folder(folder: str | os.PathLike) -> Iterator[None]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                other = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-                who = f"pid {other}" if other.isdigit() else "its process id not yet written"
+                other = _holder(fd)
+                who = f"pid {other}" if other else "its process id not yet written"
                 raise FolderInUse(
                     f"{folder} is in use by another process ({who}) writing there; wait for "
                     f"it to end or choose another folder (nothing was changed)"
