@@ -162,20 +162,20 @@ def test_without_a_writable_cache_the_kernels_still_compile():
 @needs_compiled
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_packed_product_on_every_shape(dtype):
-    """rnnkit.packed: c (+)= W b with W packed in panels, whole tiles in the kernel and the rows
-    and columns past them by BLAS, on blocks of wider matrices (as the loops pass them)."""
+    """rnnkit.packed: c (+)= a W^T with W packed in panels, whole tiles in the kernel and the
+    outputs past them by BLAS, on blocks of wider matrices (as the loops pass them)."""
     rng = np.random.default_rng(1)
     for _ in range(80):
         M, K = (int(v) for v in rng.integers(1, 300, size=2))
-        N = int(rng.choice([1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 48, 64, 70]))
+        J = int(rng.choice([1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 32, 33, 48, 64, 70]))
         w = rng.normal(size=(M, K)).astype(dtype)
-        b = rng.normal(size=(K, N + 5)).astype(dtype)[:, 2 : 2 + N]
-        c = rng.normal(size=(M, N + 9)).astype(dtype)[:, 3 : 3 + N]
-        rows = packed.tile_rows(M, N, w.itemsize)
-        source = np.asfortranarray(w) if N % 2 else w  # packed from column-major too
+        a = rng.normal(size=(J, K + 5)).astype(dtype)[:, 2 : 2 + K]
+        c = rng.normal(size=(J, M + 9)).astype(dtype)[:, 3 : 3 + M]
+        rows = packed.tile_rows(M, J, w.itemsize)
+        source = np.asfortranarray(w) if J % 2 else w  # packed from column-major too
         panels = packed.pack(source, rows) if rows else np.empty((0, 0, 0), dtype)
         for beta in (0.0, 1.0):
-            want = w @ b + beta * c
-            packed.product(panels, w, b, c, beta)
+            want = a @ w.T + beta * c
+            packed.product(panels, w, a, c, beta)
             tol = 1e-4 * K if dtype == np.float32 else 1e-12 * K
             np.testing.assert_allclose(c, want, rtol=tol, atol=tol)

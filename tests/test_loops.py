@@ -71,7 +71,7 @@ def assert_same_run(compiled, ref, tol):
 
 @needs_compiled
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N", [1, 4, 37])  # one sequence has a layout of its own; 37: 2 chunks
+@pytest.mark.parametrize("N", [1, 4, 37])  # 37: two chunks of unequal width
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize(
     "num_layers,direction,with_lengths",

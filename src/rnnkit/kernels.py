@@ -5,14 +5,14 @@ steps of a chunk of sequences, products included (Numba, calling NumPy's BLAS, :
 chunk of its batch through all T steps in one call of ``*_forward`` (and ``*_backward``), so
 that two chunks run on two threads with nothing to wait for between them (:mod:`.parallel`).
 
-Layout (the notes' columns, ``a<t>`` is ``(n_a, m)``). The gates of all steps are one matrix
-``Z (G*H, T*N)``, step t in columns ``t*N .. t*N + N``, so the input projection of all steps is
-one product into it and the weight gradients one product out of it; with one sequence it is
-stored transposed, ``(T, G*H)``, so that a step's gates are adjacent. States are ``(T+1, H, N)``
-(``s[t]`` is a<t-1>). The element loops run over ``a`` (outer) and ``b`` (inner, adjacent in
-memory): units and sequences for several sequences, one sequence and its units for one. Where
-every array sits for a chunk is a tuple ``L`` (see :func:`layout`); values per unit (biases,
-peepholes) come spread over the states' layout, so that one index reads them all.
+Layout (PyTorch's rows, the notes' columns transposed: ``a<t>`` is ``(m, n_a)``). The gates of
+all steps are one matrix ``Z (T*N, G*H)``, step t in rows ``t*N .. t*N + N``, so the input
+projection of all steps is one product into it, the weight gradients one product out of it,
+and a chunk's gates of one step are adjacent in memory. States are ``(T+1, N, H)`` (``s[t]`` is
+a<t-1>, ``s[1:]`` the output). The element loops run over ``a`` (outer, the chunk's sequences)
+and ``b`` (inner, the units, adjacent in memory). Where every array sits for a chunk is a tuple
+``L`` (see :func:`layout`); values per unit (biases, peepholes) come spread over the states'
+layout, so that one index reads them all.
 
 In float32, tanh is a rational approximation (max error 3e-7 against NumPy's) that the compiler
 vectorises (Numba's ``math.tanh`` is a scalar call). Fast-math flags exclude "no NaNs / no
@@ -29,7 +29,6 @@ import os
 import numpy as np
 
 from . import blas, packed
-from .blas import transpose_into
 
 try:
     import numba
@@ -97,24 +96,28 @@ def _sigmoid(x):
 
 
 def layout(T: int, N: int, n0: int, n1: int, G: int, H: int) -> tuple:
-    """Where a chunk's elements sit: ``L = (A, B, n0, st, sa, zt, zg, za, kt)`` for the chunk of
-    sequences ``n0 .. n1`` of a batch of N, G gates of H units.
+    """Where a chunk's elements sit: ``L = (A, B, cs, st, sa, zt, zg, za, cz, kt, kc, zrow)``
+    for the chunk of sequences ``n0 .. n1`` of a batch of N, G gates of H units.
 
-    Element (a, b) of step t is at ``t*st + a*sa + n0 + b`` in the states (and in values spread
-    over them), gate g at ``t*zt + g*zg + a*za + n0 + b`` in the gates, mask at ``t*kt + n0 + b``.
+    Element (a, b) of step t (sequence n0 + a, unit b) is at ``t*st + cs + a*sa + b`` in the
+    states (and in values spread over them), gate g at ``t*zt + cz + g*zg + zrow[a] + b`` in
+    the gates (``zrow[a] = a*za``), its mask at ``t*kt + kc + a``.
+
+    The rows' offsets come from an array, not from ``a*za``: given the product, the compiler
+    checks that the gates a loop writes and reads do not overlap over all rows at once, finds
+    that they do (the rows interleave the gates) and runs the loop unvectorised, 6x slower.
     """
-    if N == 1:  # one sequence: a = 0, b runs over the units, adjacent everywhere
-        return (1, H, 0, H, 0, G * H, H, 0, H)
-    return (H, n1 - n0, n0, H * N, N, N, H * T * N, T * N, N)
+    zrow = np.arange(n1 - n0, dtype=np.uint64) * np.uint64(G * H)
+    return (n1 - n0, H, n0 * H, N * H, H, N * G * H, H, G * H, n0 * G * H, N, n0, zrow)
 
 
 @_jit
-def product(w, b, c, beta):
-    """``c = W @ b + beta * c`` (beta 0 or 1) for 2-D views; ``w`` is ``(W, its packed
+def product(w, a, c, beta):
+    """``c = a @ W^T + beta * c`` (beta 0 or 1) for 2-D views; ``w`` is ``(W, its packed
     panels)`` (:mod:`rnnkit.packed`; empty panels: BLAS alone). Every view is passed on as
     one of any layout, so that one compiled product serves them all (each layout of each
     argument made a version of its own: seconds of compiling each)."""
-    packed.product(w[1], _any(w[0]), _any(b), _any(c), beta)
+    packed.product(w[1], _any(w[0]), _any(a), _any(c), beta)
 
 
 @_jit
@@ -124,11 +127,9 @@ def _any(a):
 
 @_jit
 def _block(X, N, t, n0, n1, r0, r1):
-    """Rows ``r0 .. r1`` of a gate matrix (``(G, T*N)``, for one sequence stored ``(T, G)``)
-    in step t's columns of the chunk, as a ``(r1 - r0, n1 - n0)`` view."""
-    if N == 1:
-        return X[t, r0:r1].reshape((r1 - r0, 1))
-    return X[r0:r1, t * N + n0 : t * N + n1]
+    """Columns ``r0 .. r1`` of a gate matrix ``(T*N, G)`` in step t's rows of the chunk, as a
+    ``(n1 - n0, r1 - r0)`` view."""
+    return X[t * N + n0 : t * N + n1, r0:r1]
 
 
 # The element loops read and write through views that begin at their step and chunk: the
@@ -141,16 +142,16 @@ def _hold(L, t, new, prev, keep, out):
     """With a mask, after step t: ``out`` takes the output (zero where a sequence has ended;
     ``out`` may be empty) and a finished sequence keeps its state, ``prev``, in ``new`` (one
     step's arrays, in the states' layout)."""
-    A, B, n0, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[4])
-    new, prev, out, keep = new[n0:], prev[n0:], out[n0:], keep[_u(t) * _u(L[8]) + n0 :]
+    A, B, cs, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[4])
+    new, prev, out, keep = new[cs:], prev[cs:], out[cs:], keep[_u(t) * _u(L[9]) + _u(L[10]) :]
     has_out = out.size > 0
     for a in range(A):
-        s0 = a * sa
-        for b in range(B):
-            m = keep[b]
-            if has_out:
+        s0, m = a * sa, keep[a]
+        if has_out:
+            for b in range(B):
                 out[s0 + b] = new[s0 + b] * m
-            if not m > 0:
+        if not m > 0:
+            for b in range(B):
                 new[s0 + b] = prev[s0 + b]
 
 
@@ -158,20 +159,20 @@ def _hold(L, t, new, prev, keep, out):
 def _split_carry(L, t, d, keep, carry):
     """With a mask, backward through step t: what a finished sequence carries straight to its
     previous state goes to ``carry``; ``d`` keeps what enters the step (one step's arrays)."""
-    A, B, n0, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[4])
-    d, carry, keep = d[n0:], carry[n0:], keep[_u(t) * _u(L[8]) + n0 :]
+    A, B, cs, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[4])
+    d, carry, keep = d[cs:], carry[cs:], keep[_u(t) * _u(L[9]) + _u(L[10]) :]
     for a in range(A):
-        s0 = a * sa
+        s0, m = a * sa, keep[a]
         for b in range(B):
-            carry[s0 + b] = d[s0 + b] * (ONE - keep[b])
-            d[s0 + b] = d[s0 + b] * keep[b]
+            carry[s0 + b] = d[s0 + b] * (ONE - m)
+            d[s0 + b] = d[s0 + b] * m
 
 
 @_jit
 def _add(L, d, carry):
     """``d += carry`` over a chunk (one step's arrays)."""
-    A, B, n0, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[4])
-    d, carry = d[n0:], carry[n0:]
+    A, B, cs, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[4])
+    d, carry = d[cs:], carry[cs:]
     for a in range(A):
         s0 = a * sa
         for b in range(B):
@@ -179,37 +180,12 @@ def _add(L, d, carry):
 
 
 @_jit
-def _rows_into_columns(rows, cols, n0, n1):
-    """``cols[:, n0:n1] += rows.T``: a step's output gradient ``(N, H)`` into its columns."""
-    if cols.shape[1] == 1:
-        cols[:, 0] += rows[0]
-        return
-    for i in range(rows.shape[1]):
-        for n in range(n0, n1):
-            cols[i, n] += rows[n, i]
-
-
-@_jit
-def _columns_into_rows(cols, rows, n0, n1):
-    """``rows[n0:n1] = cols[:, n0:n1].T``: a step's states into the output's rows."""
-    if cols.shape[1] == 1:
-        rows[0] = cols[:, 0]
-    else:
-        transpose_into(cols[:, n0:n1], rows[n0:n1])
-
-
-@_jit
 def _project_step(inputs, Z, N, t, n0, n1):
-    """Where the loop projects its inputs step by step (``inputs = (w_ih, x, xs)``, ``w_ih``
-    not empty): the gates of step t = W_ih x<t>, x<t>'s rows of the chunk first turned into
-    columns in the scratch ``xs (D, N)``. The weights stay in cache from step to step."""
-    w_ih, x, xs = inputs
+    """Where the loop projects its inputs step by step (``inputs = (w_ih, x)``, ``w_ih`` not
+    empty): the gates of step t = x<t> W_ih^T. The weights stay in cache from step to step."""
+    w_ih, x = inputs
     if w_ih[0].size > 0:
-        if N == 1:
-            xs[:, 0] = x[t, 0]
-        else:
-            transpose_into(x[t, n0:n1], xs[:, n0:n1])
-        product(w_ih, xs[:, n0:n1], _block(Z, N, t, n0, n1, 0, w_ih[0].shape[0]), 0.0)
+        product(w_ih, x[t, n0:n1], _block(Z, N, t, n0, n1, 0, w_ih[0].shape[0]), 0.0)
 
 
 # ---------------------------------------------------------------- LSTM
@@ -224,20 +200,20 @@ def _project_step(inputs, Z, N, t, n0, n1):
 def lstm_step_forward(L, t, z, bias, peep_if, peep_o, gers, c, tanh_c, m, mt, ma):
     """One step of the LSTM (:func:`rnnkit.cells.lstm_step_forward`) on a chunk, after its
     products: the gates (``z``, pre-activations without biases) become Γu, Γf, c̃, Γo; writes
-    c<t>, tanh(c<t>) to ``c``, ``tanh_c`` and Γo*tanh(c<t>) to ``m`` at ``t*mt + a*ma + n0 + b``.
+    c<t>, tanh(c<t>) to ``c``, ``tanh_c`` and Γo*tanh(c<t>) to ``m`` at ``t*mt + a*ma + cs + b``.
     Peepholes (None without, spread as the biases): ``peep_if`` for Γu, Γf, which see c<t-1>,
     and ``peep_o`` for Γo, which sees c<t-1> as in the notes or, with ``gers`` (an array or
     None, like it), the new c<t> as in Gers et al. and ONNX."""
-    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
-    zg, za, ma, t = _u(L[6]), _u(L[7]), _u(ma), _u(t)
+    A, B, cs, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, ma, t = _u(L[6]), _u(ma), _u(t)
     zg2, zg3, st2, st3 = zg + zg, zg + zg + zg, st + st, st + st + st  # unsigned
-    z, m = z[t * _u(L[5]) + n0 :], m[t * _u(mt) + n0 :]
-    c_prev, c_new, tanh_c = c[t * st + n0 :], c[(t + 1) * st + n0 :], tanh_c[(t + 1) * st + n0 :]
-    bias = bias[n0:]
+    z, m = z[t * _u(L[5]) + _u(L[8]) :], m[t * _u(mt) + cs :]
+    c_prev, c_new, tanh_c = c[t * st + cs :], c[(t + 1) * st + cs :], tanh_c[(t + 1) * st + cs :]
+    bias = bias[cs:]
     if peep_if is not None:
-        p_if, p_o = peep_if[n0:], peep_o[n0:]
+        p_if, p_o = peep_if[cs:], peep_o[cs:]
     for a in range(A):
-        za_, sa_, ma_ = a * za, a * sa, a * ma
+        za_, sa_, ma_ = L[11][a], a * sa, a * ma
         for b in range(B):
             k, u = za_ + b, sa_ + b
             z_i, z_f = z[k] + bias[u], z[k + zg] + bias[u + st]
@@ -263,15 +239,15 @@ def lstm_step_backward(L, t, z, peep_if, peep_o, gers, c, tanh_c, dm, dc, dpeep_
     and ``dc`` (one step, the states' layout) hold the gradients of Γo*tanh(c<t>) and c<t>,
     and ``dc`` takes dc<t-1>; the gates become their pre-activation gradients and the
     peepholes' gradients are added into ``dpeep_if``, ``dpeep_o`` (spread like them)."""
-    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
-    zg, za, t = _u(L[6]), _u(L[7]), _u(t)
+    A, B, cs, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, t = _u(L[6]), _u(t)
     zg2, zg3 = zg + zg, zg + zg + zg  # unsigned
-    z, dm, dc = z[t * _u(L[5]) + n0 :], dm[n0:], dc[n0:]
-    c_prev, c_new, tanh_c = c[t * st + n0 :], c[(t + 1) * st + n0 :], tanh_c[(t + 1) * st + n0 :]
+    z, dm, dc = z[t * _u(L[5]) + _u(L[8]) :], dm[cs:], dc[cs:]
+    c_prev, c_new, tanh_c = c[t * st + cs :], c[(t + 1) * st + cs :], tanh_c[(t + 1) * st + cs :]
     if peep_if is not None:
-        p_if, p_o, dp_if, dp_o = peep_if[n0:], peep_o[n0:], dpeep_if[n0:], dpeep_o[n0:]
+        p_if, p_o, dp_if, dp_o = peep_if[cs:], peep_o[cs:], dpeep_if[cs:], dpeep_o[cs:]
     for a in range(A):
-        za_, sa_ = a * za, a * sa
+        za_, sa_ = L[11][a], a * sa
         for b in range(B):
             k, u = za_ + b, sa_ + b
             gamma_u, gamma_f, c_tilde, gamma_o = z[k], z[k + zg], z[k + zg2], z[k + zg3]
@@ -298,62 +274,52 @@ def lstm_step_backward(L, t, z, peep_if, peep_o, gers, c, tanh_c, dm, dc, dpeep_
 
 @_jit
 def lstm_forward(L, Lp, n1, Z, inputs, w_hh, w_hr, bias, peepholes, states, outputs):
-    """All steps of the LSTM for the chunk of sequences ``L[2] .. n1``: ``Z`` (the gates as a
-    ``(4H, T*N)`` matrix, for one sequence ``(T, 4H)``) holds the input projection, or takes
-    it step by step (:func:`_project_step`).
-    ``peepholes`` as :func:`lstm_step_forward` takes them. ``states``: ``S (T+1, P, N)``
-    holds a<t-1> (P = H, or the projection's size), ``c``, ``tanh_c`` the cell states (flat,
-    ``L``); ``m`` takes Γo*tanh(c<t>) at ``t*ml[0] + a*ml[1] + ..``: the states themselves,
-    or ``M`` (laid out as the gates) before the projection ``w_hr`` (empty without one).
-    ``outputs``: ``out (T, N, P)`` takes the outputs as rows; with a mask (``keep``, else
-    empty), ``held`` (T, P*N) takes them first."""
-    (peep_if, peep_o, gers), (S, c, tanh_c, M, m, ml), (keep, held, out) = (
-        peepholes,
-        states,
-        outputs,
-    )
-    T, N, n0, H = S.shape[0] - 1, S.shape[2], L[2], L[3] // S.shape[2]
+    """All steps of the LSTM for the chunk of sequences ``n0 .. n1`` (``n0 = L[10]``): ``Z``
+    (the gates, ``(T*N, 4H)``) holds the input projection, or takes it step by step
+    (:func:`_project_step`). ``peepholes`` as :func:`lstm_step_forward` takes them.
+    ``states``: ``S (T+1, N, P)`` holds a<t-1> (P = H, or the projection's size), ``c``,
+    ``tanh_c`` the cell states (flat, ``L``); ``m`` takes Γo*tanh(c<t>) at ``t*ml[0] + L[2] +
+    a*ml[1] + b``: the states themselves, or ``M (T*N, H)`` before the projection ``w_hr``
+    (empty without one). ``outputs``: with a mask (``keep``, else empty), ``out (T, N, P)``
+    takes the outputs (without, they are ``S[1:]``)."""
+    (peep_if, peep_o, gers), (S, c, tanh_c, M, m, ml), (keep, out) = peepholes, states, outputs
+    T, N, n0, H = S.shape[0] - 1, S.shape[1], L[10], L[1]
     s, z, st, stp = S.reshape(-1), Z.reshape(-1), L[3], Lp[3]
     for t in range(T):
         _project_step(inputs, Z, N, t, n0, n1)
-        product(w_hh, S[t][:, n0:n1], _block(Z, N, t, n0, n1, 0, 4 * H), 1.0)  # += W_hh a<t-1>
+        product(w_hh, S[t][n0:n1], _block(Z, N, t, n0, n1, 0, 4 * H), 1.0)  # += a<t-1> W_hh^T
         lstm_step_forward(L, t, z, bias, peep_if, peep_o, gers, c, tanh_c, m, ml[0], ml[1])
-        if w_hr[0].size > 0:  # a<t> = W_hr (Γo*tanh(c<t>))
-            product(w_hr, _block(M, N, t, n0, n1, 0, H), S[t + 1][:, n0:n1], 0.0)
+        if w_hr[0].size > 0:  # a<t> = (Γo*tanh(c<t>)) W_hr^T
+            product(w_hr, _block(M, N, t, n0, n1, 0, H), S[t + 1][n0:n1], 0.0)
         if keep.size > 0:
-            _hold(
-                Lp, t, s[(t + 1) * stp : (t + 2) * stp], s[t * stp : (t + 1) * stp], keep, held[t]
-            )
-            _hold(L, t, c[(t + 1) * st : (t + 2) * st], c[t * st : (t + 1) * st], keep, held[t][:0])
-            _columns_into_rows(held[t].reshape(S.shape[1], N), out[t], n0, n1)
-        else:
-            _columns_into_rows(S[t + 1], out[t], n0, n1)
+            new, prev = s[(t + 1) * stp : (t + 2) * stp], s[t * stp : (t + 1) * stp]
+            _hold(Lp, t, new, prev, keep, out[t].reshape(-1))
+            _hold(L, t, c[(t + 1) * st : (t + 2) * st], c[t * st : (t + 1) * st], keep, c[:0])
 
 
 @_jit
 def lstm_backward(L, Lp, n1, Z, w_hh_t, w_hr_t, peepholes, states, grads):
     """All steps backward of :func:`lstm_forward` for its chunk (``w_hh_t``, ``w_hr_t``: the
     transposed weights; ``states``: ``c``, ``tanh_c`` as there, and ``keep``). The gates
-    become dz; ``grads``: ``dout (T, N, P)`` the outputs' gradients (rows), ``dh (P, N)`` and
-    ``dc (H, N)`` hold the final states' and take da<0>, dc<0>; with a projection ``dM``
-    (laid out as the gates) takes each step's da<t>, for dW_hr, and ``dm (H*N)`` is scratch;
-    ``carry (2, max(H, P)*N)`` is scratch with a mask; ``dpeep_if``, ``dpeep_o`` take the
-    peepholes' gradients."""
+    become dz; ``grads``: ``dout (T, N, P)`` the outputs' gradients, ``dh (N, P)`` and ``dc
+    (N, H)`` hold the final states' and take da<0>, dc<0>; with a projection ``dM (T*N, P)``
+    takes each step's da<t>, for dW_hr, and ``dm (N*H)`` is scratch; ``carry (2, N*max(H,
+    P))`` is scratch with a mask; ``dpeep_if``, ``dpeep_o`` take the peepholes' gradients."""
     peep_if, peep_o, gers = peepholes
     c, tanh_c, keep = states
     dout, dh, dc, dM, dm, carry, dpeep_if, dpeep_o = grads
-    T, N, n0, H = tanh_c.size // L[3] - 1, dh.shape[1], L[2], dc.shape[0]
-    z, dh_, dc_, P = Z.reshape(-1), dh.reshape(-1), dc.reshape(-1), dh.shape[0]
+    T, N, n0, H = tanh_c.size // L[3] - 1, dh.shape[0], L[10], L[1]
+    z, dh_, dc_, P = Z.reshape(-1), dh.reshape(-1), dc.reshape(-1), dh.shape[1]
     proj, masked = w_hr_t[0].size > 0, keep.size > 0
-    carry_h, carry_c = carry[0][: P * N], carry[1][: L[3]]
+    carry_h, carry_c = carry[0][: N * P], carry[1][: L[3]]
     for t in range(T - 1, -1, -1):
-        _rows_into_columns(dout[t], dh, n0, n1)  # da<t> += its output's gradient
+        _add(Lp, dh_, dout[t].reshape(-1))  # da<t> += its output's gradient
         if masked:
             _split_carry(Lp, t, dh_, keep, carry_h)
             _split_carry(L, t, dc_, keep, carry_c)
-        if proj:  # through a<t> = W_hr m<t>
-            _block(dM, N, t, n0, n1, 0, P)[:, :] = dh[:, n0:n1]
-            product(w_hr_t, dh[:, n0:n1], dm.reshape(-1, N)[:, n0:n1], 0.0)
+        if proj:  # through a<t> = m<t> W_hr^T
+            _block(dM, N, t, n0, n1, 0, P)[:, :] = dh[n0:n1]
+            product(w_hr_t, dh[n0:n1], dm.reshape(N, H)[n0:n1], 0.0)
             lstm_step_backward(
                 L, t, z, peep_if, peep_o, gers, c, tanh_c, dm, dc_, dpeep_if, dpeep_o
             )
@@ -361,7 +327,7 @@ def lstm_backward(L, Lp, n1, Z, w_hh_t, w_hr_t, peepholes, states, grads):
             lstm_step_backward(
                 L, t, z, peep_if, peep_o, gers, c, tanh_c, dh_, dc_, dpeep_if, dpeep_o
             )
-        product(w_hh_t, _block(Z, N, t, n0, n1, 0, 4 * H), dh[:, n0:n1], 0.0)  # W_hh^T dz
+        product(w_hh_t, _block(Z, N, t, n0, n1, 0, 4 * H), dh[n0:n1], 0.0)  # dz W_hh
         if masked:
             _add(Lp, dh_, carry_h)
             _add(L, dc_, carry_c)
@@ -377,10 +343,10 @@ TANH, RELU, SIMPLE = 0, 1, 2
 def rnn_step_forward(L, t, z, bias, relu, s):
     """One RNN step (:func:`rnnkit.cells.rnn_step_forward`) after its product: ``z`` (W_ax x<t>
     + W_aa a<t-1>) becomes a<t> = g(z + b_a), also written to the states ``s``."""
-    A, B, n0, st, sa, za, t = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4]), _u(L[7]), _u(t)
-    z, a_new, bias = z[t * _u(L[5]) + n0 :], s[(t + 1) * st + n0 :], bias[n0:]
+    A, B, cs, st, sa, t = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4]), _u(t)
+    z, a_new, bias = z[t * _u(L[5]) + _u(L[8]) :], s[(t + 1) * st + cs :], bias[cs:]
     for a in range(A):
-        za_, sa_ = a * za, a * sa
+        za_, sa_ = L[11][a], a * sa
         for b in range(B):
             v = z[za_ + b] + bias[sa_ + b]
             v = (v if v > 0 else v - v) if relu else _tanh(v)  # v - v: a zero of v's width
@@ -391,10 +357,10 @@ def rnn_step_forward(L, t, z, bias, relu, s):
 def rnn_step_backward(L, t, z, relu, dh):
     """One RNN step backward, before the product W_aa^T dz: ``z`` (a<t>) becomes dz = da<t> *
     g'; ``dh`` (one step, the states' layout) holds da<t>."""
-    A, B, n0, sa, za, t = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[4]), _u(L[7]), _u(t)
-    z, dh = z[t * _u(L[5]) + n0 :], dh[n0:]
+    A, B, cs, sa, t = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[4]), _u(t)
+    z, dh = z[t * _u(L[5]) + _u(L[8]) :], dh[cs:]
     for a in range(A):
-        za_, sa_ = a * za, a * sa
+        za_, sa_ = L[11][a], a * sa
         for b in range(B):
             a_t, da = z[za_ + b], dh[sa_ + b]
             z[za_ + b] = (da if a_t > 0 else da - da) if relu else da * (ONE - a_t * a_t)
@@ -404,12 +370,12 @@ def rnn_step_backward(L, t, z, relu, dh):
 def simple_gru_step_forward(L, t, z, bias, s):
     """One step of the course's simplified GRU (:func:`rnnkit.cells.simple_gru_step_forward`)
     after its product: the gates z, n become z = 1 - Γu and c̃; a<t> goes to the states."""
-    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
-    zg, za, t = _u(L[6]), _u(L[7]), _u(t)
-    z, bias = z[t * _u(L[5]) + n0 :], bias[n0:]
-    a_prev, a_new = s[t * st + n0 :], s[(t + 1) * st + n0 :]
+    A, B, cs, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, t = _u(L[6]), _u(t)
+    z, bias = z[t * _u(L[5]) + _u(L[8]) :], bias[cs:]
+    a_prev, a_new = s[t * st + cs :], s[(t + 1) * st + cs :]
     for a in range(A):
-        za_, sa_ = a * za, a * sa
+        za_, sa_ = L[11][a], a * sa
         for b in range(B):
             k, u = za_ + b, sa_ + b
             z_gate = _sigmoid(z[k] + bias[u])  # z = 1 - Γu
@@ -423,11 +389,11 @@ def simple_gru_step_backward(L, t, z, s, dh):
     """One step backward of :func:`simple_gru_step_forward`, before the product: the gates
     become their pre-activation gradients; ``dh`` holds da<t> and takes the part of da<t-1>
     that bypasses the product, da<t> * (1 - Γu)."""
-    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
-    zg, za, t = _u(L[6]), _u(L[7]), _u(t)
-    z, dh, a_prev = z[t * _u(L[5]) + n0 :], dh[n0:], s[t * st + n0 :]
+    A, B, cs, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, t = _u(L[6]), _u(t)
+    z, dh, a_prev = z[t * _u(L[5]) + _u(L[8]) :], dh[cs:], s[t * st + cs :]
     for a in range(A):
-        za_, sa_ = a * za, a * sa
+        za_, sa_ = L[11][a], a * sa
         for b in range(B):
             k, u = za_ + b, sa_ + b
             da, z_gate, c_tilde = dh[u], z[k], z[k + zg]
@@ -437,36 +403,34 @@ def simple_gru_step_backward(L, t, z, s, dh):
 
 
 @_jit
-def gated_forward(cell, L, n1, Z, inputs, w_hh, S, bias, keep, held, out):
-    """All steps of the RNN or the simplified GRU (``cell``) for the chunk of sequences ``L[2]
-    .. n1``, after the input projection (``Z``: the gates, as in :func:`lstm_forward`); ``S (T+1,
-    H, N)`` holds a<t-1>; ``out (T, N, H)`` takes the outputs as rows, with a mask (``keep``)
-    through ``held``."""
-    T, N, n0, G = S.shape[0] - 1, S.shape[2], L[2], w_hh[0].shape[0]
+def gated_forward(cell, L, n1, Z, inputs, w_hh, S, bias, keep, out):
+    """All steps of the RNN or the simplified GRU (``cell``) for the chunk of sequences ``n0
+    .. n1`` (``n0 = L[10]``), after the input projection (``Z``: the gates, as in
+    :func:`lstm_forward`); ``S (T+1, N, H)`` holds a<t-1>; with a mask (``keep``) ``out (T, N,
+    H)`` takes the outputs."""
+    T, N, n0, G = S.shape[0] - 1, S.shape[1], L[10], w_hh[0].shape[0]
     s, z, st = S.reshape(-1), Z.reshape(-1), L[3]
     for t in range(T):
         _project_step(inputs, Z, N, t, n0, n1)
-        product(w_hh, S[t][:, n0:n1], _block(Z, N, t, n0, n1, 0, G), 1.0)  # += W_aa a<t-1>
+        product(w_hh, S[t][n0:n1], _block(Z, N, t, n0, n1, 0, G), 1.0)  # += a<t-1> W_aa^T
         if cell == SIMPLE:
             simple_gru_step_forward(L, t, z, bias, s)
         else:
             rnn_step_forward(L, t, z, bias, cell == RELU, s)
         if keep.size > 0:
-            _hold(L, t, s[(t + 1) * st : (t + 2) * st], s[t * st : (t + 1) * st], keep, held[t])
-            _columns_into_rows(held[t].reshape(S.shape[1], N), out[t], n0, n1)
-        else:
-            _columns_into_rows(S[t + 1], out[t], n0, n1)
+            new, prev = s[(t + 1) * st : (t + 2) * st], s[t * st : (t + 1) * st]
+            _hold(L, t, new, prev, keep, out[t].reshape(-1))
 
 
 @_jit
 def gated_backward(cell, L, n1, Z, w_hh_t, S, keep, dout, dh, carry):
     """All steps backward of :func:`gated_forward` for its chunk: the gates become dz, ``dh
-    (H, N)`` holds the final state's gradient and takes da<0>; ``carry`` is scratch (H*N) with
+    (N, H)`` holds the final state's gradient and takes da<0>; ``carry`` is scratch (N*H) with
     a mask."""
-    T, N, n0, G = S.shape[0] - 1, S.shape[2], L[2], w_hh_t[0].shape[1]
+    T, N, n0, G = S.shape[0] - 1, S.shape[1], L[10], w_hh_t[0].shape[1]
     s, z, dh_ = S.reshape(-1), Z.reshape(-1), dh.reshape(-1)
     for t in range(T - 1, -1, -1):
-        _rows_into_columns(dout[t], dh, n0, n1)
+        _add(L, dh_, dout[t].reshape(-1))
         if keep.size > 0:
             _split_carry(L, t, dh_, keep, carry)
         if cell == SIMPLE:
@@ -474,7 +438,7 @@ def gated_backward(cell, L, n1, Z, w_hh_t, S, keep, dout, dh, carry):
         else:
             rnn_step_backward(L, t, z, cell == RELU, dh_)
         beta = 1.0 if cell == SIMPLE else 0.0  # the simplified GRU's dh holds da<t> (1 - Γu)
-        product(w_hh_t, _block(Z, N, t, n0, n1, 0, G), dh[:, n0:n1], beta)  # += W_aa^T dz
+        product(w_hh_t, _block(Z, N, t, n0, n1, 0, G), dh[n0:n1], beta)  # += dz W_aa
         if keep.size > 0:
             _add(L, dh_, carry)
 
@@ -485,30 +449,30 @@ def gated_backward(cell, L, n1, Z, w_hh_t, S, keep, dout, dh, carry):
 @_jit
 def gru_step_forward(L, t, z, hw, bias, b_hn, s, r_in, rl):
     """One full GRU step (:func:`rnnkit.cells.gru_step_forward`), the gates r, z, n of ``z``
-    becoming Γr, z = 1 - Γu, c̃. Reset after W_hn (``b_hn`` an array, spread): ``hw`` (3 rows
-    in the states' layout, one step) holds W_hh a<t-1>, ``r_in`` takes W_hn a<t-1> + b_hn (at
+    becoming Γr, z = 1 - Γu, c̃. Reset after W_hn (``b_hn`` an array, spread): ``hw`` (one
+    step laid out as the gates) holds a<t-1> W_hh^T, ``r_in`` takes W_hn a<t-1> + b_hn (at
     ``t*rl[0] + a*rl[1] + ..``), ``bias`` is b_ih + b_hh but b_hn, and a<t> goes to the
     states. Reset before (``b_hn`` None): this is the first half, Γr and z from ``hw``'s r, z
     rows, ``r_in`` takes Γr * a<t-1>; :func:`gru_step_candidate` is the second, after the
     product W_hn (Γr * a<t-1>)."""
-    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
-    zg, za, ra, t = _u(L[6]), _u(L[7]), _u(rl[1]), _u(t)
+    A, B, cs, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, ra, t = _u(L[6]), _u(rl[1]), _u(t)
     zg2, st2 = zg + zg, st + st  # unsigned
-    z, r_in = z[t * _u(L[5]) + n0 :], r_in[t * _u(rl[0]) + n0 :]
-    hw, bias = hw[n0:], bias[n0:]
-    a_prev, a_new = s[t * st + n0 :], s[(t + 1) * st + n0 :]
+    z, r_in = z[t * _u(L[5]) + _u(L[8]) :], r_in[t * _u(rl[0]) + cs :]
+    hw, bias = hw[_u(L[8]) :], bias[cs:]
+    a_prev, a_new = s[t * st + cs :], s[(t + 1) * st + cs :]
     if b_hn is not None:
-        bn = b_hn[n0:]
+        bn = b_hn[cs:]
     for a in range(A):
-        za_, sa_, ra_ = a * za, a * sa, a * ra
+        za_, sa_, ra_ = L[11][a], a * sa, a * ra
         for b in range(B):
             k, u = za_ + b, sa_ + b
             z_r, z_z, z_n = z[k], z[k + zg], z[k + zg2]  # every load before any store
-            gamma_r = _sigmoid(z_r + hw[u] + bias[u])  # Γr = σ(W_r [a<t-1>, x<t>] + b_r)
-            z_gate = _sigmoid(z_z + hw[u + st] + bias[u + st])  # z = 1 - Γu
+            gamma_r = _sigmoid(z_r + hw[k] + bias[u])  # Γr = σ(W_r [a<t-1>, x<t>] + b_r)
+            z_gate = _sigmoid(z_z + hw[k + zg] + bias[u + st])  # z = 1 - Γu
             z[k], z[k + zg] = gamma_r, z_gate
             if b_hn is not None:
-                reset_in = hw[u + st2] + bn[u]  # W_hn a<t-1> + b_hn
+                reset_in = hw[k + zg2] + bn[u]  # W_hn a<t-1> + b_hn
                 c_tilde = _tanh(z_n + bias[u + st2] + gamma_r * reset_in)
                 r_in[ra_ + b], z[k + zg2] = reset_in, c_tilde
                 a_new[u] = c_tilde + z_gate * (a_prev[u] - c_tilde)  # Γu*c̃ + (1-Γu)*a<t-1>
@@ -520,13 +484,13 @@ def gru_step_forward(L, t, z, hw, bias, b_hn, s, r_in, rl):
 def gru_step_candidate(L, t, z, bias, s):
     """The second half of a reset-before GRU step: ``z``'s n row holds W_in x<t> + W_hn (Γr *
     a<t-1>) and becomes c̃ = tanh(. + b_n); a<t> goes to the states."""
-    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
-    zg, za, t = _u(L[6]), _u(L[7]), _u(t)
+    A, B, cs, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, t = _u(L[6]), _u(t)
     zg2, st2 = zg + zg, st + st  # unsigned
-    z, bias = z[t * _u(L[5]) + n0 :], bias[n0:]
-    a_prev, a_new = s[t * st + n0 :], s[(t + 1) * st + n0 :]
+    z, bias = z[t * _u(L[5]) + _u(L[8]) :], bias[cs:]
+    a_prev, a_new = s[t * st + cs :], s[(t + 1) * st + cs :]
     for a in range(A):
-        za_, sa_ = a * za, a * sa
+        za_, sa_ = L[11][a], a * sa
         for b in range(B):
             k, u = za_ + b, sa_ + b
             c_tilde = _tanh(z[k + zg2] + bias[u + st2])  # c̃ = tanh(W_c [Γr*a, x] + b_c)
@@ -541,15 +505,15 @@ def gru_step_backward(L, t, z, hw, s, r_in, rl, dhn, dh):
     that bypasses the products). Reset after (``dhn`` an array, laid out as ``r_in``): ``hw``
     takes the hidden side's (Γr, z and n * Γr), ``dhn`` its n row. Reset before (None): this
     is the part after W_hn (dz and dn only); :func:`gru_step_reset_backward` is the rest."""
-    A, B, n0, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
-    zg, za, ra, t = _u(L[6]), _u(L[7]), _u(rl[1]), _u(t)
-    zg2, st2 = zg + zg, st + st  # unsigned
-    z, hw, dh, a_prev = z[t * _u(L[5]) + n0 :], hw[n0:], dh[n0:], s[t * st + n0 :]
-    r_in = r_in[t * _u(rl[0]) + n0 :]
+    A, B, cs, st, sa = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4])
+    zg, ra, t = _u(L[6]), _u(rl[1]), _u(t)
+    zg2 = zg + zg  # unsigned
+    z, hw, dh, a_prev = z[t * _u(L[5]) + _u(L[8]) :], hw[_u(L[8]) :], dh[cs:], s[t * st + cs :]
+    r_in = r_in[t * _u(rl[0]) + cs :]
     if dhn is not None:
-        dn_r = dhn[t * _u(rl[0]) + n0 :]
+        dn_r = dhn[t * _u(rl[0]) + cs :]
     for a in range(A):
-        za_, sa_, ra_ = a * za, a * sa, a * ra
+        za_, sa_, ra_ = L[11][a], a * sa, a * ra
         for b in range(B):
             k, u, da = za_ + b, sa_ + b, dh[sa_ + b]
             gamma_r, z_gate, c_tilde = z[k], z[k + zg], z[k + zg2]
@@ -559,48 +523,46 @@ def gru_step_backward(L, t, z, hw, s, r_in, rl, dhn, dh):
             if dhn is not None:
                 dr = dn * r_in[ra_ + b] * gamma_r * (ONE - gamma_r)
                 z[k] = dr
-                hw[u], hw[u + st], hw[u + st2] = dr, dz, dn * gamma_r
+                hw[k], hw[k + zg], hw[k + zg2] = dr, dz, dn * gamma_r
                 dn_r[ra_ + b] = dn * gamma_r
 
 
 @_jit
 def gru_step_reset_backward(L, t, z, d_reset, s, dh):
-    """The rest of a reset-before GRU step backward: ``d_reset`` (one step) holds the gradient
-    of Γr * a<t-1>; Γr's row of ``z`` becomes dΓr's pre-activation, and da<t-1> takes the
-    part through Γr * a<t-1>."""
-    A, B, n0, st, sa, za, t = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4]), _u(L[7]), _u(t)
-    z, d_reset, dh, a_prev = z[t * _u(L[5]) + n0 :], d_reset[n0:], dh[n0:], s[t * st + n0 :]
+    """The rest of a reset-before GRU step backward: ``d_reset`` (one step, laid out as one
+    gate of the gates) holds the gradient of Γr * a<t-1>; Γr's row of ``z`` becomes dΓr's
+    pre-activation, and da<t-1> takes the part through Γr * a<t-1>."""
+    A, B, cs, st, sa, t = _u(L[0]), _u(L[1]), _u(L[2]), _u(L[3]), _u(L[4]), _u(t)
+    z, d_reset = z[t * _u(L[5]) + _u(L[8]) :], d_reset[_u(L[8]) :]
+    dh, a_prev = dh[cs:], s[t * st + cs :]
     for a in range(A):
-        za_, sa_ = a * za, a * sa
+        za_, sa_ = L[11][a], a * sa
         for b in range(B):
             k, u = za_ + b, sa_ + b
             gamma_r = z[k]
-            z[k] = d_reset[u] * a_prev[u] * gamma_r * (ONE - gamma_r)
-            dh[u] += d_reset[u] * gamma_r
+            z[k] = d_reset[k] * a_prev[u] * gamma_r * (ONE - gamma_r)
+            dh[u] += d_reset[k] * gamma_r
 
 
 @_jit
-def gru_forward(L, n1, Z, inputs, w_hh, w_n, S, hw, bias, b_hn, R, rl, keep, held, out):
-    """All steps of the full GRU for the chunk of sequences ``L[2] .. n1`` (arguments as for
-    :func:`gated_forward`; ``hw`` scratch (3H*N), ``R`` (laid out as one gate of the gates)
-    takes the reset's input, ``w_hh`` is W_hh, or with the reset before W_hh's r, z rows and
-    ``w_n`` its n rows)."""
-    T, N, n0, H = S.shape[0] - 1, S.shape[2], L[2], S.shape[1]
+def gru_forward(L, n1, Z, inputs, w_hh, w_n, S, hw, bias, b_hn, R, rl, keep, out):
+    """All steps of the full GRU for the chunk of sequences ``n0 .. n1`` (arguments as for
+    :func:`gated_forward`; ``hw`` scratch (N*3H), ``R (T*N, H)`` takes the reset's input,
+    ``w_hh`` is W_hh, or with the reset before W_hh's r, z rows and ``w_n`` its n rows)."""
+    T, N, n0, H = S.shape[0] - 1, S.shape[1], L[10], S.shape[2]
     s, z, r_in, st = S.reshape(-1), Z.reshape(-1), R.reshape(-1), L[3]
-    HW = hw.reshape(-1, N)
+    HW = hw.reshape(N, 3 * H)
     for t in range(T):
         _project_step(inputs, Z, N, t, n0, n1)
-        product(w_hh, S[t][:, n0:n1], HW[: w_hh[0].shape[0], n0:n1], 0.0)  # W_hh a<t-1>
+        product(w_hh, S[t][n0:n1], HW[n0:n1, : w_hh[0].shape[0]], 0.0)  # a<t-1> W_hh^T
         gru_step_forward(L, t, z, hw, bias, b_hn, s, r_in, rl)
         if b_hn is None:  # reset before: c̃'s product sees Γr * a<t-1>
             n_rows = _block(Z, N, t, n0, n1, 2 * H, 3 * H)
             product(w_n, _block(R, N, t, n0, n1, 0, H), n_rows, 1.0)
             gru_step_candidate(L, t, z, bias, s)
         if keep.size > 0:
-            _hold(L, t, s[(t + 1) * st : (t + 2) * st], s[t * st : (t + 1) * st], keep, held[t])
-            _columns_into_rows(held[t].reshape(H, N), out[t], n0, n1)
-        else:
-            _columns_into_rows(S[t + 1], out[t], n0, n1)
+            new, prev = s[(t + 1) * st : (t + 2) * st], s[t * st : (t + 1) * st]
+            _hold(L, t, new, prev, keep, out[t].reshape(-1))
 
 
 @_jit
@@ -608,19 +570,19 @@ def gru_backward(L, n1, Z, w_hh_t, w_n_t, S, hw, R, rl, dhn, keep, dout, dh, car
     """All steps backward of :func:`gru_forward` for its chunk (``w_hh_t``, ``w_n_t`` the
     transposed weights; reset after: ``dhn`` (laid out as R, flat) takes the n row of the
     hidden side's gradient, None with the reset before)."""
-    T, N, n0, H = S.shape[0] - 1, S.shape[2], L[2], S.shape[1]
+    T, N, n0, H = S.shape[0] - 1, S.shape[1], L[10], S.shape[2]
     s, z, r_in, dh_ = S.reshape(-1), Z.reshape(-1), R.reshape(-1), dh.reshape(-1)
-    HW = hw.reshape(-1, N)
+    HW = hw.reshape(N, 3 * H)
     for t in range(T - 1, -1, -1):
-        _rows_into_columns(dout[t], dh, n0, n1)
+        _add(L, dh_, dout[t].reshape(-1))
         if keep.size > 0:
             _split_carry(L, t, dh_, keep, carry)
         gru_step_backward(L, t, z, hw, s, r_in, rl, dhn, dh_)
-        if dhn is not None:  # reset after: da<t-1> += W_hh^T (the hidden side's gradient)
-            product(w_hh_t, HW[:, n0:n1], dh[:, n0:n1], 1.0)
+        if dhn is not None:  # reset after: da<t-1> += (the hidden side's gradient) W_hh
+            product(w_hh_t, HW[n0:n1], dh[n0:n1], 1.0)
         else:  # through c̃'s product, then Γr and z's
-            product(w_n_t, _block(Z, N, t, n0, n1, 2 * H, 3 * H), HW[:H, n0:n1], 0.0)
+            product(w_n_t, _block(Z, N, t, n0, n1, 2 * H, 3 * H), HW[n0:n1, :H], 0.0)
             gru_step_reset_backward(L, t, z, hw, s, dh_)
-            product(w_hh_t, _block(Z, N, t, n0, n1, 0, 2 * H), dh[:, n0:n1], 1.0)
+            product(w_hh_t, _block(Z, N, t, n0, n1, 0, 2 * H), dh[n0:n1], 1.0)
         if keep.size > 0:
             _add(L, dh_, carry)

@@ -240,41 +240,37 @@ def backward(
 # ---------------------------------------------------------------- pieces the cells share
 
 
-def _spread(values: np.ndarray, N: int) -> np.ndarray:
-    """Per-unit values ``(..., H)`` spread over N sequences as the states lie, raveled."""
-    return np.ascontiguousarray(np.repeat(values[..., None], N, axis=-1)).reshape(-1)
+def _spread(values: np.ndarray, N: int, H: int) -> np.ndarray:
+    """Per-unit values (``(..., H)``, rows of H) spread over N sequences as the states lie,
+    ``(rows, N, H)`` raveled."""
+    rows = values.reshape(-1, 1, H)
+    return np.ascontiguousarray(np.broadcast_to(rows, (rows.shape[0], N, H))).reshape(-1)
 
 
-def _keep(mask: np.ndarray | None, T: int, N: int, H: int, dtype) -> np.ndarray:
-    """The mask as the kernels read it: ``(T, N)``, for one sequence ``(T, H)``; empty: none."""
+def _keep(mask: np.ndarray | None, dtype) -> np.ndarray:
+    """The mask as the kernels read it: ``(T, N)`` raveled; empty: none."""
     if mask is None:
         return np.empty(0, dtype=dtype)
-    keep = mask[:, :, 0]
-    return np.ascontiguousarray(np.repeat(keep, H, axis=1) if N == 1 else keep).reshape(-1)
+    return np.ascontiguousarray(mask[:, :, 0], dtype=dtype).reshape(-1)
 
 
 def _gates(workspace: Workspace | None, name: str, G: int, T: int, N: int, dtype) -> np.ndarray:
-    """A ``(G, T*N)`` matrix of gates, step t in columns ``t*N .. t*N + N``, for one sequence
-    stored ``(T, G)`` (each step's gates adjacent); from the workspace, or fresh without one.
-    The kernels take it as it lies, the products over all steps as :func:`_matrix`."""
-    take = np.empty if workspace is None else lambda shape, dt: workspace.take(name, shape, dt)
-    return take((T, G), dtype) if N == 1 else take((G, T * N), dtype)
-
-
-def _matrix(gates: np.ndarray, N: int) -> np.ndarray:
-    """A :func:`_gates` array as the ``(G, T*N)`` matrix it stands for (a view)."""
-    return gates.T if N == 1 else gates
+    """A ``(T*N, G)`` matrix of gates, step t in rows ``t*N .. t*N + N``; from the workspace,
+    or fresh without one."""
+    if workspace is None:
+        return np.empty((T * N, G), dtype=dtype)
+    return workspace.take(name, (T * N, G), dtype)
 
 
 def _project(x: np.ndarray, w_ih: np.ndarray, gates: np.ndarray, split: bool) -> None:
-    """``Z = W_ih @ x^T`` for all steps at once: the input side of every gate."""
+    """``Z = x W_ih^T`` for all steps at once: the input side of every gate."""
     T, N, D = x.shape
-    _products([(w_ih, x.reshape(T * N, D).T, _matrix(gates, N), 0.0)], split)
+    _products([(x.reshape(T * N, D), w_ih.T, gates, 0.0)], split)
 
 
 def _bias_grads(Z: np.ndarray) -> np.ndarray:
-    """``Σ dZ`` over all steps and sequences, for each gate row."""
-    return Z @ np.ones(Z.shape[1], dtype=Z.dtype)  # BLAS, 2x to 4x .sum
+    """``Σ dZ`` over all steps and sequences, for each gate."""
+    return np.ones(Z.shape[0], dtype=Z.dtype) @ Z  # BLAS, 2x to 4x .sum
 
 
 def _weights(w: np.ndarray | None, ctx: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +281,7 @@ def _weights(w: np.ndarray | None, ctx: dict) -> tuple[np.ndarray, np.ndarray]:
     if w is None:
         return np.empty((0, 0), dtype=dt), np.empty((0, 0, 0), dtype=dt)
     width = min(n1 - n0 for n0, n1 in ctx["chunks"])
-    rows = packed.tile_rows(w.shape[0], width, w.itemsize)
+    rows = packed.tile_rows(w.shape[0], width, w.itemsize)  # W's rows: outputs of a @ W^T
     if ctx["T"] < 8 or (width == 1 and w.size > 1 << 18):
         rows = 0  # packing costs a pass over W: not for a few steps; past 1 MiB for one
         # sequence, BLAS's threads read W faster
@@ -303,7 +299,7 @@ class _Compiled:
     of its loop (``chunk_forward``, ``chunk_backward``); the other methods add what differs."""
 
     gates = 1
-    kept = ("gates", "states")  # workspace buffers in the cache, handed back after use
+    kept = ("gates",)  # workspace buffers in the cache, handed back after use
 
     def forward(self, x, state, p, mask, ws, chunks):
         T, N, _ = x.shape
@@ -311,34 +307,33 @@ class _Compiled:
         ctx = {"T": T, "N": N, "H": H, "P": P, "p": p, "ws": ws, "dt": dt, "chunks": chunks}
         Z = ctx["gates"] = _gates(ws, "gates", self.gates * H, T, N, dt)
         w_ih = _weights(p.w_ih, ctx)
-        if w_ih[1].size and w_ih[1].nbytes + p.w_hh.nbytes <= _CACHED:  # step by step
-            ctx["inputs"] = (w_ih, x, np.empty((x.shape[2], N), dtype=dt))
+        if w_ih[1].size and w_ih[1].nbytes + p.w_hh.nbytes <= _CACHED and N > 1:
+            ctx["inputs"] = (w_ih, x)  # step by step; for one sequence a step's product would
+            # read W_ih from the cache for one row: all steps in one product is faster
         else:  # all steps in one product first
             _project(x, p.w_ih, Z, len(chunks) > 1)
-            ctx["inputs"] = (
-                _weights(None, ctx),
-                np.empty((0, 0, 0), dtype=dt),
-                np.empty((0, 0), dtype=dt),
-            )
-        S = ctx["states"] = ws.take("states", (T + 1, P, N), dt)  # S[t] is a<t-1>, as columns
-        S[0] = state[0].T
-        ctx["keep"] = _keep(mask, T, N, H, dt)
-        ctx["held"] = np.empty((T, P * N if mask is not None else 0), dtype=dt)
-        out = ctx["output"] = np.empty((T, N, P), dtype=dt)
+            ctx["inputs"] = (_weights(None, ctx), np.empty((0, 0, 0), dtype=dt))
+        # S[t] is a<t-1> and S[1:] the output: fresh, as the output leaves with the caller
+        S = ctx["states"] = np.empty((T + 1, N, P), dtype=dt)
+        S[0] = state[0]
+        ctx["keep"] = _keep(mask, dt)
+        out = S[1:] if mask is None else np.empty((T, N, P), dtype=dt)
+        ctx["output"] = out
         self.prepare(ctx, state)
         parallel.run([self.chunk_forward(ctx, *span) for span in chunks])
         cache = LoopCache({name: ctx[name] for name in self.kept if name in ctx})
-        cache.update(output=out, h0=np.array(state[0]), kept=tuple(cache))
-        out.flags.writeable = False  # the backward pass reads a<t> from it
+        cache.update(kept=tuple(cache), states=S)
+        out.flags.writeable = False  # the backward pass reads a<t> from the states
         return out, self.final(ctx), cache
 
     def prepare(self, ctx: dict, state: tuple) -> None:
         """The cell's own buffers for the forward pass."""
-        ctx["bias"] = _spread(_bias_sum(ctx["p"], self.gates, ctx["H"], ctx["dt"]), ctx["N"])
+        bias = _bias_sum(ctx["p"], self.gates, ctx["H"], ctx["dt"])
+        ctx["bias"] = _spread(bias, ctx["N"], ctx["H"])
         ctx["w_hh"] = _weights(ctx["p"].w_hh, ctx)
 
     def final(self, ctx: dict) -> tuple:
-        return (ctx["states"][ctx["T"]].T.copy(),)
+        return (ctx["states"][ctx["T"]].copy(),)
 
     def backward(self, x, dout, dstate, cache, p, mask, grads, chunks):
         """Adds this pass's gradients into ``grads`` once they are whole, so that two passes
@@ -353,17 +348,18 @@ class _Compiled:
         T, N, D = x.shape
         H, P, dt = p.w_hh.shape[0] // self.gates, p.w_hh.shape[1], dout.dtype
         ctx = dict(cache, T=T, N=N, H=H, P=P, p=p, dt=dt, chunks=chunks)
-        ctx["dh"] = dstate[0].T.copy()  # (P, N): the chunks take da<0>
-        ctx["keep"] = _keep(mask, T, N, H, dt)
+        ctx["dh"] = np.array(dstate[0], dtype=dt, order="C")  # (N, P): the chunks take da<0>
+        ctx["keep"] = _keep(mask, dt)
         ctx["dout"] = np.ascontiguousarray(dout if mask is None else dout * mask)  # 0 past ends
         ctx["w_hh_t"] = _weights(p.w_hh.T, ctx)
         self.prepare_backward(ctx, dstate)
         parallel.run([self.chunk_backward(ctx, *span) for span in chunks])
-        Z, dx = _matrix(ctx["gates"], N), np.empty((T, N, D), dtype=dt)
+        Z, dx = ctx["gates"], np.empty((T, N, D), dtype=dt)
         X = x.reshape(T * N, D)
-        jobs = [(Z.T, p.w_ih, dx.reshape(T * N, D), 0.0), (Z, X, grads["w_ih"], 0.0)]
-        for dz, dw, inputs, first in self.hidden_side(ctx, grads):  # Σ_t dz<t> (input<t>)^T
-            jobs += [(dz[:, N:], inputs[: (T - 1) * N], dw, 1.0), (dz[:, :N], first, dw, 1.0)]
+        jobs = [(Z, p.w_ih, dx.reshape(T * N, D), 0.0), (Z.T, X, grads["w_ih"], 0.0)]
+        a_prev = ctx["states"].reshape(-1, P)[: T * N]  # a<t-1> of every step, h0 first
+        for dz, dw in self.hidden_side(ctx, grads):  # Σ_t dz<t>^T a<t-1>
+            jobs.append((dz.T, a_prev, dw, 1.0))
         _products(jobs + self.more_products(ctx, grads), len(chunks) > 1)
         if p.b_ih is not None:
             self.bias_grads(ctx, grads)
@@ -374,18 +370,16 @@ class _Compiled:
         """The cell's own buffers for the backward pass."""
 
     def hidden_side(self, ctx: dict, grads: dict) -> list:
-        """``(dz, dW, inputs, first)``: the gradient of the hidden side of the gates over all
-        steps, the weights it is for, and what they multiply, a<t-1> (as rows of the output,
-        and h0 for the first step)."""
-        outputs = ctx["output"].reshape(-1, ctx["P"])
-        return [(_matrix(ctx["gates"], ctx["N"]), grads["w_hh"], outputs, ctx["h0"])]
+        """``(dz, dW)``: the gradient of the hidden side of the gates over all steps, and the
+        weights it is for (they multiply a<t-1>)."""
+        return [(ctx["gates"], grads["w_hh"])]
 
     def more_products(self, ctx: dict, grads: dict) -> list:
         return []
 
     def bias_grads(self, ctx: dict, grads: dict) -> None:
         """Both biases enter one sum: db_ih = db_hh = Σ dz."""
-        db = _bias_grads(_matrix(ctx["gates"], ctx["N"]))
+        db = _bias_grads(ctx["gates"])
         grads["b_ih"] += db
         grads["b_hh"] += db
 
@@ -393,7 +387,7 @@ class _Compiled:
         """The cell's own gradients after the products."""
 
     def dfinal(self, ctx: dict) -> tuple:
-        return (ctx["dh"].T.copy(),)
+        return (ctx["dh"],)
 
 
 def _call(function, *args):
@@ -419,7 +413,7 @@ class _Gated(_Compiled):
 
     def chunk_forward(self, ctx, n0, n1):
         Z, L = ctx["gates"], kernels.layout(ctx["T"], ctx["N"], n0, n1, self.gates, ctx["H"])
-        rest = (ctx["states"], ctx["bias"], ctx["keep"], ctx["held"], ctx["output"])
+        rest = (ctx["states"], ctx["bias"], ctx["keep"], ctx["output"])
         return _call(kernels.gated_forward, self.cell, L, n1, Z, ctx["inputs"], ctx["w_hh"], *rest)
 
     def chunk_backward(self, ctx, n0, n1):
@@ -432,7 +426,7 @@ class _GRU(_Compiled):
     """The full GRU, the reset after W_hn (PyTorch, cuDNN) or before (the course)."""
 
     gates = 3
-    kept = ("gates", "states", "reset_in")
+    kept = ("gates", "reset_in")
 
     def __init__(self, after: bool):
         self.after = after
@@ -447,8 +441,8 @@ class _GRU(_Compiled):
         bias, b_hn = _bias_sum(p, 3, H, dt), np.zeros(H, dtype=dt)
         if self.after and p.b_ih is not None:  # b_hn stays inside the reset, apart
             bias[2 * H :], b_hn = p.b_ih[2 * H :], p.b_hh[2 * H :]
-        ctx["bias"] = _spread(bias, N)
-        ctx["b_hn"] = _spread(b_hn, N) if self.after else None  # None: the reset before
+        ctx["bias"] = _spread(bias, N, H)
+        ctx["b_hn"] = _spread(b_hn, N, H) if self.after else None  # None: the reset before
         ctx["reset_in"] = _gates(ctx["ws"], "reset_in", H, ctx["T"], N, dt)
         ctx["w_h"] = _weights(p.w_hh if self.after else p.w_hh[: 2 * H], ctx)
         ctx["w_n"] = _weights(p.w_hh[2 * H :], ctx)
@@ -458,7 +452,7 @@ class _GRU(_Compiled):
         L, hw = kernels.layout(ctx["T"], N, n0, n1, 3, H), np.empty(3 * H * N, dtype=ctx["dt"])
         weights = (ctx["w_h"], ctx["w_n"], ctx["states"], hw, ctx["bias"], ctx["b_hn"])
         reset = (R, self._reset_layout(ctx))
-        args = (L, n1, Z, ctx["inputs"], *weights, *reset, ctx["keep"], ctx["held"], ctx["output"])
+        args = (L, n1, Z, ctx["inputs"], *weights, *reset, ctx["keep"], ctx["output"])
         return _call(kernels.gru_forward, *args)
 
     def prepare_backward(self, ctx, dstate):
@@ -479,28 +473,25 @@ class _GRU(_Compiled):
         return _call(kernels.gru_backward, L, n1, Z, *weights, *reset, *grads)
 
     def hidden_side(self, ctx, grads):
-        H, dW = ctx["H"], grads["w_hh"]
-        outputs = ctx["output"].reshape(-1, ctx["P"])
-        Z = _matrix(ctx["gates"], ctx["N"])
-        sides = [(Z[: 2 * H], dW[: 2 * H], outputs, ctx["h0"])]  # Γr and z
+        H, dW, Z = ctx["H"], grads["w_hh"], ctx["gates"]
+        sides = [(Z[:, : 2 * H], dW[: 2 * H])]  # Γr and z
         if self.after:  # the n row saw Γr * (W_hn a<t-1> + b_hn)
-            sides.append((_matrix(ctx["dhn"], ctx["N"]), dW[2 * H :], outputs, ctx["h0"]))
+            sides.append((ctx["dhn"], dW[2 * H :]))
         return sides
 
     def more_products(self, ctx, grads):
         if self.after:
             return []
-        H = ctx["H"]  # the n row saw Γr * a<t-1>
-        Z, R = _matrix(ctx["gates"], ctx["N"]), _matrix(ctx["reset_in"], ctx["N"])
-        return [(Z[2 * H :], R.T, grads["w_hh"][2 * H :], 1.0)]
+        H, Z = ctx["H"], ctx["gates"]  # the n row saw Γr * a<t-1>
+        return [(Z[:, 2 * H :].T, ctx["reset_in"], grads["w_hh"][2 * H :], 1.0)]
 
     def bias_grads(self, ctx, grads):
         if not self.after:
             return super().bias_grads(ctx, grads)
-        H, db = ctx["H"], _bias_grads(_matrix(ctx["gates"], ctx["N"]))
+        H, db = ctx["H"], _bias_grads(ctx["gates"])
         grads["b_ih"] += db
         grads["b_hh"][: 2 * H] += db[: 2 * H]
-        grads["b_hh"][2 * H :] += _bias_grads(_matrix(ctx["dhn"], ctx["N"]))
+        grads["b_hh"][2 * H :] += _bias_grads(ctx["dhn"])
 
 
 class _LSTM(_Compiled):
@@ -508,7 +499,7 @@ class _LSTM(_Compiled):
     projection of the output (then ``P``, the size of a<t>, is less than H)."""
 
     gates = 4
-    kept = ("gates", "states", "cells", "tanh_cells", "m")
+    kept = ("gates", "cells", "tanh_cells", "m")
 
     def __init__(self, gers: bool):
         self.gers = gers
@@ -516,11 +507,11 @@ class _LSTM(_Compiled):
     def prepare(self, ctx, state):
         super().prepare(ctx, state)
         T, N, H, p, ws, dt = ctx["T"], ctx["N"], ctx["H"], ctx["p"], ctx["ws"], ctx["dt"]
-        ctx["cells"] = ws.take("cells", ((T + 1) * H * N,), dt)  # c<t-1> as columns, flat
-        ctx["cells"][: H * N] = state[1].T.reshape(-1)
-        ctx["tanh_cells"] = ws.take("tanh_cells", ((T + 1) * H * N,), dt)
-        ctx["peep"] = None if p.w_peep is None else _spread(p.w_peep, N)
-        if p.w_hr is not None:  # Γo*tanh(c<t>) before the projection, laid out as the gates
+        ctx["cells"] = ws.take("cells", ((T + 1) * N * H,), dt)  # c<t-1> as the states, flat
+        ctx["cells"][: N * H] = np.asarray(state[1]).reshape(-1)
+        ctx["tanh_cells"] = ws.take("tanh_cells", ((T + 1) * N * H,), dt)
+        ctx["peep"] = None if p.w_peep is None else _spread(p.w_peep, N, H)
+        if p.w_hr is not None:  # Γo*tanh(c<t>) before the projection, (T*N, H)
             ctx["m"] = _gates(ws, "m", H, T, N, dt)
 
     def _m(self, ctx, n0, n1):
@@ -545,19 +536,19 @@ class _LSTM(_Compiled):
         M, w_hr, m, ml = self._m(ctx, n0, n1)
         peepholes = self._peepholes(ctx["peep"], H * N)
         states = (ctx["states"], ctx["cells"], ctx["tanh_cells"], M, m, ml)
-        outputs = (ctx["keep"], ctx["held"], ctx["output"])
+        outputs = (ctx["keep"], ctx["output"])
         weights = (ctx["w_hh"], w_hr, ctx["bias"])
         args = (L, Lp, n1, Z, ctx["inputs"], *weights, peepholes, states, outputs)
         return _call(kernels.lstm_forward, *args)
 
     def final(self, ctx):
         T, N, H = ctx["T"], ctx["N"], ctx["H"]
-        return super().final(ctx) + (ctx["cells"][T * H * N :].reshape(H, N).T.copy(),)
+        return super().final(ctx) + (ctx["cells"][T * N * H :].reshape(N, H).copy(),)
 
     def prepare_backward(self, ctx, dstate):
         p, dt, N, H, P, T = ctx["p"], ctx["dt"], ctx["N"], ctx["H"], ctx["P"], ctx["T"]
-        ctx["dc"] = dstate[1].T.copy()  # (H, N): the chunks take dc<0>
-        ctx["peep"] = None if p.w_peep is None else _spread(p.w_peep, N)
+        ctx["dc"] = np.array(dstate[1], dtype=dt, order="C")  # (N, H): the chunks take dc<0>
+        ctx["peep"] = None if p.w_peep is None else _spread(p.w_peep, N, H)
         ctx["dpeep"] = None if p.w_peep is None else np.zeros_like(ctx["peep"])
         proj = p.w_hr is not None
         ctx["dM"] = _gates(None, "", P if proj else 0, T, N, dt)  # da<t> over all steps, for W_hr
@@ -578,15 +569,14 @@ class _LSTM(_Compiled):
     def more_products(self, ctx, grads):
         if "m" not in ctx:
             return []
-        dM, M = _matrix(ctx["dM"], ctx["N"]), _matrix(ctx["m"], ctx["N"])
-        return [(dM, M.T, grads["w_hr"], 1.0)]  # dW_hr = Σ da<t> m<t>^T
+        return [(ctx["dM"].T, ctx["m"], grads["w_hr"], 1.0)]  # dW_hr = Σ da<t>^T m<t>
 
     def finish_backward(self, ctx, grads):
         if ctx["dpeep"] is not None:
-            grads["w_peep"] += ctx["dpeep"].reshape(3, ctx["H"], ctx["N"]).sum(axis=2)
+            grads["w_peep"] += ctx["dpeep"].reshape(3, ctx["N"], ctx["H"]).sum(axis=1)
 
     def dfinal(self, ctx):
-        return super().dfinal(ctx) + (ctx["dc"].T.copy(),)
+        return super().dfinal(ctx) + (ctx["dc"],)
 
 
 _CELLS = {

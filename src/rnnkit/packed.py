@@ -1,13 +1,15 @@
-"""The recurrent product of one step, ``c (+)= W @ b``, with W packed once per call and kept in
-cache: the product every step of a chunk repeats with the same weights and a few columns.
+"""The recurrent product of one step, ``c (+)= a @ W^T``, with W packed once per call and kept
+in cache: the product every step of a chunk repeats with the same weights and a few rows.
 
-OpenBLAS packs both operands on every call; for a step's product (W of 4H x H, b of H x 16)
-that copy of W is a third of the time, and the two threads of a layer then fight over the
-cache for it. Packed once, W stays in each core's cache and the product runs near the core's
-peak. The packed layout is panels of ``rows`` rows, each stored column by column (``(M /
-rows, K, rows)``); a tile of ``rows`` rows and one or two vectors of columns keeps its sums
-in registers (AVX-512: 16 float32 or 8 float64 a vector), one fused multiply-add per element
-of W and column vector. Rows and columns past the last whole tile go to BLAS.
+Each step's ``a`` is a few sequences' a<t-1> as rows ``(J, K)``, and ``c`` their gates ``(J,
+M)`` (W is ``(M, K)``, as PyTorch and the notes store it). OpenBLAS packs both operands on every
+call; for a step's product (W of 4H x H, a of 16 x H) that copy of W is a third of the time,
+and the two threads of a layer then fight over the cache for it. Packed once, W stays in each
+core's cache and the product runs near the core's peak. The packed layout is panels of
+``rows`` rows of W, each stored column by column (``(M / rows, K, rows)``: W^T in blocks); a
+tile of ``rows`` outputs (one to sixteen 512-bit vectors) for one or four sequences keeps its
+sums in registers, one fused multiply-add per vector of W and element of ``a``. Outputs past
+the last whole panel go to BLAS.
 
 The tiles are written in LLVM's own terms (a Numba intrinsic): Numba's loops over a small
 array of sums keep them in memory, and reached a seventh of this speed.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blas import compiled, gemm, gemv
+from .blas import compiled, gemm
 
 try:
     import numba
@@ -29,8 +31,8 @@ except ImportError:
     numba = None
 
 WIDTH = {4: 16, 8: 8}  # values in one 512-bit vector, by item size
-TILES = {16: 1, 8: 2}  # rows of a packed panel -> vectors of columns its tile keeps
-VECTORS = (16, 4, 1)  # vectors of rows a tile of one column keeps
+VECTORS = (16, 4, 1)  # vectors of outputs a panel holds: 16 for one sequence, else 4 or 1
+SEQUENCES = 4  # sequences a tile of 4 or 1 vectors takes at once (then one at a time)
 
 
 def pack(w: np.ndarray, rows: int) -> np.ndarray:
@@ -42,17 +44,14 @@ def pack(w: np.ndarray, rows: int) -> np.ndarray:
     return panels
 
 
-def tile_rows(rows: int, columns: int, itemsize: int) -> int:
-    """The panel height for products of a ``rows``-row W with ``columns`` columns: two
-    vectors of columns a tile where they fill them (fewer loads a multiply-add), else one;
-    for one column, 16, 4 or 1 vectors of rows (its panels are then W^T in blocks); 0: too
-    few to pack."""
+def tile_rows(rows: int, sequences: int, itemsize: int) -> int:
+    """The panel height for products of a ``rows``-row W with ``sequences`` rows of ``a`` at
+    once: 16 vectors for one sequence (W is read once a step, as fast as the cache gives it),
+    4 for several (four sums a vector of W: fewer loads a multiply-add), 1 for a small W; 0:
+    too few rows to pack."""
     width = WIDTH[itemsize]
-    if columns == 1:
-        return next((v * width for v in VECTORS if v * width <= rows), 0)
-    if columns >= 2 * width and columns % (2 * width) == 0:
-        return 8
-    return 16 if columns >= width else 0
+    choices = VECTORS if sequences == 1 else VECTORS[1:]
+    return next((v * width for v in choices if v * width <= rows), 0)
 
 
 if numba is not None:
@@ -109,175 +108,127 @@ if numba is not None:
             vp = self.builder.bitcast(pointer, self.vec.as_pointer())
             self.builder.store(value, vp, align=self.bits // 8)
 
-    _ADDRESSES = (types.uintp, types.uintp, types.intp, types.uintp, types.intp, types.intp)
-
-    def _tile(bits: int, rows: int, vectors: int, add: bool):
-        """The tile ``c[:rows, :vectors*width] (+)= panel @ b[:, :vectors*width]`` (K deep),
-        as an intrinsic taking addresses and leading dimensions in elements."""
+    def _tile(bits: int, vectors: int, sequences: int, add: bool):
+        """The tile ``c[:sequences, :vectors*width] (+)= a[:sequences] @ panel`` (K deep), as
+        an intrinsic taking addresses and leading dimensions in elements."""
 
         @intrinsic
-        def tile(typingctx, panel, b, ldb, c, ldc, K):
+        def tile(typingctx, panel, a, lda, c, ldc, K):
             def codegen(context, builder, signature, args):
                 v = _Vectors(builder, bits)
-                panel, b, ldb, c, ldc, K = args
-                panel, b, c = v.pointer(panel), v.pointer(b), v.pointer(c)
-                sums = [[v.sum() for _ in range(vectors)] for _ in range(rows)]
-                with cgutils.for_range(builder, K) as loop:
-                    b_row = v.at(b, builder.mul(loop.index, ldb))
-                    columns = [v.load(v.at(b_row, j * v.width)) for j in range(vectors)]
-                    w_col = v.at(panel, builder.mul(loop.index, ir.Constant(v.i64, rows)))
-                    for r in range(rows):
-                        w = v.splat(v.at(w_col, r))  # W[r, k], in every lane
-                        for j in range(vectors):
-                            v.add_product(sums[r][j], w, columns[j])
-                for r in range(rows):
-                    c_row = v.at(c, builder.mul(ir.Constant(v.i64, r), ldc))
-                    for j in range(vectors):
-                        v.store(v.at(c_row, j * v.width), sums[r][j], add)
-                return context.get_dummy_value()
-
-            return types.void(*_ADDRESSES), codegen
-
-        return tile
-
-    def _column_tile(bits: int, vectors: int, add: bool):
-        """The tile ``c[:vectors*width] (+)= panel @ b`` for one column: the panel is W^T's
-        block (K, vectors*width), one multiply-add per vector of W and element of b."""
-
-        @intrinsic
-        def tile(typingctx, panel, b, incb, c, K):
-            def codegen(context, builder, signature, args):
-                v = _Vectors(builder, bits)
-                panel, b, incb, c, K = args
-                panel, b, c = v.pointer(panel), v.pointer(b), v.pointer(c)
-                sums = [v.sum() for _ in range(vectors)]
+                panel, a, lda, c, ldc, K = args
+                panel, a, c = v.pointer(panel), v.pointer(a), v.pointer(c)
                 rows = ir.Constant(v.i64, vectors * v.width)
+                a_rows = [
+                    v.at(a, builder.mul(ir.Constant(v.i64, j), lda)) for j in range(sequences)
+                ]
+                sums = [[v.sum() for _ in range(vectors)] for _ in range(sequences)]
                 with cgutils.for_range(builder, K) as loop:
-                    b_k = v.splat(v.at(b, builder.mul(loop.index, incb)))  # b[k], in every lane
                     w_row = v.at(panel, builder.mul(loop.index, rows))
-                    for j in range(vectors):
-                        v.add_product(sums[j], v.load(v.at(w_row, j * v.width)), b_k)
-                for j in range(vectors):
-                    v.store(v.at(c, j * v.width), sums[j], add)
+                    w = [v.load(v.at(w_row, i * v.width)) for i in range(vectors)]
+                    for j in range(sequences):
+                        a_jk = v.splat(v.at(a_rows[j], loop.index))  # a[j, k], in every lane
+                        for i in range(vectors):
+                            v.add_product(sums[j][i], w[i], a_jk)
+                for j in range(sequences):
+                    c_row = v.at(c, builder.mul(ir.Constant(v.i64, j), ldc))
+                    for i in range(vectors):
+                        v.store(v.at(c_row, i * v.width), sums[j][i], add)
                 return context.get_dummy_value()
 
-            return types.void(*_ADDRESSES[:5]), codegen
+            return types.void(types.uintp, types.uintp, types.intp, types.uintp, types.intp,
+                              types.intp), codegen  # fmt: skip
 
         return tile
 
-    _COLUMN = {
-        (bits, v, add): _column_tile(bits, v, add)
+    _T = {
+        (bits, v, j, add): _tile(bits, v, j, add)
         for bits in (32, 64)
-        for v in VECTORS
+        for v, j in ((16, 1), (4, SEQUENCES), (4, 1), (1, SEQUENCES), (1, 1))
         for add in (False, True)
     }
-    _c32_16, _c32_16a, _c32_4, _c32_4a, _c32_1, _c32_1a = (
-        _COLUMN[32, v, a] for v in VECTORS for a in (0, 1)
+    # Compiled code calls intrinsics by name: one global each.
+    _s16, _s16a, _s4x, _s4xa, _s4, _s4a, _s1x, _s1xa, _s1, _s1a = (
+        _T[32, v, j, a] for v, j in ((16, 1), (4, 4), (4, 1), (1, 4), (1, 1)) for a in (0, 1)
     )
-    _c64_16, _c64_16a, _c64_4, _c64_4a, _c64_1, _c64_1a = (
-        _COLUMN[64, v, a] for v in VECTORS for a in (0, 1)
+    _d16, _d16a, _d4x, _d4xa, _d4, _d4a, _d1x, _d1xa, _d1, _d1a = (
+        _T[64, v, j, a] for v, j in ((16, 1), (4, 4), (4, 1), (1, 4), (1, 1)) for a in (0, 1)
     )
 
-    _TILES = {
-        (bits, rows, add): _tile(bits, rows, TILES[rows], add)
-        for bits in (32, 64)
-        for rows in TILES
-        for add in (False, True)
-    }
-    _t32_16, _t32_16a, _t32_8, _t32_8a = (_TILES[32, r, a] for r in (16, 8) for a in (0, 1))
-    _t64_16, _t64_16a, _t64_8, _t64_8a = (_TILES[64, r, a] for r in (16, 8) for a in (0, 1))
+    @compiled
+    def _tile_at(w, a, lda, c, ldc, K, single, vectors, several, add):
+        """The one tile for these sizes (``single``: float32)."""
+        if single:
+            if vectors == 16:
+                _s16a(w, a, lda, c, ldc, K) if add else _s16(w, a, lda, c, ldc, K)
+            elif vectors == 4 and several:
+                _s4xa(w, a, lda, c, ldc, K) if add else _s4x(w, a, lda, c, ldc, K)
+            elif vectors == 4:
+                _s4a(w, a, lda, c, ldc, K) if add else _s4(w, a, lda, c, ldc, K)
+            elif several:
+                _s1xa(w, a, lda, c, ldc, K) if add else _s1x(w, a, lda, c, ldc, K)
+            else:
+                _s1a(w, a, lda, c, ldc, K) if add else _s1(w, a, lda, c, ldc, K)
+        elif vectors == 16:
+            _d16a(w, a, lda, c, ldc, K) if add else _d16(w, a, lda, c, ldc, K)
+        elif vectors == 4 and several:
+            _d4xa(w, a, lda, c, ldc, K) if add else _d4x(w, a, lda, c, ldc, K)
+        elif vectors == 4:
+            _d4a(w, a, lda, c, ldc, K) if add else _d4(w, a, lda, c, ldc, K)
+        elif several:
+            _d1xa(w, a, lda, c, ldc, K) if add else _d1x(w, a, lda, c, ldc, K)
+        else:
+            _d1a(w, a, lda, c, ldc, K) if add else _d1(w, a, lda, c, ldc, K)
+
     WIDTH_OF = (0, 0, 0, 0, 16, 0, 0, 0, 8)  # WIDTH as a tuple compiled code can index
 
     @compiled
-    def _tile_at(w, bj, ldb, cj, ldc, K, itemsize, rows, add):
-        if itemsize == 4 and rows == 16:
-            if add:
-                _t32_16a(w, bj, ldb, cj, ldc, K)
-            else:
-                _t32_16(w, bj, ldb, cj, ldc, K)
-        elif itemsize == 4:
-            if add:
-                _t32_8a(w, bj, ldb, cj, ldc, K)
-            else:
-                _t32_8(w, bj, ldb, cj, ldc, K)
-        elif rows == 16:
-            if add:
-                _t64_16a(w, bj, ldb, cj, ldc, K)
-            else:
-                _t64_16(w, bj, ldb, cj, ldc, K)
-        elif add:
-            _t64_8a(w, bj, ldb, cj, ldc, K)
-        else:
-            _t64_8(w, bj, ldb, cj, ldc, K)
-
-    @compiled
-    def _column_at(w, bj, incb, cj, K, itemsize, vectors, add):
-        if itemsize == 4:
-            if vectors == 16:
-                _c32_16a(w, bj, incb, cj, K) if add else _c32_16(w, bj, incb, cj, K)
-            elif vectors == 4:
-                _c32_4a(w, bj, incb, cj, K) if add else _c32_4(w, bj, incb, cj, K)
-            else:
-                _c32_1a(w, bj, incb, cj, K) if add else _c32_1(w, bj, incb, cj, K)
-        elif vectors == 16:
-            _c64_16a(w, bj, incb, cj, K) if add else _c64_16(w, bj, incb, cj, K)
-        elif vectors == 4:
-            _c64_4a(w, bj, incb, cj, K) if add else _c64_4(w, bj, incb, cj, K)
-        else:
-            _c64_1a(w, bj, incb, cj, K) if add else _c64_1(w, bj, incb, cj, K)
-
-    @compiled
-    def _column_tiles(panels, b, c, add):
-        """Every whole tile of ``c (+)= W b`` for one column, from W^T's packed blocks."""
+    def _tiles(panels, a, c, add):
+        """Every whole panel's outputs of ``c (+)= a @ W^T``: four sequences a tile, then the
+        rest one at a time."""
         P, K, rows = panels.shape
-        vectors = rows // WIDTH_OF[b.itemsize]
-        incb = b.strides[0] // b.itemsize
-        for p in range(P):
-            _column_at(panels[p].ctypes.data, b.ctypes.data, incb, c[p * rows :].ctypes.data,
-                       K, b.itemsize, vectors, add)  # fmt: skip
-
-    @compiled
-    def _tiles(panels, b, c, columns, add):
-        """Every whole tile of ``c[:, :columns] (+)= W b`` from the packed panels."""
-        P, K, rows = panels.shape
-        ldb, ldc = b.strides[0] // b.itemsize, c.strides[0] // c.itemsize
-        step = WIDTH_OF[b.itemsize] * (2 if rows == 8 else 1)
+        J, size = a.shape[0], a.itemsize
+        lda, ldc = a.strides[0] // size, c.strides[0] // size
+        vectors = rows // WIDTH_OF[size]
+        several = J // SEQUENCES * SEQUENCES if vectors < 16 else 0
         for p in range(P):
             w = panels[p].ctypes.data
-            for j in range(0, columns, step):
-                bj, cj = b[0, j:].ctypes.data, c[p * rows, j:].ctypes.data
-                _tile_at(w, bj, ldb, cj, ldc, K, b.itemsize, rows, add)
+            for j in range(0, J, SEQUENCES if vectors < 16 else 1):
+                many = j < several
+                aj, cj = a[j:].ctypes.data, c[j:, p * rows :].ctypes.data
+                if many or vectors == 16:
+                    _tile_at(w, aj, lda, cj, ldc, K, size == 4, vectors, many, add)
+                else:
+                    for i in range(j, J):
+                        ai, ci = a[i:].ctypes.data, c[i:, p * rows :].ctypes.data
+                        _tile_at(w, ai, lda, ci, ldc, K, size == 4, vectors, False, add)
 
     @compiled
     def _pack(w, panels):
         P, K, rows = panels.shape
         for p in range(P):
-            for k in range(K):
-                for r in range(rows):
+            for r in range(rows):
+                for k in range(K):
                     panels[p, k, r] = w[p * rows + r, k]
 
     @compiled
-    def product(panels, w, b, c, beta):
-        """``c = w @ b + beta * c`` (beta 0 or 1) for 2-D views, ``panels`` = :func:`pack` of
-        ``w`` (or empty: all by BLAS)."""
-        N = b.shape[1]
+    def product(panels, w, a, c, beta):
+        """``c = a @ w^T + beta * c`` (beta 0 or 1) for 2-D views, rows of ``a`` and ``c``
+        contiguous, ``panels`` = :func:`pack` of ``w`` (or empty: all by BLAS)."""
         rows = panels.shape[2] if panels.size > 0 else 0
-        if N == 1:
-            one = rows > 0 and rows % WIDTH_OF[b.itemsize] == 0 and c.strides[0] == c.itemsize
-            if one:
-                _column_tiles(panels, b[:, 0], c[:, 0], beta != 0)
-            full = panels.shape[0] * rows if one else 0
-            if full < w.shape[0]:  # the rows past the last whole block, or all
-                gemv(w[full:], b[:, 0], c[full:, 0], beta)
-            return
-        width = WIDTH_OF[b.itemsize] * (2 if rows == 8 else 1)
-        columns = N // width * width if rows > 0 else 0
-        if columns == 0:
-            gemm(w, b, c, beta)
-            return
-        _tiles(panels, b, c, columns, beta != 0)
-        full = panels.shape[0] * rows
-        if columns < N:  # the columns past the last whole tile
-            gemm(w[:full], b[:, columns:], c[:full, columns:], beta)
-        if full < w.shape[0]:  # the rows past the last whole panel
-            gemm(w[full:], b, c[full:], beta)
+        full = panels.shape[0] * rows if rows > 0 and a.strides[1] == a.itemsize else 0
+        if full > 0 and c.strides[1] == c.itemsize:
+            _tiles(panels, a, c, beta != 0)
+        else:
+            full = 0
+        if full < w.shape[0]:  # the outputs past the last whole panel, or all
+            gemm(a, w[full:].T, c[:, full:], beta)
+
+else:
+
+    def _pack(w, panels):
+        panels[...] = w.reshape(panels.shape[0], panels.shape[2], -1).transpose(0, 2, 1)
+
+    def product(panels, w, a, c, beta):
+        """``c = a @ w^T + beta * c`` (NumPy, where Numba is missing)."""
+        gemm(a, w.T, c, beta)
