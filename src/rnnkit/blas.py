@@ -7,9 +7,8 @@ ours (``rnnkit_sgemm``, ...), so that Numba's on-disk cache holds no address. Wh
 found (a NumPy built against another BLAS) or Numba is missing, :data:`FOUND` is False and the
 layers run the reference loop.
 
-Inside compiled code: :func:`gemm` (``c = a @ b + beta * c``), :func:`gemv` (the same for a
-vector) and :func:`transpose_into` (``out = a.T``), for 2-D views of which one axis is
-contiguous, as a layer's buffers are; :func:`gemm` also from Python, through ctypes (no
+Inside compiled code: :func:`gemm` (``c = a @ b + beta * c``) and :func:`gemv` (the same for a
+vector), for 2-D views of which one axis is contiguous, as a layer's buffers are; :func:`gemm` also from Python, through ctypes (no
 compilation, and the GIL released while it runs).
 """
 
@@ -17,6 +16,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ except ImportError:
     llvm = None
 
 # The CBLAS functions called, as the library names them (``scipy_cblas_sgemv64_``, ...).
-PRODUCTS = ("sgemv", "dgemv", "sgemm", "dgemm", "somatcopy", "domatcopy")
+PRODUCTS = ("sgemv", "dgemv", "sgemm", "dgemm")
 
 
 @functools.cache
@@ -69,8 +70,6 @@ def _signature(name: str) -> list:
     i64, ptr, enum = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     if name.endswith("gemv"):  # order, trans, M, N, alpha, A, lda, x, incx, beta, y, incy
         return [enum] * 2 + [i64] * 2 + [real, ptr, i64, ptr, i64, real, ptr, i64]
-    if name.endswith("omatcopy"):  # order, trans, rows, cols, alpha, A, lda, B, ldb
-        return [enum] * 2 + [i64] * 2 + [real, ptr, i64, ptr, i64]
     # gemm: order, trans A, trans B, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
     return [enum] * 3 + [i64] * 3 + [real, ptr, i64, ptr, i64, real, ptr, i64]
 
@@ -92,6 +91,34 @@ def _bind() -> bool:
 
 
 FOUND = llvm is not None and _bind()
+
+
+COMPILED_SOURCES = ("blas.py", "packed.py", "kernels.py")  # the modules with compiled code
+
+
+def drop_stale_cache(package: Path = Path(__file__).parent) -> None:
+    """Remove Numba's cached machine code beside the sources if any of the compiled modules
+    changed since it was written. Numba checks a cached function against its own file only: a
+    kernel that calls into an edited module would load the machine code of the old one."""
+    cache = package / "__pycache__"
+    try:
+        sources = b"".join((package / name).read_bytes() for name in COMPILED_SOURCES)
+        digest = hashlib.sha256(sources).hexdigest()
+        stamp = cache / "compiled-sources.sha256"
+        if stamp.is_file() and stamp.read_text() == digest:
+            return
+        cache.mkdir(exist_ok=True)
+        for old in [*cache.glob("*.nbi"), *cache.glob("*.nbc")]:
+            old.unlink(missing_ok=True)
+        tmp = cache / f".compiled-sources.{os.getpid()}.tmp"
+        tmp.write_text(digest)
+        os.replace(tmp, stamp)
+    except OSError:  # a read-only install: Numba keeps its cache elsewhere, or none
+        pass
+
+
+if llvm is not None:
+    drop_stale_cache()
 
 
 def compiled(function=None, **options):
@@ -162,11 +189,6 @@ def gemv(a: np.ndarray, x: np.ndarray, y: np.ndarray, beta: float) -> None:
     y[...] = a @ x + beta * y
 
 
-def transpose_into(a: np.ndarray, out: np.ndarray) -> None:
-    """``out = a.T`` (in compiled code: BLAS's omatcopy, 2x to 2.5x NumPy's transposed copy)."""
-    out[...] = a.T
-
-
 if llvm is not None:
     _TYPES = {
         ctypes.c_int: types.intc,
@@ -175,7 +197,7 @@ if llvm is not None:
         ctypes.c_double: types.float64,
         ctypes.c_void_p: types.voidptr,
     }
-    _sgemv, _dgemv, _sgemm, _dgemm, _somatcopy, _domatcopy = (
+    _sgemv, _dgemv, _sgemm, _dgemm = (
         types.ExternalFunction(f"rnnkit_{n}", types.void(*(_TYPES[c] for c in _signature(n))))
         for n in PRODUCTS
     )
@@ -224,27 +246,5 @@ if llvm is not None:
             trans, m, k = (_NO_TRANS, M, K) if rows else (_TRANS, K, M)  # a^T: row-major (K, M)
             call(_ROW_MAJOR, trans, m, k, real(1), a.ctypes, lda, x.ctypes, inc_x, real(beta),
                  y.ctypes, inc_y)  # fmt: skip
-
-        return impl
-
-    @overload(transpose_into, jit_options={"nogil": True})
-    def _transpose_into(a, out):
-        call = _somatcopy if a.dtype.bitwidth == 32 else _domatcopy
-        real = np.float32 if a.dtype.bitwidth == 32 else np.float64
-
-        def impl(a, out):
-            rows, cols = a.shape
-            lda, ldo = a.strides[0] // a.itemsize, out.strides[0] // out.itemsize
-            call(
-                _ROW_MAJOR,
-                _TRANS,
-                rows,
-                cols,
-                real(1),
-                a.ctypes,
-                max(lda, cols, 1),
-                out.ctypes,
-                max(ldo, rows, 1),
-            )
 
         return impl

@@ -282,9 +282,8 @@ def _weights(w: np.ndarray | None, ctx: dict) -> tuple[np.ndarray, np.ndarray]:
         return np.empty((0, 0), dtype=dt), np.empty((0, 0, 0), dtype=dt)
     width = min(n1 - n0 for n0, n1 in ctx["chunks"])
     rows = packed.tile_rows(w.shape[0], width, w.itemsize)  # W's rows: outputs of a @ W^T
-    if ctx["T"] < 8 or (width == 1 and w.size > 1 << 18):
-        rows = 0  # packing costs a pass over W: not for a few steps; past 1 MiB for one
-        # sequence, BLAS's threads read W faster
+    if ctx["T"] < 8:
+        rows = 0  # packing costs a pass over W: not for a few steps
     return w, packed.pack(w, rows) if rows else np.empty((0, 0, 0), dtype=dt)
 
 

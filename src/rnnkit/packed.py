@@ -7,9 +7,10 @@ call; for a step's product (W of 4H x H, a of 16 x H) that copy of W is a third 
 and the two threads of a layer then fight over the cache for it. Packed once, W stays in each
 core's cache and the product runs near the core's peak. The packed layout is panels of
 ``rows`` rows of W, each stored column by column (``(M / rows, K, rows)``: W^T in blocks); a
-tile of ``rows`` outputs (one to sixteen 512-bit vectors) for one or four sequences keeps its
+tile of ``rows`` outputs (one or four 512-bit vectors) for one or four sequences keeps its
 sums in registers, one fused multiply-add per vector of W and element of ``a``. Outputs past
-the last whole panel go to BLAS.
+the last whole panel go to BLAS, and so does one sequence alone: a matrix-vector product reads
+W once whatever its layout, and BLAS's is as fast as the cache gives W.
 
 The tiles are written in LLVM's own terms (a Numba intrinsic): Numba's loops over a small
 array of sums keep them in memory, and reached a seventh of this speed.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blas import compiled, gemm
+from .blas import compiled, gemm, gemv
 
 try:
     import numba
@@ -31,7 +32,7 @@ except ImportError:
     numba = None
 
 WIDTH = {4: 16, 8: 8}  # values in one 512-bit vector, by item size
-VECTORS = (16, 4, 1)  # vectors of outputs a panel holds: 16 for one sequence, else 4 or 1
+VECTORS = (4, 1)  # vectors of outputs a panel holds
 SEQUENCES = 4  # sequences a tile of 4 or 1 vectors takes at once (then one at a time)
 
 
@@ -46,12 +47,12 @@ def pack(w: np.ndarray, rows: int) -> np.ndarray:
 
 def tile_rows(rows: int, sequences: int, itemsize: int) -> int:
     """The panel height for products of a ``rows``-row W with ``sequences`` rows of ``a`` at
-    once: 16 vectors for one sequence (W is read once a step, as fast as the cache gives it),
-    4 for several (four sums a vector of W: fewer loads a multiply-add), 1 for a small W; 0:
-    too few rows to pack."""
+    once: 4 vectors (four sums a vector of W: fewer loads a multiply-add), 1 for a small W; 0:
+    too few rows to pack, or one sequence (BLAS's matrix-vector product)."""
     width = WIDTH[itemsize]
-    choices = VECTORS if sequences == 1 else VECTORS[1:]
-    return next((v * width for v in choices if v * width <= rows), 0)
+    if sequences == 1:
+        return 0
+    return next((v * width for v in VECTORS if v * width <= rows), 0)
 
 
 if numba is not None:
@@ -144,24 +145,22 @@ if numba is not None:
     _T = {
         (bits, v, j, add): _tile(bits, v, j, add)
         for bits in (32, 64)
-        for v, j in ((16, 1), (4, SEQUENCES), (4, 1), (1, SEQUENCES), (1, 1))
+        for v, j in ((4, SEQUENCES), (4, 1), (1, SEQUENCES), (1, 1))
         for add in (False, True)
     }
     # Compiled code calls intrinsics by name: one global each.
-    _s16, _s16a, _s4x, _s4xa, _s4, _s4a, _s1x, _s1xa, _s1, _s1a = (
-        _T[32, v, j, a] for v, j in ((16, 1), (4, 4), (4, 1), (1, 4), (1, 1)) for a in (0, 1)
+    _s4x, _s4xa, _s4, _s4a, _s1x, _s1xa, _s1, _s1a = (
+        _T[32, v, j, a] for v, j in ((4, 4), (4, 1), (1, 4), (1, 1)) for a in (0, 1)
     )
-    _d16, _d16a, _d4x, _d4xa, _d4, _d4a, _d1x, _d1xa, _d1, _d1a = (
-        _T[64, v, j, a] for v, j in ((16, 1), (4, 4), (4, 1), (1, 4), (1, 1)) for a in (0, 1)
+    _d4x, _d4xa, _d4, _d4a, _d1x, _d1xa, _d1, _d1a = (
+        _T[64, v, j, a] for v, j in ((4, 4), (4, 1), (1, 4), (1, 1)) for a in (0, 1)
     )
 
     @compiled
     def _tile_at(w, a, lda, c, ldc, K, single, vectors, several, add):
         """The one tile for these sizes (``single``: float32)."""
         if single:
-            if vectors == 16:
-                _s16a(w, a, lda, c, ldc, K) if add else _s16(w, a, lda, c, ldc, K)
-            elif vectors == 4 and several:
+            if vectors == 4 and several:
                 _s4xa(w, a, lda, c, ldc, K) if add else _s4x(w, a, lda, c, ldc, K)
             elif vectors == 4:
                 _s4a(w, a, lda, c, ldc, K) if add else _s4(w, a, lda, c, ldc, K)
@@ -169,8 +168,6 @@ if numba is not None:
                 _s1xa(w, a, lda, c, ldc, K) if add else _s1x(w, a, lda, c, ldc, K)
             else:
                 _s1a(w, a, lda, c, ldc, K) if add else _s1(w, a, lda, c, ldc, K)
-        elif vectors == 16:
-            _d16a(w, a, lda, c, ldc, K) if add else _d16(w, a, lda, c, ldc, K)
         elif vectors == 4 and several:
             _d4xa(w, a, lda, c, ldc, K) if add else _d4x(w, a, lda, c, ldc, K)
         elif vectors == 4:
@@ -190,13 +187,13 @@ if numba is not None:
         J, size = a.shape[0], a.itemsize
         lda, ldc = a.strides[0] // size, c.strides[0] // size
         vectors = rows // WIDTH_OF[size]
-        several = J // SEQUENCES * SEQUENCES if vectors < 16 else 0
+        several = J // SEQUENCES * SEQUENCES
         for p in range(P):
             w = panels[p].ctypes.data
-            for j in range(0, J, SEQUENCES if vectors < 16 else 1):
+            for j in range(0, J, SEQUENCES):
                 many = j < several
                 aj, cj = a[j:].ctypes.data, c[j:, p * rows :].ctypes.data
-                if many or vectors == 16:
+                if many:
                     _tile_at(w, aj, lda, cj, ldc, K, size == 4, vectors, many, add)
                 else:
                     for i in range(j, J):
@@ -221,7 +218,9 @@ if numba is not None:
             _tiles(panels, a, c, beta != 0)
         else:
             full = 0
-        if full < w.shape[0]:  # the outputs past the last whole panel, or all
+        if full < w.shape[0] and a.shape[0] == 1:  # a GEMM would pack W on every call
+            gemv(w[full:], a[0], c[0, full:], beta)
+        elif full < w.shape[0]:  # the outputs past the last whole panel, or all
             gemm(a, w[full:].T, c[:, full:], beta)
 
 else:
