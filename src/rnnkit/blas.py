@@ -8,8 +8,8 @@ found (a NumPy built against another BLAS) or Numba is missing, :data:`FOUND` is
 layers run the reference loop.
 
 Inside compiled code: :func:`gemm` (``c = a @ b + beta * c``) and :func:`gemv` (the same for a
-vector), for 2-D views of which one axis is contiguous, as a layer's buffers are; :func:`gemm` also from Python, through ctypes (no
-compilation, and the GIL released while it runs).
+vector), for 2-D views of which one axis is contiguous, as a layer's buffers are; :func:`gemm`
+also from Python, through ctypes (no compilation, and the GIL released while it runs).
 """
 
 from __future__ import annotations
