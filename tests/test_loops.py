@@ -94,6 +94,23 @@ def test_compiled_equals_reference(
 
 
 @needs_compiled
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_long_sequence_projected_by_packed_weights(in_chunks, variant, dtype):
+    """One chunk with NumPy's BLAS held to one thread: the input projection of all steps is
+    rnnkit's packed product (enough rows for its tiles), not BLAS's."""
+    rng = np.random.default_rng(2)
+    T = 40
+    layer = VARIANTS[variant](rng=1, dtype=dtype)
+    x = rng.normal(size=(T, 1, D)).astype(dtype)
+    state, dfinal = random_state(layer, 1, rng, dtype), random_state(layer, 1, rng, dtype)
+    dout = rng.normal(size=(T, 1, layer.output_size)).astype(dtype)
+    compiled = run(layer, "fast", x, state, None, dout, dfinal)
+    ref = run(layer, "reference", x, state, None, dout, dfinal)
+    assert_same_run(compiled, ref, TOLERANCE[dtype])
+
+
+@needs_compiled
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("N", [1, 4])
 def test_compiled_from_zero_state_without_biases(variant, N):

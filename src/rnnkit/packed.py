@@ -203,10 +203,16 @@ if numba is not None:
     @compiled
     def _pack(w, panels):
         P, K, rows = panels.shape
-        for p in range(P):
-            for r in range(rows):
+        if w.strides[0] == w.itemsize:  # a transposed view: read along its columns
+            for p in range(P):
                 for k in range(K):
-                    panels[p, k, r] = w[p * rows + r, k]
+                    for r in range(rows):
+                        panels[p, k, r] = w[p * rows + r, k]
+        else:
+            for p in range(P):
+                for r in range(rows):
+                    for k in range(K):
+                        panels[p, k, r] = w[p * rows + r, k]
 
     @compiled
     def product(panels, w, a, c, beta):
