@@ -161,24 +161,38 @@ def _own_threads(x: np.ndarray, chunks: list, p: CellParams) -> bool:
 def _products(jobs: list, split: bool) -> None:
     """Run products ``c = a @ b + beta * c``, given as ``(a, b, c, beta)``; products into one
     output run in turn, in order. With ``split``, each output is split by rows where large,
-    the pieces on rnnkit's threads."""
+    the pieces on rnnkit's threads. Without, on one thread where NumPy's BLAS is held to one
+    (inside rnnkit's calls), ``b`` packed (:mod:`rnnkit.packed`) beats BLAS's own product."""
+    alone = not split and blas.threads() == 1
     by_output: dict[int, list] = {}
-    for job in jobs:
-        by_output.setdefault(id(job[2]), []).append(job)
+    for a, b, c, beta in jobs:
+        by_output.setdefault(id(c), []).append((a, b, _packed(a, b) if alone else None, c, beta))
     pieces = []
     for group in by_output.values():
-        rows, cols = group[0][2].shape
-        work = rows * cols * sum(a.shape[1] for a, _, _, _ in group)
+        rows, cols = group[0][3].shape
+        work = rows * cols * sum(job[0].shape[1] for job in group)
         parts = min(parallel.num_threads(), work // _PIECE) if split else 1
         for r0, r1 in parallel.spans(rows, parts, 8):
             pieces.append(_rows_of(group, r0, r1))
     parallel.run(pieces)
 
 
+def _packed(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """The panels of ``b^T`` for :func:`rnnkit.packed.product`, where ``a``'s rows are
+    contiguous and many enough for its tiles; else None (BLAS)."""
+    if not kernels.AVAILABLE or a.strides[1] != a.itemsize or a.shape[0] < 8 * packed.SEQUENCES:
+        return None
+    rows = packed.tile_rows(b.shape[1], a.shape[0], b.itemsize)
+    return packed.pack(b.T, rows) if rows else None
+
+
 def _rows_of(group: list, r0: int, r1: int):
     def piece():
-        for a, b, c, beta in group:
-            blas.gemm(a[r0:r1], b, c[r0:r1], beta)
+        for a, b, panels, c, beta in group:
+            if panels is None:
+                blas.gemm(a[r0:r1], b, c[r0:r1], beta)
+            else:
+                packed.product(panels, b.T, a[r0:r1], c[r0:r1], beta)
 
     return piece
 
@@ -263,16 +277,9 @@ def _gates(workspace: Workspace | None, name: str, G: int, T: int, N: int, dtype
 
 
 def _project(x: np.ndarray, w_ih: np.ndarray, gates: np.ndarray, split: bool) -> None:
-    """``Z = x W_ih^T`` for all steps at once: the input side of every gate. On one thread
-    (one chunk, NumPy's BLAS held to one), by W_ih packed (:mod:`rnnkit.packed`), which beats
-    BLAS's own product at these shapes."""
+    """``Z = x W_ih^T`` for all steps at once: the input side of every gate."""
     T, N, D = x.shape
-    alone = not split and blas.threads() == 1
-    rows = packed.tile_rows(w_ih.shape[0], T * N, w_ih.itemsize) if alone else 0
-    if rows and T * N >= 8 * packed.SEQUENCES:
-        packed.product(packed.pack(w_ih, rows), w_ih, x.reshape(T * N, D), gates, 0.0)
-    else:
-        _products([(x.reshape(T * N, D), w_ih.T, gates, 0.0)], split)
+    _products([(x.reshape(T * N, D), w_ih.T, gates, 0.0)], split)
 
 
 def _bias_grads(Z: np.ndarray) -> np.ndarray:
