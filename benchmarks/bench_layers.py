@@ -125,31 +125,40 @@ def timed(fn, calls: int = 3) -> float:
 
 
 def peak_memory(lib: str, cell: str, N: int, H: int) -> float:
-    """Peak resident memory (MiB) added by one training step, in a fresh process."""
+    """Peak resident memory (MiB) added by one training step, in a fresh process.
+
+    A twin of the layer first runs the same step, so that lazy set-up (compiled code loaded
+    for each path a call takes, thread pools, a library's own caches) is not counted; the twin
+    and what it freed then go back to the system (malloc_trim) and the peak restarts
+    (/proc/self/clear_refs), so the measured layer's first step allocates all it needs."""
     code = f"""
-import sys, numpy as np
+import ctypes, gc, sys, numpy as np
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import bench_layers as b
-layer = b.make_rnnkit({cell!r}, {H})
+layer, twin = b.make_rnnkit({cell!r}, {H}), b.make_rnnkit({cell!r}, {H})
 rng = np.random.default_rng(0)
 x = rng.standard_normal(({T}, {N}, {H}), dtype=np.float32)
 dout = rng.standard_normal(({T}, {N}, {H}), dtype=np.float32)
 if {lib!r} == "torch":
     import torch
     torch.set_num_threads(2)
-    model = b.make_torch({cell!r}, {H}, layer)
-    train, _ = b.torch_steps(model, x, dout)
-    warm_up, _ = b.torch_steps(model, x[:2], dout[:2])
+    train, _ = b.torch_steps(b.make_torch({cell!r}, {H}, layer), x, dout)
+    warm_up, _ = b.torch_steps(b.make_torch({cell!r}, {H}, twin), x, dout)
 else:
     train, _ = b.rnnkit_steps(layer, x, dout)
-    warm_up, _ = b.rnnkit_steps(layer, x[:2], dout[:2])
-warm_up()  # two steps: lazy set-up (compiled kernels, thread pools) is not the step's memory
-def high_water():  # VmHWM, this process's own peak (ru_maxrss inherits the parent's at exec)
+    warm_up, _ = b.rnnkit_steps(twin, x, dout)
+warm_up()
+del warm_up, twin
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+def status(key):
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
-before = high_water()
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # VmHWM restarts from the resident memory now
+before = status("VmRSS")
 train()
-print((high_water() - before) / 1024)
+print((status("VmHWM") - before) / 1024)
 """
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
