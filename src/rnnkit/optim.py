@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from . import parallel
 from .module import Module
 
 
@@ -24,9 +25,10 @@ def _grads_of(target: Module | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def grad_norm(target: Module | dict[str, np.ndarray]) -> float:
     """Global L2 norm of all gradients (inf or nan if any entry is)."""
     total = 0.0
-    for g in _grads_of(target).values():
-        g64 = g.astype(np.float64, copy=False).ravel()  # float32 squares overflow past 1e19
-        total += float(g64 @ g64)
+    with parallel.region():  # a BLAS dot on two threads leaves a worker spinning after it
+        for g in _grads_of(target).values():
+            g64 = g.astype(np.float64, copy=False).ravel()  # float32 squares overflow past 1e19
+            total += float(g64 @ g64)
     return math.sqrt(total)
 
 

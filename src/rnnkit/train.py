@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from . import parallel
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import IGNORE_INDEX, SequenceBatches, StreamBatches, lm_lines_batch, share
 from .distributed import Communicator
@@ -703,7 +704,9 @@ def train(
 
     progress = Progress(config.progress if comm.rank == 0 else "none", config.steps, start=step)
     model.train()
-    with _DeferredInterrupt() as interrupt:
+    # NumPy's BLAS on one thread for the whole loop: a product or dot outside the layers (the
+    # gradient norm's) would leave OpenBLAS's worker spinning on the core the next step needs.
+    with _DeferredInterrupt() as interrupt, parallel.region():
         while step < config.steps:
             opt.lr = _learning_rate(config, step)
             opt.zero_grad()
