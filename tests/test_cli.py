@@ -26,8 +26,10 @@ import pytest
 
 from rnnkit import checkpoint as checkpoint_module
 from rnnkit.checkpoint import load_checkpoint
+from rnnkit.cli import train as cli_train
 from rnnkit.optim import OPTIMIZERS
 from rnnkit.text import Vocabulary, split_lines, tokenize
+from rnnkit.train import History
 
 RNNKIT = shutil.which("rnnkit", path=str(Path(sys.executable).parent)) or shutil.which("rnnkit")
 CKPT = "checkpoint.safetensors"
@@ -662,7 +664,10 @@ def test_unwritable_output_folder(work):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_diverging_run_stops_in_one_line_keeping_a_finite_checkpoint(work, tmp_path, optimizer):
     shutil.copy(work / "names.txt", tmp_path)
-    flags = ["--lr", "1e30", "--clip", "0", "--optimizer", optimizer, "--checkpoint-every", "1"]
+    # SGD at 1e30: the readable loop (RNNKIT_COMPILED=0) kept a finite loss of 6e29 nats;
+    # Adam at 1e30 too; at 1e38 it diverged in its first step, before a checkpoint
+    lr = "1e38" if optimizer == "sgd" else "1e37"
+    flags = ["--lr", lr, "--clip", "0", "--optimizer", optimizer, "--checkpoint-every", "1"]
     err = fails(tmp_path, "train", "names.txt", "--out", "nan", *TINY, *flags, rc=1, started=True)
     assert "--lr" in err and "checkpoint was kept" in err
     arrays, meta = arrays_of(tmp_path / "nan")
@@ -995,3 +1000,12 @@ def test_a_full_disk_while_the_text_is_encoded_leaves_no_run_behind(work, tmp_pa
     assert sorted(os.listdir(tmp_path / "run")) == [LOCK]
     rnnkit(tmp_path, "train", "names.txt", "--out", "run", *TINY, "--steps", "2")
     assert sorted(os.listdir(tmp_path / "run")) == run_files("lines")
+
+
+def test_a_finished_run_with_an_enormous_loss_reports_an_infinite_perplexity():
+    """A run that ends with a finite loss past 709 nats (as the readable loop did at a
+    learning rate of 1e30) must still print its last line, not an OverflowError."""
+    history = History()
+    history.best_val, history.best_step, history.train_loss = 5.7e29, 900, [1e30] * 3
+    line = cli_train.done_line(Path("run"), history, validating=True)
+    assert "perplexity inf" in line and "step 900" in line

@@ -12,7 +12,7 @@ import pytest
 from rnnkit.ctc import collapse, ctc_beam_decode, ctc_greedy_decode, prefix_beam_search
 from rnnkit.data import IGNORE_INDEX
 from rnnkit.functional import log_softmax
-from rnnkit.losses import binary_cross_entropy_with_logits, cross_entropy, ctc_loss
+from rnnkit.losses import binary_cross_entropy_with_logits, cross_entropy, ctc_loss, perplexity
 
 T, N, V = 5, 4, 7
 
@@ -406,3 +406,9 @@ def test_beam_beats_greedy_where_the_best_path_misleads():
     logits = np.log(np.array([[[0.6, 0.4]], [[0.6, 0.4]]]))
     assert ctc_greedy_decode(logits) == [[]]
     assert ctc_beam_decode(logits, beam_width=4) == [[1]]
+
+
+def test_perplexity_is_exp_of_the_loss_and_inf_past_a_float():
+    assert perplexity(math.log(5.0)) == pytest.approx(5.0)
+    assert perplexity(709.0) == pytest.approx(math.exp(709.0))
+    assert perplexity(710.0) == math.inf and perplexity(5.7e29) == math.inf

@@ -6,12 +6,20 @@ in :mod:`rnnkit.ctc` with its decoders and is exported here with the others.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .ctc import ctc_loss
 from .functional import log_softmax
 
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss"]
+
+
+def perplexity(nats: float) -> float:
+    """``exp(mean loss per token)``; inf where that overflows a float (a loss past 709 nats,
+    as a diverging run reaches), where ``math.exp`` would raise."""
+    return math.exp(nats) if nats < math.log(np.finfo(np.float64).max) else math.inf
 
 
 def cross_entropy(

@@ -15,7 +15,6 @@ the folder's lock; then every process trains on its share of each batch.
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from ..corpus import encode, file_digest, file_names, open_corpus, scan
 from ..distributed import Communicator, MPIUnavailable, WorldSizeError, for_command
 from ..files import NoRoom, lock_folder, remove_stale_temporaries
 from ..init import ParameterBudgetExceeded, parameter_budget
+from ..losses import perplexity
 from ..memory import NotEnoughMemory, available_bytes, check_fits, format_bytes
 from ..models import LanguageModel
 from ..module import module_from_checkpoint
@@ -164,7 +164,7 @@ def done_line(out: Path | None, history: History, validating: bool) -> str:
     loss = history.best_val
     return (
         f"done: {steps} steps{stopped}, best held-out loss {loss:.4f} nats per token "
-        f"(perplexity {math.exp(loss):.2f}) at step {history.best_step}, the weights kept{saved}"
+        f"(perplexity {perplexity(loss):.2f}) at step {history.best_step}, the weights kept{saved}"
     )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..corpus import Corpus, encode
 from ..data import StreamBatches
+from ..losses import perplexity
 from ..memory import check_fits
 from ..sampling import check_sampling_options, generate
 from ..text import TextError, unseen_characters
@@ -184,7 +185,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise TextError(f"{args.file} has no token to predict")
     result = {
         "loss": nats / tokens,
-        "perplexity": math.exp(nats / tokens),
+        "perplexity": perplexity(nats / tokens),
         "bits_per_char": nats / chars / math.log(2),
         "tokens": tokens,
     }
