@@ -13,7 +13,7 @@ import numpy as np
 from .ctc import ctc_loss
 from .functional import log_softmax
 
-__all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss"]
+__all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss", "perplexity"]
 
 
 def perplexity(nats: float) -> float:
