@@ -7,6 +7,7 @@ in :mod:`rnnkit.ctc` with its decoders and is exported here with the others.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -16,10 +17,13 @@ from .functional import log_softmax
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss", "perplexity"]
 
 
+_LARGEST_EXPONENT = math.log(sys.float_info.max)  # about 709.78
+
+
 def perplexity(nats: float) -> float:
     """``exp(mean loss per token)``; inf where that overflows a float (a loss past 709 nats,
     as a diverging run reaches), where ``math.exp`` would raise."""
-    return math.exp(nats) if nats < math.log(np.finfo(np.float64).max) else math.inf
+    return math.exp(nats) if nats < _LARGEST_EXPONENT else math.inf
 
 
 def cross_entropy(

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import atomic_write_bytes, atomic_write_text
+from ..losses import perplexity
 from ..models import LanguageModel
 from ..sampling import generate
 from ..text import EOS, UNK, Vocabulary
@@ -369,8 +370,8 @@ def body(args: argparse.Namespace) -> dict:
 
     uni = unigram_nll(with_eos(train_ids), with_eos(test_ids), vocab_size=len(tokens))
     rows = [
-        ("baseline, unigram (add-one)", f"{uni:.4f}", f"(perplexity {np.exp(uni):.2f})"),
-        ("LSTM language model", f"{lm_nll:.4f}", f"(perplexity {np.exp(lm_nll):.2f})"),
+        ("baseline, unigram (add-one)", f"{uni:.4f}", f"(perplexity {perplexity(uni):.2f})"),
+        ("LSTM language model", f"{lm_nll:.4f}", f"(perplexity {perplexity(lm_nll):.2f})"),
     ]
     title = "held-out negative log-likelihood, nats per token"
     print_scores(f"{title} ({count} test tokens, {len(test_ids)} chorales)", rows, notes=True)
