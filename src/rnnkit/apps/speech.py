@@ -37,22 +37,20 @@ import numpy as np
 from ..ctc import ctc_beam_decode, ctc_greedy_decode
 from ..layers import Linear
 from ..losses import ctc_loss
-from ..models import CELLS, make_recurrent
+from ..models import make_recurrent
 from ..module import Module, evaluating
 from ..train import BatchTask
 from .common import (
     AppParser,
-    TrainingDefaults,
+    TrainingFlags,
+    add_model_flags,
     add_split_flags,
-    add_training_flags,
-    describe_training,
     entry_points,
     fit,
     nonnegative_int,
     percent,
     positive_int,
     print_scores,
-    training_config,
 )
 from .datasets import DataError
 from .metrics import error_rate, exact_match
@@ -71,10 +69,7 @@ TRAIN_VARIANTS = ("m1", "m2", "m4", "m5", "m6", "m8", "f1", "f2", "f5", "klatt",
 TEST_VARIANTS = ("m3", "m7", "f3", "f4", "klatt3")  # never heard in training
 SAMPLE_RATE = 22050  # espeak-ng's
 N_FFT, HOP, N_MELS, STACK = 512, 256, 40, 3
-TRAINING = TrainingDefaults(
-    steps=1500, batch_size=32, lr=3e-3, examples="utterances", lr_schedule="cosine",
-    eval_every=100, patience=5, progress="none",
-)  # fmt: skip
+TRAINING = TrainingFlags(steps=1500, examples="utterances", eval_every=100, patience=5)
 
 
 # ---------------------------------------------------------------- speaking
@@ -333,9 +328,7 @@ def build_parser() -> AppParser:
     )
     p.add_argument("--min-digits", type=positive_int, default=3, help="shortest digit string")
     p.add_argument("--max-digits", type=positive_int, default=7, help="longest digit string")
-    p.add_argument("--cell", choices=CELLS, default="gru", help="recurrent cell")
-    p.add_argument("--hidden-size", type=positive_int, default=64, help="H, per direction")
-    p.add_argument("--num-layers", type=positive_int, default=2, help="stacked layers")
+    add_model_flags(p, hidden=64, cell="gru", layers=2)
     p.add_argument("--beam", type=positive_int, default=8, help="prefix beam search width")
     p.add_argument(
         "--baseline-steps",
@@ -345,7 +338,7 @@ def build_parser() -> AppParser:
     )
     p.add_argument("--show", type=nonnegative_int, default=6, help="test transcriptions to print")
     add_split_flags(p, test=False)
-    add_training_flags(p, TRAINING)
+    TRAINING.add_to(p)
     return p
 
 
@@ -390,14 +383,14 @@ def body(args: argparse.Namespace, speaker=None) -> dict:
     D = train_feats[0].shape[1]
 
     model = FrameClassifier(D, 11, args.hidden_size, args.num_layers, args.cell, rng=model_rng)
-    config = training_config(args)
+    config = TRAINING.config(args)
     name = f"bidirectional {args.cell.upper()} x {args.num_layers}"
     print(
         f"model: {name}, hidden {args.hidden_size} a direction, linear head to 10 digits + blank, "
         f"{model.num_parameters():,} parameters; CTC loss; {len(train_i)} train / {len(val_i)} "
         f"validation utterances"
     )
-    print(describe_training(config, min(args.batch_size, len(train_i)), "utterances"), flush=True)
+    print(TRAINING.describe(config, min(args.batch_size, len(train_i))), flush=True)
     _, seconds = fit(
         model,
         ctc_task(lambda x: x, train_feats, targets, train_i, val_i, args.batch_size, batch_rng),
@@ -421,7 +414,7 @@ def body(args: argparse.Namespace, speaker=None) -> dict:
     if args.baseline_steps:
         k = 4
         base = FrameClassifier((2 * k + 1) * D, 11, rng=base_rng)
-        base_config = training_config(args, steps=args.baseline_steps)
+        base_config = TRAINING.config(args, steps=args.baseline_steps)
         print(
             f"baseline: a linear classifier of each step with {k} neighbours on each side, "
             f"{base.num_parameters():,} parameters, CTC loss, {args.baseline_steps} steps"

@@ -25,7 +25,6 @@ the multivariate archive (one path for all channels).
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,19 +36,25 @@ from ..checkpoint import atomic_write_bytes, atomic_write_text
 from ..text import read_text
 from .baselines import accuracy, majority_class, stratified_split
 from .common import (
+    TrainingFlags,
     add_classifier_flags,
     add_split_flags,
-    describe_training,
     fit,
     nonnegative_float,
     percent,
     predict_classes,
     print_scores,
-    training_config,
     vector_classifier,
     vector_classifier_task,
 )
-from .datasets import DataError, fetch_command, missing_data, pip_download, wheel_members
+from .datasets import (
+    DataError,
+    fetch_command,
+    missing_data,
+    pip_download,
+    scratch_folder,
+    wheel_members,
+)
 
 AEON_WHEEL = "aeon==1.6.0"
 ARCHIVE_DIR = PurePosixPath("aeon/datasets/data")
@@ -90,12 +95,8 @@ def get_archive_sets(cache: Path, problems: Sequence[str]) -> Path:
         if not (root / p / f"{p}_{split}.ts").is_file()
     ]
     if wanted:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
-            print(
-                f"pip download --no-deps {AEON_WHEEL} (only its .ts files are kept) ...", flush=True
-            )
-            wheel = pip_download(AEON_WHEEL, Path(tmp))
+        with scratch_folder(root) as tmp:
+            wheel = pip_download(AEON_WHEEL, tmp)
             members = {str(ARCHIVE_DIR / w) for w in wanted}
             found = wheel_members(wheel, lambda path: str(path) in members)
             missing = sorted(members - set(found))
@@ -305,7 +306,7 @@ def nn_baselines(train: Split, test: Split, fractions: Sequence[float]) -> Basel
 # ---------------------------------------------------------------- the RNN against 1-NN DTW
 
 
-def add_model_flags(parser: argparse.ArgumentParser, hidden: int, pooling: str) -> None:
+def add_archive_flags(parser: argparse.ArgumentParser, hidden: int, pooling: str) -> None:
     """The classifier's flags for an archive problem."""
     add_classifier_flags(parser, hidden, pooling)
     parser.add_argument(
@@ -335,9 +336,12 @@ def window_fractions(text: str) -> list[float]:
     return values
 
 
-def classify_problem(problem: str, folder: Path, args: argparse.Namespace, app: str) -> dict:
+def classify_problem(
+    problem: str, folder: Path, args: argparse.Namespace, app: str, training: TrainingFlags
+) -> dict:
     """Train a GRU classifier on the archive's training split of ``problem`` and score it on the
-    archive's test split next to 1-NN DTW; prints the report, returns the test accuracies."""
+    archive's test split next to 1-NN DTW, trained as ``args`` and the app's ``training`` flags
+    say; prints the report, returns the test accuracies."""
     fractions = window_fractions(args.windows)
     train_part, test_part = load_problem(folder, problem, app, args.encoding, args.errors)
     lengths = sorted({len(s) for s in (*train_part.series, *test_part.series)})
@@ -369,8 +373,8 @@ def classify_problem(problem: str, folder: Path, args: argparse.Namespace, app: 
         f"{model.num_parameters():,} parameters, on channels standardised with the training "
         f"statistics; jitter {args.jitter:g}; {len(fit_i)} train / {len(val_i)} validation"
     )
-    config = training_config(args)
-    print(describe_training(config, min(args.batch_size, len(fit_i)), "sequences"), flush=True)
+    config = training.config(args)
+    print(training.describe(config, min(args.batch_size, len(fit_i))), flush=True)
 
     def jitter(xb):  # (T, B, D): amplitude scaled per sequence, and noise added
         scale = 1 + args.jitter * aug_rng.uniform(-1, 1, size=(1, xb.shape[1], 1))

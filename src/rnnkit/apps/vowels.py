@@ -19,23 +19,14 @@ import argparse
 from pathlib import Path
 
 from . import data_cache
-from .common import AppParser, TrainingDefaults, add_data_flags, add_training_flags, entry_points
-from .timeseries import add_model_flags, classify_problem, get_archive_sets, problem_dir
+from .common import AppParser, TrainingFlags, add_data_flags, entry_points
+from .timeseries import add_archive_flags, classify_problem, get_archive_sets, problem_dir
 
 SUMMARY = "speaker recognition, many-to-one: JapaneseVowels recordings, against 1-NN DTW"
 APP = "vowels"
 PROG = f"rnnkit app {APP}"
 PROBLEM = "JapaneseVowels"
-TRAINING = TrainingDefaults(
-    steps=1500,
-    batch_size=32,
-    lr=3e-3,
-    examples="utterances",
-    lr_schedule="cosine",
-    eval_every=50,
-    patience=10,
-    progress="none",
-)
+TRAINING = TrainingFlags(steps=1500, examples="utterances", eval_every=50, patience=10)
 
 
 def get_data(cache: Path) -> Path:
@@ -48,14 +39,16 @@ def build_parser() -> AppParser:
     """The command line of ``rnnkit app vowels``."""
     p = AppParser(prog=PROG, description=__doc__)
     add_data_flags(p, f"{PROBLEM}_TRAIN.ts and _TEST.ts", f"ucr/{PROBLEM}/ in the data cache")
-    add_model_flags(p, hidden=64, pooling="mean")
-    add_training_flags(p, TRAINING)
+    add_archive_flags(p, hidden=64, pooling="mean")
+    TRAINING.add_to(p)
     return p
 
 
 def body(args: argparse.Namespace) -> dict:
     """Train and score the classifier and the DTW baselines; returns the test accuracies."""
-    return classify_problem(PROBLEM, args.data_dir or problem_dir(data_cache(), PROBLEM), args, APP)
+    return classify_problem(
+        PROBLEM, args.data_dir or problem_dir(data_cache(), PROBLEM), args, APP, TRAINING
+    )
 
 
 run, main = entry_points(build_parser, body)
