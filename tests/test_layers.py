@@ -141,7 +141,7 @@ def test_embedding_forward_and_repeated_ids_accumulate():
     assert (ids == 3).sum() >= 2
 
 
-@pytest.mark.parametrize("vocab", [40, 5000])  # a one-hot product, and np.add.at beyond
+@pytest.mark.parametrize("vocab", [40, 5000])  # a table of characters, one of words
 def test_embedding_gradient_both_ways(vocab):
     rng = _rng(8)
     emb = Embedding(vocab, 3, rng=rng, dtype=np.float64)

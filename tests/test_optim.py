@@ -302,6 +302,21 @@ def test_clip_grad_norm_on_a_dict_and_without_torch():
         np.testing.assert_allclose(grads[k], original[k] * scale, rtol=1e-14)
 
 
+def test_clip_grad_norm_takes_a_norm_already_measured():
+    rng = np.random.default_rng(8)
+    grads = {"x": rng.standard_normal((3, 4)), "y": rng.standard_normal(5)}
+    original = {k: v.copy() for k, v in grads.items()}
+    measured = grad_norm(grads)
+    # the norm given is the one used: no second measurement
+    assert clip_grad_norm_(grads, 1.0, norm=2 * measured) == 2 * measured
+    for k in grads:
+        np.testing.assert_allclose(grads[k], original[k] / (2 * measured + 1e-6), rtol=1e-14)
+    same = {k: v.copy() for k, v in original.items()}
+    assert clip_grad_norm_(same, 1.0, norm=measured) == clip_grad_norm_(original, 1.0)
+    for k in same:
+        np.testing.assert_array_equal(same[k], original[k])
+
+
 def test_clip_grad_value_matches_np_clip_and_torch():
     rng = np.random.default_rng(8)
     model = Tiny()

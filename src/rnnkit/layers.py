@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import parallel
+from . import kernels, parallel
 from .init import as_generator, normal, uniform
 from .module import Module
 
@@ -112,12 +112,8 @@ class Embedding(Module):
         if self.padding_idx is not None:
             keep = flat != self.padding_idx
             flat, dy2 = flat[keep], dy2[keep]
-        if self.num_embeddings * len(flat) <= 2**21:
-            # The product with the one-hot vectors the lookup stands for: for a small table
-            # (characters) 10x faster than np.add.at (0.4 against 5 ms for 3,200 ids, E = 256).
-            one_hot = np.zeros((self.num_embeddings, len(flat)), dtype=dy2.dtype)
-            one_hot[flat, np.arange(len(flat))] = 1
-            self.grads["weight"] += parallel.matmul(one_hot, dy2)
+        if kernels.AVAILABLE:
+            kernels.add_rows(self.grads["weight"], flat, np.ascontiguousarray(dy2))
         else:
             np.add.at(self.grads["weight"], flat, dy2)
 

@@ -12,7 +12,6 @@ import sys
 import numpy as np
 
 from .ctc import ctc_loss
-from .functional import log_softmax
 
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss", "perplexity"]
 
@@ -61,14 +60,17 @@ def cross_entropy(
             f"targets must lie in [0, {V}) or equal ignore_index={ignore_index}, "
             f"got min {real_targets.min()} and max {real_targets.max()}"
         )
-    logp = log_softmax(flat_logits)  # (M, V)
     rows = np.flatnonzero(real)
-    loss = -logp[rows, flat_targets[rows]].sum()
-    dlogits = np.exp(logp)  # softmax
-    dlogits[rows, flat_targets[rows]] -= 1
-    dlogits[~real] = 0
+    shifted = flat_logits - flat_logits.max(axis=1, keepdims=True)  # (M, V), no overflow
+    dlogits = np.exp(shifted)  # (M, V)
+    total = dlogits.sum(axis=1, keepdims=True)  # (M, 1)
+    # log ŷ[y] = shifted[y] - log sum exp(shifted)
+    loss = np.log(total[rows, 0]).sum() - shifted[rows, real_targets].sum()
     scale = 1.0 / count if reduction == "mean" else 1.0
-    dlogits *= scale
+    dlogits *= (scale / total).astype(dlogits.dtype)  # scale * softmax
+    dlogits[rows, real_targets] -= dlogits.dtype.type(scale)
+    if count < len(flat_targets):
+        dlogits[~real] = 0
     return float(loss * scale), dlogits.reshape(logits.shape)
 
 

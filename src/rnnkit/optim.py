@@ -32,14 +32,19 @@ def grad_norm(target: Module | dict[str, np.ndarray]) -> float:
     return math.sqrt(total)
 
 
-def clip_grad_norm_(target: Module | dict[str, np.ndarray], max_norm: float) -> float:
+def clip_grad_norm_(
+    target: Module | dict[str, np.ndarray], max_norm: float, norm: float | None = None
+) -> float:
     """Scale every gradient by ``max_norm / norm`` when the global norm exceeds ``max_norm``.
 
-    Returns the norm before clipping. A non-finite norm is returned as is and the gradients
-    are left untouched: scaling by it would spread nan everywhere. :meth:`Optimizer.step`
-    then refuses the step, so the weights never see it.
+    Returns the norm before clipping; ``norm``, where given, is :func:`grad_norm` of these
+    gradients as they are, already measured (the training loop checks it first). A
+    non-finite norm is returned as is and the gradients are left untouched: scaling by it
+    would spread nan everywhere. :meth:`Optimizer.step` then refuses the step, so the weights
+    never see it.
     """
-    norm = grad_norm(target)
+    if norm is None:
+        norm = grad_norm(target)
     if math.isfinite(norm) and norm > max_norm:
         scale = max_norm / (norm + 1e-6)  # PyTorch's epsilon
         for g in _grads_of(target).values():
@@ -315,14 +320,21 @@ class Adam(Optimizer):
             g = g + self.weight_decay * p
         m = self._buffer("exp_avg", name, p)
         v = self._buffer("exp_avg_sq", name, p)
-        m *= beta1
-        m += (1 - beta1) * g  # m = β1 m + (1-β1) g
-        v *= beta2
-        v += (1 - beta2) * g * g  # v = β2 v + (1-β2) g²
         bias1 = 1 - beta1**self.step_count
         bias2 = 1 - beta2**self.step_count
-        denom = np.sqrt(v) / math.sqrt(bias2) + self.eps
-        p -= (self.lr / bias1) * (m / denom)
+        work = np.multiply(g, 1 - beta1)  # the one temporary, like p
+        m *= beta1
+        m += work  # m = β1 m + (1-β1) g
+        np.multiply(g, 1 - beta2, out=work)
+        work *= g
+        v *= beta2
+        v += work  # v = β2 v + (1-β2) g²
+        np.sqrt(v, out=work)
+        work /= math.sqrt(bias2)
+        work += self.eps  # sqrt(v / bias2) + ε
+        np.divide(m, work, out=work)
+        work *= self.lr / bias1
+        p -= work  # p -= lr m̂ / (sqrt(v̂) + ε)
 
 
 class AdamW(Adam):

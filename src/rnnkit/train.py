@@ -724,7 +724,7 @@ def train(
                 if config.clip_mode == "value":
                     clip_grad_value_(model, config.clip)
                 else:
-                    clip_grad_norm_(model, config.clip)
+                    clip_grad_norm_(model, config.clip, norm)
             opt.step()
             if not all(np.isfinite(v).all() for _, v in model.named_parameters()):
                 # never let a checkpoint of broken weights replace a good one
