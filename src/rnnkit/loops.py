@@ -161,9 +161,9 @@ def _own_threads(x: np.ndarray, chunks: list, p: CellParams) -> bool:
 def _products(jobs: list, split: bool) -> None:
     """Run products ``c = a @ b + beta * c``, given as ``(a, b, c, beta)``; products into one
     output run in turn, in order. With ``split``, each output is split by rows where large,
-    the pieces on rnnkit's threads. Without, on one thread where NumPy's BLAS is held to one
-    (inside rnnkit's calls), ``b`` packed (:mod:`rnnkit.packed`) beats BLAS's own product."""
-    alone = not split and blas.threads() == 1
+    the pieces on rnnkit's threads. Where NumPy's BLAS is held to one thread (inside rnnkit's
+    calls), ``b`` packed once (:mod:`rnnkit.packed`) beats BLAS's own product, split or not."""
+    alone = blas.threads() == 1
     by_output: dict[int, list] = {}
     for a, b, c, beta in jobs:
         by_output.setdefault(id(c), []).append((a, b, _packed(a, b) if alone else None, c, beta))
