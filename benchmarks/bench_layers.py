@@ -57,9 +57,10 @@ def rnnkit_steps(layer, x: np.ndarray, dout: np.ndarray):
         out, _, cache = layer.forward(x)
         layer.backward(dout, cache)
 
-    def infer():  # evaluation mode, as PyTorch runs under inference_mode: no backward follows
+    def infer():  # as PyTorch's: evaluation mode, under inference_mode (no backward follows)
         layer.eval()
-        layer.forward(x)
+        with rnnkit.inference_mode():
+            layer.forward(x)
 
     return train, infer
 

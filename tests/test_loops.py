@@ -93,6 +93,81 @@ def test_compiled_equals_reference(
     assert_same_run(compiled, ref, TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [4, 37])  # one sequence runs as in evaluation mode
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(
+    "num_layers,direction,with_lengths",
+    list(itertools.product([1, 2], ["forward", "bidirectional", "reverse"], [False, True])),
+)
+def test_inference_mode_equals_reference(
+    in_chunks, variant, dtype, num_layers, direction, with_lengths, N
+):
+    """Under inference_mode (T >= 8: the compiled loop projects step by step into one step's
+    gates), the outputs and final states of every variant are the reference's."""
+    rng = np.random.default_rng(3)
+    T = 9
+    kw = {"bidirectional": direction == "bidirectional", "reverse": direction == "reverse"}
+    layer = VARIANTS[variant](num_layers=num_layers, rng=1, dtype=dtype, **kw).eval()
+    x = rng.normal(size=(T, N, D)).astype(dtype)
+    state = random_state(layer, N, rng, dtype)
+    lengths = np.resize([T, 3, 5, 1], N) if with_lengths else None
+    layer.backend = "reference"
+    want = layer.forward(x, state, lengths)
+    layer.backend = "fast"
+    for _ in range(2):  # the second call reuses the layer's buffers
+        with rnnkit.inference_mode():
+            got = layer.forward(x, state, lengths)
+        assert got[2].inference and got[2].steps == []  # the mask alone
+        for a, b in zip([got[0], *flat(got[1])], [want[0], *flat(want[1])]):
+            assert a.dtype == b.dtype
+            np.testing.assert_allclose(a, b, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+
+
+@needs_compiled
+@pytest.mark.parametrize("cell", [rnnkit.RNN, rnnkit.GRU, rnnkit.LSTM])
+def test_inference_mode_keeps_one_steps_gates(cell):
+    """What makes inference mode fast: the gates buffer holds one step, not all T (16 units:
+    enough rows for the packed weights the step-by-step projection needs)."""
+    layer = cell(D, 16, rng=1)
+    T, N, key = 20, 32, ("gates", np.dtype(np.float32))
+    x = np.random.default_rng(0).normal(size=(T, N, D)).astype(np.float32)
+    with rnnkit.inference_mode():
+        out = layer.forward(x)[0]
+    (gates,) = layer._workspaces[(0, 0)]._free[key]
+    assert gates.size == N * layer.cell_params(0, 0).w_ih.shape[0]
+    layer.eval().forward(x)  # every step's, for a backward pass
+    assert max(g.size for g in layer._workspaces[(0, 0)]._free[key]) == T * gates.size
+    layer.backend = "reference"
+    np.testing.assert_allclose(out, layer.forward(x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["lstm", "gru"])
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_a_forward_pass_in_inference_mode_serves_no_backward_pass(variant, backend):
+    layer = VARIANTS[variant](rng=0)
+    layer.backend = backend
+    with rnnkit.inference_mode():
+        with rnnkit.inference_mode():  # nested blocks
+            pass
+        out, _, cache = layer.forward(np.ones((9, 4, D)))
+    assert cache.inference
+    with pytest.raises(ValueError, match=r"ran under rnnkit.inference_mode\(\).*outside it"):
+        layer.backward(np.ones_like(out), cache)
+    out, _, cache = layer.forward(np.ones((9, 4, D)))  # outside the block: gradients again
+    layer.backward(np.ones_like(out), cache)
+
+
+def test_inference_mode_is_this_threads_only():
+    seen = []
+    with rnnkit.inference_mode():
+        thread = threading.Thread(target=lambda: seen.append(rnnkit.module.is_inference_mode()))
+        thread.start()
+        thread.join()
+        assert rnnkit.module.is_inference_mode()
+    assert seen == [False] and not rnnkit.module.is_inference_mode()
+
+
 @needs_compiled
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("variant", VARIANTS)

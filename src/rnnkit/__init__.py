@@ -7,7 +7,7 @@ notation of the Sequence Models course. See :mod:`rnnkit.course` for the course'
 
 from .layers import Dropout, Embedding, Linear
 from .models import LanguageModel, Seq2Seq, SequenceClassifier, SequenceTagger
-from .module import Module, load
+from .module import Module, inference_mode, load
 from .parallel import num_threads, set_num_threads
 from .recurrent import GRU, LSTM, RNN, RNNBase
 from .train import TrainConfig, train
@@ -28,6 +28,7 @@ __all__ = [
     "SequenceTagger",
     "TrainConfig",
     "__version__",
+    "inference_mode",
     "load",
     "num_threads",
     "set_num_threads",

@@ -95,9 +95,11 @@ def _sigmoid(x):
     return HALF + HALF * _tanh(HALF * x)  # σ(x) = (1 + tanh(x/2)) / 2
 
 
-def layout(T: int, N: int, n0: int, n1: int, G: int, H: int) -> tuple:
+def layout(T: int, N: int, n0: int, n1: int, G: int, H: int, one_step: bool = False) -> tuple:
     """Where a chunk's elements sit: ``L = (A, B, cs, st, sa, zt, zg, za, cz, kt, kc, zrow)``
-    for the chunk of sequences ``n0 .. n1`` of a batch of N, G gates of H units.
+    for the chunk of sequences ``n0 .. n1`` of a batch of N, G gates of H units; with
+    ``one_step`` the gates are one step's rows, ``(N, G*H)``, which every step reuses (``zt``
+    is 0; inference: nothing is kept for a backward pass).
 
     Element (a, b) of step t (sequence n0 + a, unit b) is at ``t*st + cs + a*sa + b`` in the
     states (and in values spread over them), gate g at ``t*zt + cz + g*zg + zrow[a] + b`` in
@@ -108,7 +110,8 @@ def layout(T: int, N: int, n0: int, n1: int, G: int, H: int) -> tuple:
     that they do (the rows interleave the gates) and runs the loop unvectorised, 6x slower.
     """
     zrow = np.arange(n1 - n0, dtype=np.uint64) * np.uint64(G * H)
-    return (n1 - n0, H, n0 * H, N * H, H, N * G * H, H, G * H, n0 * G * H, N, n0, zrow)
+    zt = 0 if one_step else N * G * H
+    return (n1 - n0, H, n0 * H, N * H, H, zt, H, G * H, n0 * G * H, N, n0, zrow)
 
 
 @_jit
@@ -128,8 +131,9 @@ def _any(a):
 @_jit
 def _block(X, N, t, n0, n1, r0, r1):
     """Columns ``r0 .. r1`` of a gate matrix ``(T*N, G)`` in step t's rows of the chunk, as a
-    ``(n1 - n0, r1 - r0)`` view."""
-    return X[t * N + n0 : t * N + n1, r0:r1]
+    ``(n1 - n0, r1 - r0)`` view; a matrix of one step's rows ``(N, G)`` serves every step."""
+    t0 = t * N if X.shape[0] > N else 0
+    return X[t0 + n0 : t0 + n1, r0:r1]
 
 
 # The element loops read and write through views that begin at their step and chunk: the

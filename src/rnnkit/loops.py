@@ -13,7 +13,10 @@ Two ways, the same numbers (the tests hold them equal for every variant):
 Buffers a loop keeps between a forward pass and its backward pass (gates, states) come from
 the layer's own :class:`Workspace` and go back to it after the backward pass, or, in evaluation
 mode, when the forward pass's cache is dropped unused: a fresh large array costs a page fault
-per 4 KiB on first write, 5% to 15% of a training step.
+per 4 KiB on first write, 5% to 15% of a training step. In inference mode
+(:func:`rnnkit.module.inference_mode`) nothing is kept for a backward pass: they go back at
+once, and where the loop projects its inputs step by step, the gates are one step's, reused
+by every step, instead of all steps' (which the backward pass would read).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import numpy as np
 
 from . import blas, kernels, packed, parallel
 from .cells import CellKind, CellParams, input_projection, input_projection_backward
+
+MODES = ("training", "evaluation", "inference")  # what a forward pass keeps for a backward one
 
 # ---------------------------------------------------------------- the reference loop
 
@@ -205,18 +210,26 @@ def forward(
     p: CellParams,
     mask: np.ndarray | None,
     workspace: Workspace,
-    recycle: bool,
+    mode: str,
 ) -> tuple[np.ndarray, tuple, object]:
     """One direction of one layer forward in time: ``x (T, N, D)``, ``state`` a tuple of
     ``(N, H)`` arrays, ``mask (T, N, 1)`` or None. Returns ``(output (T, N, H), final state,
-    cache)``; with ``recycle`` (evaluation mode) the buffers return when the cache is dropped."""
+    cache)``. ``mode`` (one of :data:`MODES`): in evaluation mode the buffers return when the
+    cache is dropped; in inference mode at once, and the cache is None."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not compiled(backend):
         xw = input_projection(x, p)  # (T, N, G*H): every step's input projection, one product
-        return reference_forward(kind, xw, state, p, mask)
+        out, final, cache = reference_forward(kind, xw, state, p, mask)
+        return out, final, None if mode == "inference" else cache
     chunks = _chunks(x, p)
+    cell = _CELLS[kind.name]
     with parallel.region(_own_threads(x, chunks, p)):
-        out, final, cache = _CELLS[kind.name].forward(x, state, p, mask, workspace, chunks)
-    if recycle:
+        out, final, cache = cell.forward(x, state, p, mask, workspace, chunks, mode)
+    if mode == "inference":
+        _give_all(workspace, [(name, cache[name]) for name in cache["kept"]])
+        return out, final, None
+    if mode == "evaluation":
         _recycle_when_dropped(cache, workspace)
     return out, final, cache
 
@@ -314,15 +327,22 @@ class _Compiled:
     gates = 1
     kept = ("gates",)  # workspace buffers in the cache, handed back after use
 
-    def forward(self, x, state, p, mask, ws, chunks):
+    def forward(self, x, state, p, mask, ws, chunks, mode):
         T, N, _ = x.shape
         H, P, dt = p.w_hh.shape[0] // self.gates, p.w_hh.shape[1], x.dtype
         ctx = {"T": T, "N": N, "H": H, "P": P, "p": p, "ws": ws, "dt": dt, "chunks": chunks}
-        Z = ctx["gates"] = _gates(ws, "gates", self.gates * H, T, N, dt)
         w_ih = _weights(p.w_ih, ctx)
-        if w_ih[1].size and w_ih[1].nbytes + p.w_hh.nbytes <= _CACHED and N > 1:
-            ctx["inputs"] = (w_ih, x)  # step by step; for one sequence a step's product would
-            # read W_ih from the cache for one row: all steps in one product is faster
+        inference = mode == "inference"
+        # Step by step where the weights stay in cache, or where the gates of past steps need
+        # not be kept; for one sequence a step's product would read W_ih from the cache for
+        # one row: all steps in one product is faster.
+        by_step = (
+            w_ih[1].size and N > 1 and (w_ih[1].nbytes + p.w_hh.nbytes <= _CACHED or inference)
+        )
+        ctx["one_step"] = inference and by_step
+        Z = ctx["gates"] = _gates(ws, "gates", self.gates * H, 1 if ctx["one_step"] else T, N, dt)
+        if by_step:
+            ctx["inputs"] = (w_ih, x)
         else:  # all steps in one product first
             _project(x, p.w_ih, Z, len(chunks) > 1)
             ctx["inputs"] = (_weights(None, ctx), np.empty((0, 0, 0), dtype=dt))
@@ -425,7 +445,8 @@ class _Gated(_Compiled):
         self.cell, self.gates = cell, gates
 
     def chunk_forward(self, ctx, n0, n1):
-        Z, L = ctx["gates"], kernels.layout(ctx["T"], ctx["N"], n0, n1, self.gates, ctx["H"])
+        T, N, H, one = ctx["T"], ctx["N"], ctx["H"], ctx["one_step"]
+        Z, L = ctx["gates"], kernels.layout(T, N, n0, n1, self.gates, H, one)
         rest = (ctx["states"], ctx["bias"], ctx["keep"], ctx["output"])
         return _call(kernels.gated_forward, self.cell, L, n1, Z, ctx["inputs"], ctx["w_hh"], *rest)
 
@@ -462,7 +483,8 @@ class _GRU(_Compiled):
 
     def chunk_forward(self, ctx, n0, n1):
         N, H, Z, R = ctx["N"], ctx["H"], ctx["gates"], ctx["reset_in"]
-        L, hw = kernels.layout(ctx["T"], N, n0, n1, 3, H), np.empty(3 * H * N, dtype=ctx["dt"])
+        L = kernels.layout(ctx["T"], N, n0, n1, 3, H, ctx["one_step"])
+        hw = np.empty(3 * H * N, dtype=ctx["dt"])
         weights = (ctx["w_h"], ctx["w_n"], ctx["states"], hw, ctx["bias"], ctx["b_hn"])
         reset = (R, self._reset_layout(ctx))
         args = (L, n1, Z, ctx["inputs"], *weights, *reset, ctx["keep"], ctx["output"])
@@ -545,7 +567,8 @@ class _LSTM(_Compiled):
 
     def chunk_forward(self, ctx, n0, n1):
         T, N, H, P, Z = ctx["T"], ctx["N"], ctx["H"], ctx["P"], ctx["gates"]
-        L, Lp = kernels.layout(T, N, n0, n1, 4, H), kernels.layout(T, N, n0, n1, 4, P)
+        L = kernels.layout(T, N, n0, n1, 4, H, ctx["one_step"])
+        Lp = kernels.layout(T, N, n0, n1, 4, P)
         M, w_hr, m, ml = self._m(ctx, n0, n1)
         peepholes = self._peepholes(ctx["peep"], H * N)
         states = (ctx["states"], ctx["cells"], ctx["tanh_cells"], M, m, ml)

@@ -66,11 +66,12 @@ def cross_entropy(
     total = dlogits.sum(axis=1, keepdims=True)  # (M, 1)
     # log ŷ[y] = shifted[y] - log sum exp(shifted)
     loss = np.log(total[rows, 0]).sum() - shifted[rows, real_targets].sum()
-    scale = 1.0 / count if reduction == "mean" else 1.0
-    dlogits *= (scale / total).astype(dlogits.dtype)  # scale * softmax
-    dlogits[rows, real_targets] -= dlogits.dtype.type(scale)
+    dlogits /= total  # ŷ = softmax(z)
+    dlogits[rows, real_targets] -= 1  # dL/dz = ŷ - y
     if count < len(flat_targets):
         dlogits[~real] = 0
+    scale = 1.0 / count if reduction == "mean" else 1.0
+    dlogits *= scale
     return float(loss * scale), dlogits.reshape(logits.shape)
 
 

@@ -22,18 +22,19 @@ import numpy as np
 from .functional import log_softmax, softmax
 from .init import as_generator
 from .layers import Dropout, Embedding, Linear
-from .module import Module, evaluating
+from .module import Module, predicting
 from .recurrent import GRU, LSTM, RNN, RNNBase
 
 CELLS = ("lstm", "gru", "rnn")
 
 
 def inference(method):
-    """Run a model method in evaluation mode (dropout off), whatever mode the model is in."""
+    """Run a model method in evaluation mode (dropout off), whatever mode the model is in, and
+    in inference mode (no backward pass follows: :func:`rnnkit.module.predicting`)."""
 
     @functools.wraps(method)
     def in_eval_mode(self, *args, **kwargs):
-        with evaluating(self):
+        with predicting(self):
             return method(self, *args, **kwargs)
 
     return in_eval_mode

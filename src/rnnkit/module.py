@@ -1,5 +1,5 @@
-"""Module: named parameters and their gradients, state dicts, train/eval mode, and saving a
-module to one file and loading it back (:meth:`Module.save`, :func:`load`).
+"""Module: named parameters and their gradients, state dicts, train/eval mode, inference mode,
+and saving a module to one file and loading it back (:meth:`Module.save`, :func:`load`).
 
 A saved module is a checkpoint (:mod:`rnnkit.checkpoint`) whose metadata describes it: its
 class and its constructor arguments, recorded as they were given (:meth:`Module.config`), so
@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -163,6 +164,28 @@ class Module:
         raise NotImplementedError
 
 
+_inference = threading.local()  # .depth: inference_mode blocks this thread is inside
+
+
+@contextmanager
+def inference_mode() -> Iterator[None]:
+    """``with rnnkit.inference_mode():`` forward passes in the block keep nothing for a
+    backward pass, as under ``torch.inference_mode()``: faster, and they hold less memory.
+    Give one of their caches to a backward pass and it says so. It does not switch dropout
+    off (that is evaluation mode, :meth:`Module.eval`; :func:`predicting` does both). For this
+    thread only; blocks nest."""
+    _inference.depth = getattr(_inference, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _inference.depth -= 1
+
+
+def is_inference_mode() -> bool:
+    """Whether this thread is inside :func:`inference_mode`."""
+    return getattr(_inference, "depth", 0) > 0
+
+
 @contextmanager
 def evaluating(module: Module) -> Iterator[Module]:
     """``with evaluating(model):`` runs the block in evaluation mode (dropout off), then puts
@@ -173,6 +196,14 @@ def evaluating(module: Module) -> Iterator[Module]:
         yield module
     finally:
         module.train(was_training)
+
+
+@contextmanager
+def predicting(module: Module) -> Iterator[Module]:
+    """``with predicting(model):`` for forward passes that no backward pass follows: evaluation
+    mode (dropout off) and :func:`inference_mode` together."""
+    with evaluating(module), inference_mode():
+        yield module
 
 
 # ---------------------------------------------------------------- saving and loading

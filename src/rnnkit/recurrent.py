@@ -18,7 +18,7 @@ from . import loops
 from .cells import CELL_KINDS, CellParams
 from .gates import gate_slices
 from .init import as_generator, uniform
-from .module import Module
+from .module import Module, is_inference_mode
 
 State = np.ndarray | tuple[np.ndarray, np.ndarray]
 
@@ -45,6 +45,7 @@ class RecurrentCache:
     dropout_masks: list  # [layer] scaled keep mask applied to that layer's input, or None
     shape: tuple[int, int]  # (T, N)
     used: bool = False  # the fast loops reuse the forward buffers in the backward pass
+    inference: bool = False  # made under inference_mode: holds nothing for a backward pass
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -293,6 +294,7 @@ class RNNBase(Module):
         Returns:
             ``(output, h_n or (h_n, c_n), cache)``; output is ``(T, N, num_directions * H)``
             (batch first if the layer is), the forward direction first on the feature axis.
+            Under :func:`rnnkit.inference_mode` the cache holds the mask alone.
         """
         x = self._check_input(x)
         T, N, _ = x.shape
@@ -303,6 +305,8 @@ class RNNBase(Module):
             t = np.arange(T)[:, None]
             mask = (t < lengths[None, :])[:, :, None].astype(self.dtype)  # (T, N, 1)
             flip = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # (T, N)
+        mode = "training" if self.training else "evaluation"
+        mode = "inference" if is_inference_mode() else mode
         cache = RecurrentCache([], [], mask, flip, [], (T, N))
         finals: list[list[np.ndarray]] = [[] for _ in range(self.kind.num_states)]
         layer_input = x
@@ -319,7 +323,7 @@ class RNNBase(Module):
                 backwards = self._runs_backwards(direction)
                 seq = self._flip(layer_input, flip) if backwards else layer_input
                 out, final, step_caches = self._run(
-                    seq, tuple(s[k] for s in state0), layer, direction, mask
+                    seq, tuple(s[k] for s in state0), layer, direction, mask, mode
                 )
                 outputs.append(self._flip(out, flip) if backwards else out)
                 inputs.append(seq)
@@ -331,6 +335,8 @@ class RNNBase(Module):
             layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
         output = layer_input.transpose(1, 0, 2) if self.batch_first else layer_input
         states = tuple(np.stack(f) for f in finals)
+        if mode == "inference":
+            cache.inputs, cache.steps, cache.inference = [], [], True
         return output, (states if len(states) == 2 else states[0]), cache
 
     @staticmethod
@@ -352,11 +358,18 @@ class RNNBase(Module):
         return self._workspaces[key]
 
     def _run(
-        self, x: np.ndarray, state: tuple, layer: int, direction: int, mask: np.ndarray | None
+        self,
+        x: np.ndarray,
+        state: tuple,
+        layer: int,
+        direction: int,
+        mask: np.ndarray | None,
+        mode: str,
     ) -> tuple[np.ndarray, tuple, object]:
-        """One direction of one layer, forward in time. x is (T, N, D)."""
+        """One direction of one layer, forward in time (``mode``: :data:`rnnkit.loops.MODES`).
+        x is (T, N, D)."""
         p, ws = self.cell_params(layer, direction), self._workspace(layer, direction)
-        return loops.forward(self.kind, self.backend, x, state, p, mask, ws, not self.training)
+        return loops.forward(self.kind, self.backend, x, state, p, mask, ws, mode)
 
     # ------------------------------------------------------------ backward
 
@@ -375,6 +388,11 @@ class RNNBase(Module):
             ``(dx, dstate_0)``: the gradients of the input and of the initial state. Every
             parameter gradient is added into ``self.grads``.
         """
+        if cache.inference:
+            raise ValueError(
+                "this forward pass ran under rnnkit.inference_mode(), which keeps nothing for "
+                "a backward pass; run the forward pass outside it to take gradients"
+            )
         if cache.used:
             raise ValueError(
                 "this cache was already used by a backward pass, which reuses its "

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .functional import softmax
-from .module import evaluating
+from .module import predicting
 
 
 def check_sampling_options(
@@ -90,7 +90,7 @@ def generate(
     first = list(prime) if prime else ([start_id] if start_id is not None else [])
     if not first:
         raise ValueError("give a prime or a start_id to read before sampling")
-    with evaluating(model):
+    with predicting(model):
         ids = np.tile(np.asarray(first, dtype=np.int64)[:, None], (1, num))  # (T, num)
         logits, state, _ = model.forward(ids, state)
         logits = logits[-1]

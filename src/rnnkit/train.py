@@ -37,6 +37,7 @@ from .module import (
     check_tensors,
     describe,
     evaluating,
+    predicting,
     random_generators,
     restore_generators,
 )
@@ -250,7 +251,7 @@ def stream_loss(model, batches: StreamBatches) -> tuple[float, int]:
     """``(mean loss per token, tokens)`` over one pass of a stream, state carried, eval mode
     (nan and 0 for a share without streams)."""
     total, count, carry = 0.0, 0, None
-    with evaluating(model):
+    with predicting(model):
         for x, y in batches.all_chunks():
             logits, carry, _ = model.forward(x, carry)
             loss, _ = cross_entropy(logits, y, reduction="sum")
@@ -324,7 +325,7 @@ def lines_loss(
     """``(mean loss per token, tokens)`` over lines (``<eos>`` of each line included; nan and
     0 for no lines)."""
     total, count = 0.0, 0
-    with evaluating(model):
+    with predicting(model):
         for start in range(0, len(lines), batch_size):
             x, y, lengths = lm_lines_batch(lines[start : start + batch_size], eos_id)
             logits, _, _ = model.forward(x, None, lengths)
@@ -356,7 +357,7 @@ class BatchTask:
         """The validation loss, in evaluation mode; None without an ``eval_fn``."""
         if self.eval_fn is None:
             return None
-        with evaluating(model):
+        with evaluating(model):  # eval_fn is the caller's: it may take gradients
             return float(self.eval_fn(model))
 
     def state_dict(self) -> tuple[dict, dict]:

@@ -26,7 +26,7 @@ import numpy as np
 from ..data import pad_sequences
 from ..losses import cross_entropy
 from ..models import Seq2Seq
-from ..module import evaluating
+from ..module import predicting
 from ..text import UNK, Vocabulary
 from ..train import BatchTask
 from .common import (
@@ -198,7 +198,7 @@ def translate(
     in evaluation mode (dropout off); the model goes back to the mode it was in, even on an
     error."""
     out: list[str] = []
-    with evaluating(model):
+    with predicting(model):
         for start in range(0, len(sources), batch_size):
             src, lengths = pad_sequences(sources[start : start + batch_size], PAD)
             if beam:

@@ -34,7 +34,7 @@ from ..gates import LSTM_GATES, gate_slices
 from ..gradflow import stack_forward, stack_state_gradients
 from ..losses import cross_entropy
 from ..models import SequenceClassifier
-from ..module import evaluating
+from ..module import predicting
 from ..train import TrainConfig, train
 from .baselines import accuracy
 from .common import AppParser, entry_points, positive_float, positive_int
@@ -162,7 +162,7 @@ class FirstTokenTask:
 
     def evaluate(self, model: SequenceClassifier) -> float:
         """The loss on a fixed batch of 256 sequences, in evaluation mode."""
-        with evaluating(model):
+        with predicting(model):
             logits, _ = model.forward(self.val[0])
         return cross_entropy(logits, self.val[1])[0]
 
@@ -223,7 +223,7 @@ def run_gradflow(
 
 def _accuracy(model: SequenceClassifier, ids: np.ndarray, y: np.ndarray) -> float:
     """Accuracy on ``(ids, y)``, in evaluation mode."""
-    with evaluating(model):
+    with predicting(model):
         return accuracy(model.predict(ids), y)
 
 

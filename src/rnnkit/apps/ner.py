@@ -28,7 +28,7 @@ from ..checkpoint import atomic_write_bytes
 from ..data import IGNORE_INDEX, pad_sequences
 from ..losses import cross_entropy
 from ..models import SequenceTagger
-from ..module import evaluating
+from ..module import predicting
 from ..text import Vocabulary, read_text
 from ..train import BatchTask
 from . import data_cache
@@ -305,7 +305,7 @@ def predict_tags(
     """Most likely tag of each word of each sentence, in evaluation mode (dropout off); the model
     goes back to the mode it was in, even on an error."""
     out: list[list[str]] = []
-    with evaluating(model):
+    with predicting(model):
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
             ids, lengths, _ = _batch(chunk)

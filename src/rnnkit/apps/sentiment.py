@@ -26,7 +26,7 @@ from ..checkpoint import atomic_write_text
 from ..data import pad_sequences
 from ..losses import cross_entropy
 from ..models import SequenceClassifier
-from ..module import evaluating
+from ..module import predicting
 from ..text import Vocabulary, read_text, tokenize
 from ..train import BatchTask
 from . import data_cache
@@ -210,7 +210,7 @@ def predict(
     """Predicted class of each sequence ``(N,)``, in evaluation mode (dropout off); the model
     goes back to the mode it was in, even on an error."""
     out = []
-    with evaluating(model):
+    with predicting(model):
         for start in range(0, len(seqs), batch):
             ids, lengths = batch_ids(seqs[start : start + batch], eos_id)
             out.append(model.predict(ids, lengths))

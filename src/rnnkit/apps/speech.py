@@ -38,7 +38,7 @@ from ..ctc import ctc_beam_decode, ctc_greedy_decode
 from ..layers import Linear
 from ..losses import ctc_loss
 from ..models import make_recurrent
-from ..module import Module, evaluating
+from ..module import Module, predicting
 from ..train import BatchTask
 from .common import (
     AppParser,
@@ -303,7 +303,7 @@ def ctc_task(model_input, feats, targets, train_i, val_i, batch_size, rng) -> Ba
 def transcribe(model, model_input, feats, beam: int = 0) -> list[list[int]]:
     """Digits recognised in each utterance: best path (``beam=0``) or prefix beam search."""
     out: list[list[int]] = []
-    with evaluating(model):
+    with predicting(model):
         for start in range(0, len(feats), 128):
             idx = list(range(start, min(start + 128, len(feats))))
             x, lengths = batch(feats, idx)
