@@ -21,6 +21,7 @@ by every step, instead of all steps' (which the backward pass would read).
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 
@@ -96,7 +97,7 @@ class Workspace:
 
     def take(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
         """A buffer of ``shape`` (contents undefined)."""
-        size, dtype = int(np.prod(shape)), np.dtype(dtype)
+        size, dtype = math.prod(shape), np.dtype(dtype)
         with self._lock:
             spares = self._free.get((name, dtype), [])
             flat = spares.pop() if spares else None
