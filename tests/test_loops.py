@@ -24,6 +24,10 @@ VARIANTS = {
 }
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 needs_compiled = pytest.mark.skipif(not kernels.AVAILABLE, reason="the compiled loop is off")
+EVERY_STACK = pytest.mark.parametrize(  # depths, directions, with and without lengths
+    "num_layers,direction,with_lengths",
+    list(itertools.product([1, 2], ["forward", "bidirectional", "reverse"], [False, True])),
+)
 
 
 @pytest.fixture
@@ -73,10 +77,7 @@ def assert_same_run(compiled, ref, tol):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N", [1, 4, 37])  # 37: two chunks of unequal width
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize(
-    "num_layers,direction,with_lengths",
-    list(itertools.product([1, 2], ["forward", "bidirectional", "reverse"], [False, True])),
-)
+@EVERY_STACK
 def test_compiled_equals_reference(
     in_chunks, variant, dtype, num_layers, direction, with_lengths, N
 ):
@@ -96,10 +97,7 @@ def test_compiled_equals_reference(
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N", [4, 37])  # one sequence runs as in evaluation mode
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize(
-    "num_layers,direction,with_lengths",
-    list(itertools.product([1, 2], ["forward", "bidirectional", "reverse"], [False, True])),
-)
+@EVERY_STACK
 def test_inference_mode_equals_reference(
     in_chunks, variant, dtype, num_layers, direction, with_lengths, N
 ):

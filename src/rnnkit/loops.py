@@ -337,9 +337,8 @@ class _Compiled:
         # Step by step where the weights stay in cache, or where the gates of past steps need
         # not be kept; for one sequence a step's product would read W_ih from the cache for
         # one row: all steps in one product is faster.
-        by_step = (
-            w_ih[1].size and N > 1 and (w_ih[1].nbytes + p.w_hh.nbytes <= _CACHED or inference)
-        )
+        fits = w_ih[1].nbytes + p.w_hh.nbytes <= _CACHED
+        by_step = w_ih[1].size > 0 and N > 1 and (fits or inference)
         ctx["one_step"] = inference and by_step
         Z = ctx["gates"] = _gates(ws, "gates", self.gates * H, 1 if ctx["one_step"] else T, N, dt)
         if by_step:
