@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from rnnkit import parallel
 from rnnkit.ctc import collapse, ctc_beam_decode, ctc_greedy_decode, prefix_beam_search
 from rnnkit.data import IGNORE_INDEX
 from rnnkit.functional import log_softmax
@@ -57,6 +58,29 @@ def test_cross_entropy_matches_reference_loop(reduction, pad):
     np.testing.assert_allclose(dlogits, ref_grad, rtol=1e-12, atol=1e-15)
     if pad:
         assert not dlogits[targets == IGNORE_INDEX].any()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_of_many_rows_on_threads_matches_the_loop(reduction):
+    """A batch large enough to be split over rnnkit's threads by rows (some rows ignored, one
+    span of them all): the same loss and gradient as the plain loop and as one thread."""
+    rng = np.random.default_rng(5)
+    logits = 3.0 * rng.standard_normal((300, 5, 100))
+    targets = rng.integers(0, 100, size=(300, 5))
+    targets[100:160] = IGNORE_INDEX
+    assert logits.size >> 16 >= 2  # two spans of rows
+    before = parallel.num_threads()
+    try:
+        parallel.set_num_threads(2)
+        loss, dlogits = cross_entropy(logits, targets, reduction=reduction)
+        parallel.set_num_threads(1)
+        one_loss, one_dlogits = cross_entropy(logits, targets, reduction=reduction)
+    finally:
+        parallel.set_num_threads(before)
+    ref_loss, ref_grad = _reference_ce(logits, targets, IGNORE_INDEX, reduction)
+    assert loss == pytest.approx(ref_loss, rel=1e-13) and loss == pytest.approx(one_loss, rel=1e-14)
+    np.testing.assert_allclose(dlogits, ref_grad, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(dlogits, one_dlogits)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

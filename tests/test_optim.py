@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 
+from rnnkit import optim, parallel
 from rnnkit.layers import Linear
 from rnnkit.module import Module
 from rnnkit.optim import (
@@ -386,6 +387,42 @@ def test_non_finite_gradient_changes_nothing(cls, bad):
         topt.step()
     for (name, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
         np.testing.assert_array_equal(p, q, err_msg=name)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_large_models_step_on_threads_equals_one_thread(case):
+    """Past ``_SPLIT`` parameters each parameter's update runs on rnnkit's threads: bit for bit
+    the numbers of one thread, and still nothing changes on a non-finite gradient."""
+    cls, kwargs = CASES[case][:2]
+    rng = np.random.default_rng(4)
+
+    class Large(Module):
+        def __init__(self):
+            super().__init__()
+            self.add_module("a", Linear(300, 400, rng=1, dtype=np.float64))
+            self.add_module("b", Linear(400, 30, rng=2, dtype=np.float32))
+
+    models = {threads: Large() for threads in (1, 2)}
+    assert sum(p.size for _, p in models[2].named_parameters()) > optim._SPLIT
+    opts = {threads: cls(model, **kwargs) for threads, model in models.items()}
+    before = parallel.num_threads()
+    try:
+        for _ in range(3):
+            grads = _random_grads(models[1], rng)
+            for threads, model in models.items():
+                _set_grads(model, grads)
+                parallel.set_num_threads(threads)
+                opts[threads].step()
+        weights = models[2].state_dict()
+        grads["b.weight"][3, 7] = np.nan
+        _set_grads(models[2], grads)
+        with pytest.raises(NonFiniteGradientError, match="b.weight"):
+            opts[2].step()
+    finally:
+        parallel.set_num_threads(before)
+    for (name, p), (_, q) in zip(models[1].named_parameters(), models[2].named_parameters()):
+        np.testing.assert_array_equal(p, q, err_msg=name)
+        np.testing.assert_array_equal(q, weights[name], err_msg=name)
 
 
 # ---------------------------------------------------------------- state dict round trip

@@ -164,11 +164,12 @@ def _own_threads(x: np.ndarray, chunks: list, p: CellParams) -> bool:
     return len(chunks) > 1 or (p.w_hh.size <= 1 << 18 and work > _PIECE)
 
 
-def _products(jobs: list, split: bool) -> None:
+def _products(jobs: list, split: bool, then: tuple = ()) -> None:
     """Run products ``c = a @ b + beta * c``, given as ``(a, b, c, beta)``; products into one
     output run in turn, in order. With ``split``, each output is split by rows where large,
-    the pieces on rnnkit's threads. Where NumPy's BLAS is held to one thread (inside rnnkit's
-    calls), ``b`` packed once (:mod:`rnnkit.packed`) beats BLAS's own product, split or not."""
+    the pieces on rnnkit's threads, and the calls ``then`` run beside them. Where NumPy's BLAS
+    is held to one thread (inside rnnkit's calls), ``b`` packed once (:mod:`rnnkit.packed`)
+    beats BLAS's own product, split or not."""
     alone = blas.threads() == 1
     by_output: dict[int, list] = {}
     for a, b, c, beta in jobs:
@@ -180,7 +181,7 @@ def _products(jobs: list, split: bool) -> None:
         parts = min(parallel.num_threads(), work // _PIECE) if split else 1
         for r0, r1 in parallel.spans(rows, parts, 8):
             pieces.append(_rows_of(group, r0, r1))
-    parallel.run(pieces)
+    parallel.run(pieces + list(then))
 
 
 def _packed(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
@@ -301,6 +302,14 @@ def _bias_grads(Z: np.ndarray) -> np.ndarray:
     return np.ones(Z.shape[0], dtype=Z.dtype) @ Z  # BLAS, 2x to 4x .sum
 
 
+def _panel_rows(w: np.ndarray, ctx: dict) -> int:
+    """The height of the panels :func:`_weights` packs ``w`` in (0: not packed)."""
+    width = min(n1 - n0 for n0, n1 in ctx["chunks"])
+    if ctx["T"] < 8:
+        return 0  # packing costs a pass over W: not for a few steps
+    return packed.tile_rows(w.shape[0], width, w.itemsize)  # W's rows: outputs of a @ W^T
+
+
 def _weights(w: np.ndarray | None, ctx: dict) -> tuple[np.ndarray, np.ndarray]:
     """``(W, its panels)`` as the compiled loops take a weight for their step products: W
     packed for the chunks' width (:mod:`rnnkit.packed`), or empty panels where the chunks
@@ -308,10 +317,7 @@ def _weights(w: np.ndarray | None, ctx: dict) -> tuple[np.ndarray, np.ndarray]:
     dt = ctx["dt"]
     if w is None:
         return np.empty((0, 0), dtype=dt), np.empty((0, 0, 0), dtype=dt)
-    width = min(n1 - n0 for n0, n1 in ctx["chunks"])
-    rows = packed.tile_rows(w.shape[0], width, w.itemsize)  # W's rows: outputs of a @ W^T
-    if ctx["T"] < 8:
-        rows = 0  # packing costs a pass over W: not for a few steps
+    rows = _panel_rows(w, ctx)
     return w, packed.pack(w, rows) if rows else np.empty((0, 0, 0), dtype=dt)
 
 
@@ -332,17 +338,16 @@ class _Compiled:
         T, N, _ = x.shape
         H, P, dt = p.w_hh.shape[0] // self.gates, p.w_hh.shape[1], x.dtype
         ctx = {"T": T, "N": N, "H": H, "P": P, "p": p, "ws": ws, "dt": dt, "chunks": chunks}
-        w_ih = _weights(p.w_ih, ctx)
         inference = mode == "inference"
         # Step by step where the weights stay in cache, or where the gates of past steps need
         # not be kept; for one sequence a step's product would read W_ih from the cache for
         # one row: all steps in one product is faster.
-        fits = w_ih[1].nbytes + p.w_hh.nbytes <= _CACHED
-        by_step = w_ih[1].size > 0 and N > 1 and (fits or inference)
+        fits = p.w_ih.nbytes + p.w_hh.nbytes <= _CACHED
+        by_step = _panel_rows(p.w_ih, ctx) > 0 and N > 1 and (fits or inference)
         ctx["one_step"] = inference and by_step
         Z = ctx["gates"] = _gates(ws, "gates", self.gates * H, 1 if ctx["one_step"] else T, N, dt)
         if by_step:
-            ctx["inputs"] = (w_ih, x)
+            ctx["inputs"] = (_weights(p.w_ih, ctx), x)
         else:  # all steps in one product first
             _project(x, p.w_ih, Z, len(chunks) > 1)
             ctx["inputs"] = (_weights(None, ctx), np.empty((0, 0, 0), dtype=dt))
@@ -393,9 +398,8 @@ class _Compiled:
         a_prev = ctx["states"].reshape(-1, P)[: T * N]  # a<t-1> of every step, h0 first
         for dz, dw in self.hidden_side(ctx, grads):  # Σ_t dz<t>^T a<t-1>
             jobs.append((dz.T, a_prev, dw, 1.0))
-        _products(jobs + self.more_products(ctx, grads), len(chunks) > 1)
-        if p.b_ih is not None:
-            self.bias_grads(ctx, grads)
+        biases = [_call(self.bias_grads, ctx, grads)] if p.b_ih is not None else []
+        _products(jobs + self.more_products(ctx, grads), len(chunks) > 1, biases)
         self.finish_backward(ctx, grads)
         return dx, self.dfinal(ctx)
 

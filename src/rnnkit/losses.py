@@ -6,11 +6,13 @@ in :mod:`rnnkit.ctc` with its decoders and is exported here with the others.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 
 import numpy as np
 
+from . import parallel
 from .ctc import ctc_loss
 
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss", "perplexity"]
@@ -60,19 +62,36 @@ def cross_entropy(
             f"targets must lie in [0, {V}) or equal ignore_index={ignore_index}, "
             f"got min {real_targets.min()} and max {real_targets.max()}"
         )
-    rows = np.flatnonzero(real)
-    shifted = flat_logits - flat_logits.max(axis=1, keepdims=True)  # (M, V), no overflow
-    dlogits = np.exp(shifted)  # (M, V)
+    scale = 1.0 / count if reduction == "mean" else 1.0
+    dlogits = np.empty_like(flat_logits)
+    spans = parallel.spans(
+        len(flat_targets), max(1, min(parallel.num_threads(), dlogits.size >> 16))
+    )
+    losses = [0.0] * len(spans)
+
+    def rows_of(i: int, r0: int, r1: int) -> None:
+        losses[i] = _softmax_rows(flat_logits[r0:r1], flat_targets[r0:r1], real[r0:r1],
+                                  dlogits[r0:r1], scale)  # fmt: skip
+
+    parallel.run([functools.partial(rows_of, i, *span) for i, span in enumerate(spans)])
+    return float(sum(losses) * scale), dlogits.reshape(logits.shape)
+
+
+def _softmax_rows(logits, targets, real, dlogits, scale) -> float:
+    """Rows of :func:`cross_entropy`: returns their -Σ log ŷ[y], and ``dlogits`` takes
+    ``scale * (ŷ - y)`` (zero in the rows of ignored targets)."""
+    rows, real_targets = np.flatnonzero(real), targets[real]
+    shifted = logits - logits.max(axis=1, keepdims=True)  # (M, V), no overflow
+    np.exp(shifted, out=dlogits)  # (M, V)
     total = dlogits.sum(axis=1, keepdims=True)  # (M, 1)
     # log ŷ[y] = shifted[y] - log sum exp(shifted)
     loss = np.log(total[rows, 0]).sum() - shifted[rows, real_targets].sum()
     dlogits /= total  # ŷ = softmax(z)
     dlogits[rows, real_targets] -= 1  # dL/dz = ŷ - y
-    if count < len(flat_targets):
+    if len(rows) < len(targets):
         dlogits[~real] = 0
-    scale = 1.0 / count if reduction == "mean" else 1.0
     dlogits *= scale
-    return float(loss * scale), dlogits.reshape(logits.shape)
+    return float(loss)
 
 
 def binary_cross_entropy_with_logits(

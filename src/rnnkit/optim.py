@@ -6,6 +6,7 @@ PyTorch twin with the same weights and batches take the same steps.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -16,6 +17,9 @@ from .module import Module
 
 class NonFiniteGradientError(ValueError):
     """A gradient held inf or nan; the step was refused and no weight changed."""
+
+
+_SPLIT = 1 << 17  # parameters (in all) below which one thread updates them all (a few us)
 
 
 def _grads_of(target: Module | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -111,8 +115,13 @@ class Optimizer:
                 f"non-finite gradient in {', '.join(bad)}; step skipped, weights unchanged"
             )
         self.step_count += 1
-        for name, p in self.params.items():
-            self._update(name, p, self.grads[name])
+        largest_first = sorted(self.params.items(), key=lambda item: -item[1].size)
+        updates = [functools.partial(self._update, n, p, self.grads[n]) for n, p in largest_first]
+        if sum(p.size for p in self.params.values()) < _SPLIT:
+            for update in updates:
+                update()
+        else:  # on rnnkit's threads: each parameter's update is its own, the same numbers
+            parallel.run(updates)
 
     def zero_grad(self) -> None:
         """Set every gradient to zero."""
