@@ -141,6 +141,7 @@ def compiled(backend: str) -> bool:
 
 _PIECE = 1 << 20  # multiply-adds below which work is not split over threads (a few us)
 _CACHED = 3 << 18  # bytes of weights a core's cache keeps from step to step (of its 1 MiB)
+_WIDE = 16  # a chunk's rows from which its step products keep up with weights from L3
 
 
 def _chunks(x: np.ndarray, p: CellParams) -> list[tuple[int, int]]:
@@ -339,11 +340,14 @@ class _Compiled:
         H, P, dt = p.w_hh.shape[0] // self.gates, p.w_hh.shape[1], x.dtype
         ctx = {"T": T, "N": N, "H": H, "P": P, "p": p, "ws": ws, "dt": dt, "chunks": chunks}
         inference = mode == "inference"
-        # Step by step where the weights stay in cache, or where the gates of past steps need
-        # not be kept; for one sequence a step's product would read W_ih from the cache for
-        # one row: all steps in one product is faster.
+        # Step by step (no pass of all steps' gates through memory between the projection and
+        # the loop) where the weights stay in a core's cache, where a chunk's rows are enough
+        # for its products to run at the speed of weights read from the shared cache, or
+        # where the gates of past steps need not be kept. For one sequence a step's product
+        # would read W_ih for one row: all steps in one product is faster.
         fits = p.w_ih.nbytes + p.w_hh.nbytes <= _CACHED
-        by_step = _panel_rows(p.w_ih, ctx) > 0 and N > 1 and (fits or inference)
+        wide = min(n1 - n0 for n0, n1 in chunks) >= _WIDE
+        by_step = _panel_rows(p.w_ih, ctx) > 0 and N > 1 and (fits or wide or inference)
         ctx["one_step"] = inference and by_step
         Z = ctx["gates"] = _gates(ws, "gates", self.gates * H, 1 if ctx["one_step"] else T, N, dt)
         if by_step:
