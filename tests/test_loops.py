@@ -324,13 +324,13 @@ def test_numpys_blas_setting_comes_back_after_a_call():
     """Inside a layer's call NumPy's BLAS runs on one thread; the caller's setting returns."""
     seen = []
     blas.set_threads(2)
-    real_product = blas.gemm
-    try:
-        blas.gemm = lambda *args: (seen.append(blas.threads()), real_product(*args))
+    real_product = kernels.product
+    try:  # the products over all steps, called from Python
+        kernels.product = lambda *args: (seen.append(blas.threads()), real_product(*args))
         layer = rnnkit.LSTM(D, 64)
         out, _, cache = layer.forward(np.ones((50, 64, D)))
         layer.backward(np.ones_like(out), cache)
     finally:
-        blas.gemm = real_product
+        kernels.product = real_product
     assert seen and set(seen) == {1}
     assert blas.threads() == 2

@@ -195,12 +195,11 @@ def _packed(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
 
 
 def _rows_of(group: list, r0: int, r1: int):
-    def piece():
+    def piece():  # one compiled call a product (BLAS's, where there are no panels)
         for a, b, panels, c, beta in group:
             if panels is None:
-                blas.gemm(a[r0:r1], b, c[r0:r1], beta)
-            else:
-                packed.product(panels, b.T, a[r0:r1], c[r0:r1], beta)
+                panels = np.empty((0, 0, 0), dtype=b.dtype)
+            kernels.product((b.T, panels), a[r0:r1], c[r0:r1], beta)
 
     return piece
 
