@@ -64,17 +64,18 @@ def cross_entropy(
         )
     scale = 1.0 / count if reduction == "mean" else 1.0
     dlogits = np.empty_like(flat_logits)
-    spans = parallel.spans(
-        len(flat_targets), max(1, min(parallel.num_threads(), dlogits.size >> 16))
-    )
+    spans = parallel.spans(len(flat_targets), min(parallel.num_threads(), dlogits.size // _PART))
     losses = [0.0] * len(spans)
 
-    def rows_of(i: int, r0: int, r1: int) -> None:
-        losses[i] = _softmax_rows(flat_logits[r0:r1], flat_targets[r0:r1], real[r0:r1],
-                                  dlogits[r0:r1], scale)  # fmt: skip
+    def rows_of(i: int, r0: int, r1: int) -> None:  # one span of rows, on one of rnnkit's threads
+        s = slice(r0, r1)
+        losses[i] = _softmax_rows(flat_logits[s], flat_targets[s], real[s], dlogits[s], scale)
 
     parallel.run([functools.partial(rows_of, i, *span) for i, span in enumerate(spans)])
     return float(sum(losses) * scale), dlogits.reshape(logits.shape)
+
+
+_PART = 1 << 16  # logits below which one thread takes them all
 
 
 def _softmax_rows(logits, targets, real, dlogits, scale) -> float:
