@@ -425,6 +425,32 @@ def test_a_large_models_step_on_threads_equals_one_thread(case):
         np.testing.assert_array_equal(q, weights[name], err_msg=name)
 
 
+def test_parameters_that_share_memory_are_updated_in_turn():
+    """One child registered twice: its arrays appear under two names, and two threads would
+    update them at once. The step then runs on one thread, and gives one thread's numbers."""
+    rng = np.random.default_rng(3)
+    models = {}
+    for threads in (1, 2):
+        shared, model = Linear(400, 400, rng=1, dtype=np.float64), Module()
+        model.add_module("first", shared)
+        model.add_module("again", shared)
+        models[threads] = model
+    opts = {threads: Adam(model, lr=0.01) for threads, model in models.items()}
+    assert not opts[2]._apart and opts[2].params["first.weight"].size * 2 > optim._SPLIT
+    before = parallel.num_threads()
+    try:
+        for _ in range(3):
+            grads = _random_grads(models[1], rng)
+            for threads, model in models.items():
+                _set_grads(model, grads)
+                parallel.set_num_threads(threads)
+                opts[threads].step()
+    finally:
+        parallel.set_num_threads(before)
+    for (name, p), (_, q) in zip(models[1].named_parameters(), models[2].named_parameters()):
+        np.testing.assert_array_equal(p, q, err_msg=name)
+
+
 # ---------------------------------------------------------------- state dict round trip
 
 

@@ -22,6 +22,13 @@ class NonFiniteGradientError(ValueError):
 _SPLIT = 1 << 17  # parameters (in all) below which one thread updates them all (a few us)
 
 
+def _memory_of(array: np.ndarray) -> np.ndarray:
+    """The array that owns ``array``'s memory (itself, or the base of a view)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
 def _grads_of(target: Module | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(target.named_grads()) if isinstance(target, Module) else dict(target)
 
@@ -102,6 +109,9 @@ class Optimizer:
             raise ValueError(f"learning rate must be > 0, got {lr!r}")
         self.params = dict(module.named_parameters())
         self.grads = dict(module.named_grads())
+        # Parameters that share memory (a module registered twice) are updated in turn.
+        owners = {id(_memory_of(p)) for p in self.params.values()}
+        self._apart = len(owners) == len(self.params)
         self.lr = float(lr)
         self.step_count = 0
         self.buffers: dict[str, dict[str, np.ndarray]] = {b: {} for b in self.buffer_names}
@@ -117,7 +127,7 @@ class Optimizer:
         self.step_count += 1
         largest_first = sorted(self.params.items(), key=lambda item: -item[1].size)
         updates = [functools.partial(self._update, n, p, self.grads[n]) for n, p in largest_first]
-        if sum(p.size for p in self.params.values()) < _SPLIT:
+        if sum(p.size for p in self.params.values()) < _SPLIT or not self._apart:
             for update in updates:
                 update()
         else:  # on rnnkit's threads: each parameter's update is its own, the same numbers
