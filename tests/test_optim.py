@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -389,12 +390,34 @@ def test_non_finite_gradient_changes_nothing(cls, bad):
         np.testing.assert_array_equal(p, q, err_msg=name)
 
 
+@contextmanager
+def _on_threads(n: int):
+    """rnnkit's calls on ``n`` threads for the duration; the setting before comes back."""
+    before = parallel.num_threads()
+    parallel.set_num_threads(n)
+    try:
+        yield
+    finally:
+        parallel.set_num_threads(before)
+
+
+def _same_steps(models: dict, opts: dict, rng: np.random.Generator, steps: int = 3) -> dict:
+    """``steps`` steps of the same random gradients, each model's optimiser on as many threads
+    as its key says; returns the last gradients."""
+    for _ in range(steps):
+        grads = _random_grads(models[1], rng)
+        for threads, model in models.items():
+            _set_grads(model, grads)
+            with _on_threads(threads):
+                opts[threads].step()
+    return grads
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_large_models_step_on_threads_equals_one_thread(case):
     """Past ``_SPLIT`` parameters each parameter's update runs on rnnkit's threads: bit for bit
     the numbers of one thread, and still nothing changes on a non-finite gradient."""
     cls, kwargs = CASES[case][:2]
-    rng = np.random.default_rng(4)
 
     class Large(Module):
         def __init__(self):
@@ -405,30 +428,23 @@ def test_a_large_models_step_on_threads_equals_one_thread(case):
     models = {threads: Large() for threads in (1, 2)}
     assert sum(p.size for _, p in models[2].named_parameters()) > optim._SPLIT
     opts = {threads: cls(model, **kwargs) for threads, model in models.items()}
-    before = parallel.num_threads()
-    try:
-        for _ in range(3):
-            grads = _random_grads(models[1], rng)
-            for threads, model in models.items():
-                _set_grads(model, grads)
-                parallel.set_num_threads(threads)
-                opts[threads].step()
-        weights = models[2].state_dict()
-        grads["b.weight"][3, 7] = np.nan
-        _set_grads(models[2], grads)
-        with pytest.raises(NonFiniteGradientError, match="b.weight"):
-            opts[2].step()
-    finally:
-        parallel.set_num_threads(before)
+    grads = _same_steps(models, opts, np.random.default_rng(4))
+    weights = models[2].state_dict()
+    grads["b.weight"][3, 7] = np.nan
+    _set_grads(models[2], grads)
+    with _on_threads(2), pytest.raises(NonFiniteGradientError, match="b.weight"):
+        opts[2].step()
     for (name, p), (_, q) in zip(models[1].named_parameters(), models[2].named_parameters()):
         np.testing.assert_array_equal(p, q, err_msg=name)
         np.testing.assert_array_equal(q, weights[name], err_msg=name)
 
 
-def test_parameters_that_share_memory_are_updated_in_turn():
+def test_parameters_that_share_memory_are_updated_in_turn(monkeypatch):
     """One child registered twice: its arrays appear under two names, and two threads would
-    update them at once. The step then runs on one thread, and gives one thread's numbers."""
-    rng = np.random.default_rng(3)
+    update them at once (a race, which shows only now and then). The step then runs on the
+    calling thread alone, and gives one thread's numbers."""
+    runs = []
+    monkeypatch.setattr(parallel, "run", lambda pieces: runs.append(len(pieces)))
     models = {}
     for threads in (1, 2):
         shared, model = Linear(400, 400, rng=1, dtype=np.float64), Module()
@@ -437,16 +453,8 @@ def test_parameters_that_share_memory_are_updated_in_turn():
         models[threads] = model
     opts = {threads: Adam(model, lr=0.01) for threads, model in models.items()}
     assert not opts[2]._apart and opts[2].params["first.weight"].size * 2 > optim._SPLIT
-    before = parallel.num_threads()
-    try:
-        for _ in range(3):
-            grads = _random_grads(models[1], rng)
-            for threads, model in models.items():
-                _set_grads(model, grads)
-                parallel.set_num_threads(threads)
-                opts[threads].step()
-    finally:
-        parallel.set_num_threads(before)
+    _same_steps(models, opts, np.random.default_rng(3))
+    assert runs == []  # no update went to rnnkit's threads
     for (name, p), (_, q) in zip(models[1].named_parameters(), models[2].named_parameters()):
         np.testing.assert_array_equal(p, q, err_msg=name)
 

@@ -19,6 +19,7 @@ __all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss", "per
 
 
 _LARGEST_EXPONENT = math.log(sys.float_info.max)  # about 709.78
+_PART = 1 << 16  # logits below which one thread takes them all (cross_entropy)
 
 
 def perplexity(nats: float) -> float:
@@ -73,9 +74,6 @@ def cross_entropy(
 
     parallel.run([functools.partial(rows_of, i, *span) for i, span in enumerate(spans)])
     return float(sum(losses) * scale), dlogits.reshape(logits.shape)
-
-
-_PART = 1 << 16  # logits below which one thread takes them all
 
 
 def _softmax_rows(logits, targets, real, dlogits, scale) -> float:
