@@ -142,6 +142,49 @@ if numba is not None:
 
         return tile
 
+    def _transpose(bits: int):
+        """The block ``dst[k, i] = src[i, k]`` of one vector's width squared, as an intrinsic
+        taking addresses and leading dimensions in elements: whole vectors loaded and stored,
+        their blocks swapped in registers, where a copy element by element would write each
+        element alone."""
+
+        @intrinsic
+        def transpose(typingctx, src, lds, dst, ldd):
+            def codegen(context, builder, signature, args):
+                v = _Vectors(builder, bits)
+                src, lds, dst, ldd = args
+                src, dst, L = v.pointer(src), v.pointer(dst), v.width
+                rows = [
+                    v.load(v.at(src, builder.mul(ir.Constant(v.i64, i), lds))) for i in range(L)
+                ]
+                h = L // 2
+                # Swap the off-diagonal blocks of h x h, [[A, B], [C, D]] -> [[A, C], [B, D]],
+                # then within each block at half the size.
+                while h:
+                    low = [j if j & h == 0 else L + j - h for j in range(L)]
+                    high = [j + h if j & h == 0 else L + j for j in range(L)]
+                    for i in range(L):
+                        if i & h == 0:
+                            a, b = rows[i], rows[i + h]
+                            rows[i] = builder.shuffle_vector(a, b, _lanes(low))
+                            rows[i + h] = builder.shuffle_vector(a, b, _lanes(high))
+                    h //= 2
+                for k in range(L):
+                    out = builder.bitcast(
+                        v.at(dst, builder.mul(ir.Constant(v.i64, k), ldd)), v.vec.as_pointer()
+                    )
+                    builder.store(rows[k], out, align=bits // 8)
+                return context.get_dummy_value()
+
+            return types.void(types.uintp, types.intp, types.uintp, types.intp), codegen
+
+        return transpose
+
+    def _lanes(indices):
+        return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), indices)
+
+    _transpose32, _transpose64 = _transpose(32), _transpose(64)
+
     _T = {
         (bits, v, j, add): _tile(bits, v, j, add)
         for bits in (32, 64)
@@ -203,16 +246,21 @@ if numba is not None:
     @compiled
     def _pack(w, panels):
         P, K, rows = panels.shape
-        if w.strides[0] == w.itemsize:  # a transposed view: read along its columns
-            for p in range(P):
-                for k in range(K):
-                    for r in range(rows):
-                        panels[p, k, r] = w[p * rows + r, k]
-        else:
-            for p in range(P):
+        size = w.itemsize
+        L = WIDTH_OF[size]
+        by_blocks = K // L * L if w.strides[1] == size and rows % L == 0 else 0
+        lds = w.strides[0] // size
+        for p in range(P):
+            for r in range(0, rows if by_blocks else 0, L):  # W's rows: blocks of L x L
+                for k in range(0, by_blocks, L):
+                    src, dst = w[p * rows + r :, k:].ctypes.data, panels[p, k:, r:].ctypes.data
+                    if size == 4:
+                        _transpose32(src, lds, dst, rows)
+                    else:
+                        _transpose64(src, lds, dst, rows)
+            for k in range(by_blocks, K):  # the rest, or a transposed view: along its columns
                 for r in range(rows):
-                    for k in range(K):
-                        panels[p, k, r] = w[p * rows + r, k]
+                    panels[p, k, r] = w[p * rows + r, k]
 
     @compiled
     def product(panels, w, a, c, beta):
