@@ -273,7 +273,9 @@ def _spread(values: np.ndarray, N: int, H: int) -> np.ndarray:
     """Per-unit values (``(..., H)``, rows of H) spread over N sequences as the states lie,
     ``(rows, N, H)`` raveled."""
     rows = values.reshape(-1, 1, H)
-    return np.ascontiguousarray(np.broadcast_to(rows, (rows.shape[0], N, H))).reshape(-1)
+    spread = np.empty((rows.shape[0], N, H), dtype=values.dtype)
+    spread[...] = rows
+    return spread.reshape(-1)
 
 
 def _keep(mask: np.ndarray | None, dtype) -> np.ndarray:
