@@ -7,6 +7,7 @@ That the compiled loops compute what the reference computes is held by tests/tes
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -97,6 +98,32 @@ def test_a_failing_piece_reaches_the_caller():
         parallel.run([lambda: None, fail, lambda: None])
 
 
+needs_cores = pytest.mark.skipif(
+    parallel._sched_getcpu is None or len(os.sched_getaffinity(0)) < 2,
+    reason="needs two cores and Linux's thread placement",
+)
+
+
+@needs_cores
+def test_a_helper_woken_on_the_callers_core_moves_off_it_and_may_return():
+    caller_affinity = os.sched_getaffinity(0)
+    seen = {}
+
+    def helper():
+        allowed = os.sched_getaffinity(0)
+        start = parallel._cpu()
+        parallel._move_off(start)
+        seen.update(start=start, now=parallel._cpu(), allowed=os.sched_getaffinity(0) == allowed)
+
+    thread = threading.Thread(target=helper)
+    thread.start()
+    thread.join()
+    assert seen["now"] != seen["start"] and seen["allowed"]
+    parallel.set_num_threads(2)
+    parallel.run([lambda: None, lambda: None])
+    assert os.sched_getaffinity(0) == caller_affinity  # the caller's thread is never moved
+
+
 def run_python(code: str, **env: str) -> str:
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -175,6 +202,27 @@ def test_the_packed_product_on_every_shape(dtype):
             packed.product(panels, w, a, c, beta)
             tol = 1e-4 * K if dtype == np.float32 else 1e-12 * K
             np.testing.assert_allclose(c, want, rtol=tol, atol=tol)
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_panels_are_the_weights_rows_by_columns_from_any_view(dtype):
+    """The vector transposes of whole blocks, the columns past them and the views that have
+    no contiguous rows all give ``panels[p, k, r] = W[p * rows + r, k]``."""
+    rng = np.random.default_rng(2)
+    width = packed.WIDTH[np.dtype(dtype).itemsize]
+    for M, K in [(64, 16), (130, 37), (256, 128), (48, 5), (80, 300)]:
+        base = rng.normal(size=(M + 3, 2 * K + 7)).astype(dtype)
+        views = {
+            "rows": base[:M, :K],
+            "offset": base[1 : M + 1, 3 : K + 3],
+            "columns": np.asfortranarray(base[:M, :K]),
+            "strided": base[:M, : 2 * K : 2],
+        }
+        for rows in (width, 4 * width):
+            for name, w in views.items():
+                want = w[: M // rows * rows].reshape(M // rows, rows, K).transpose(0, 2, 1)
+                assert np.array_equal(packed.pack(w, rows), want), (M, K, rows, name)
 
 
 def test_cached_machine_code_goes_when_a_compiled_module_changes(tmp_path):

@@ -15,6 +15,7 @@ threads rnnkit uses (default: the cores this process may run on, or ``RNNKIT_NUM
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -24,6 +25,21 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import blas
+
+
+def _getcpu_function():
+    """The C library's ``sched_getcpu``, where threads can be placed (Linux); else None."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    try:
+        function = ctypes.CDLL(None).sched_getcpu
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [], ctypes.c_int
+    return function
+
+
+_sched_getcpu = _getcpu_function()
 
 _lock = threading.Lock()
 _local = threading.local()  # .inside: this thread runs one of rnnkit's pieces
@@ -109,10 +125,12 @@ def run(pieces: Sequence[Callable[[], None]]) -> None:
         for piece in pieces:
             piece()
         return
-    queue, errors = iter(pieces), []
+    queue, errors, caller = iter(pieces), [], _cpu()
 
-    def work() -> None:
+    def work(helper: bool) -> None:
         _local.inside = True
+        if helper:
+            _move_off(caller)
         try:
             while True:
                 with _lock:
@@ -126,12 +144,33 @@ def run(pieces: Sequence[Callable[[], None]]) -> None:
         finally:
             _local.inside = False
 
-    helpers = [_pool().submit(work) for _ in range(min(num_threads() - 1, len(pieces) - 1))]
-    work()
+    helpers = [_pool().submit(work, True) for _ in range(min(num_threads() - 1, len(pieces) - 1))]
+    work(False)
     for helper in helpers:
         helper.result()
     if errors:
         raise errors[0]
+
+
+def _cpu() -> int:
+    """The core this thread runs on now (-1 where the system does not say)."""
+    return _sched_getcpu() if _sched_getcpu is not None else -1
+
+
+def _move_off(cpu: int) -> None:
+    """Move this helper off ``cpu``, the caller's core, if it woke there: Linux often wakes a
+    helper on the core of the thread that woke it, and the two would share that core until its
+    balancer moves one (milliseconds: a whole call, often). Only the helper moves, and it may
+    go anywhere again once moved (so that a busy core does not hold it)."""
+    if cpu < 0 or _cpu() != cpu:
+        return
+    try:
+        allowed = os.sched_getaffinity(0)
+        if len(allowed - {cpu}) > 0:
+            os.sched_setaffinity(0, allowed - {cpu})  # this thread alone: it moves at once
+            os.sched_setaffinity(0, allowed)
+    except OSError:  # placement is a help, never a reason to fail
+        pass
 
 
 def spans(total: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
