@@ -320,6 +320,33 @@ def test_layers_in_threads_of_their_own(in_chunks, variant):
 
 
 @needs_compiled
+def test_products_on_blass_own_threads_run_one_at_a_time(monkeypatch):
+    """One sequence with large weights leaves NumPy's BLAS its threads; two of rnnkit's
+    threads each running a product on them put four threads on two cores (a backward pass
+    at H = 512 took 20 to 35 ms instead of 10)."""
+    seen = []
+    real_run = parallel.run
+
+    def run(pieces):
+        seen.append((len(pieces), blas.threads()))
+        real_run(pieces)
+
+    monkeypatch.setattr(parallel, "run", run)
+    threads, blas_threads = parallel.num_threads(), blas.threads()
+    parallel.set_num_threads(2)
+    blas.set_threads(2)
+    try:
+        layer = rnnkit.LSTM(D, 260, dtype=np.float32)  # W_hh of 1040 x 260: past 2^18
+        out, _, cache = layer.forward(np.ones((20, 1, D), dtype=np.float32))
+        layer.backward(np.ones_like(out), cache)
+        assert blas.threads() == 2
+    finally:
+        parallel.set_num_threads(threads)
+        blas.set_threads(blas_threads)
+    assert all(threads == 1 for pieces, threads in seen if pieces > 1), seen
+
+
+@needs_compiled
 def test_numpys_blas_setting_comes_back_after_a_call():
     """Inside a layer's call NumPy's BLAS runs on one thread; the caller's setting returns."""
     seen = []

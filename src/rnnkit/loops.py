@@ -167,10 +167,12 @@ def _own_threads(x: np.ndarray, chunks: list, p: CellParams) -> bool:
 
 def _products(jobs: list, split: bool, then: tuple = ()) -> None:
     """Run products ``c = a @ b + beta * c``, given as ``(a, b, c, beta)``; products into one
-    output run in turn, in order. With ``split``, each output is split by rows where large,
-    the pieces on rnnkit's threads, and the calls ``then`` run beside them. Where NumPy's BLAS
-    is held to one thread (inside rnnkit's calls), ``b`` packed once (:mod:`rnnkit.packed`)
-    beats BLAS's own product, split or not."""
+    output run in turn, in order. With ``split``, each output is split by rows where large.
+    Where NumPy's BLAS is held to one thread (inside rnnkit's calls), the pieces and the calls
+    ``then`` run side by side on rnnkit's threads, and ``b`` packed once
+    (:mod:`rnnkit.packed`) beats BLAS's own product; where it is not, every piece is a
+    product on BLAS's own threads, and all run in turn (two at once would put four threads on
+    two cores)."""
     alone = blas.threads() == 1
     by_output: dict[int, list] = {}
     for a, b, c, beta in jobs:
@@ -182,7 +184,11 @@ def _products(jobs: list, split: bool, then: tuple = ()) -> None:
         parts = min(parallel.num_threads(), work // _PIECE) if split else 1
         for r0, r1 in parallel.spans(rows, parts, 8):
             pieces.append(_rows_of(group, r0, r1))
-    parallel.run(pieces + list(then))
+    if alone:
+        parallel.run(pieces + list(then))
+    else:
+        for piece in pieces + list(then):
+            piece()
 
 
 def _packed(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
