@@ -194,7 +194,7 @@ def test_the_packed_product_on_every_shape(dtype):
         w = rng.normal(size=(M, K)).astype(dtype)
         a = rng.normal(size=(J, K + 5)).astype(dtype)[:, 2 : 2 + K]
         c = rng.normal(size=(J, M + 9)).astype(dtype)[:, 3 : 3 + M]
-        rows = packed.tile_rows(M, J, w.itemsize)
+        rows = packed.tile_rows(M, w.itemsize)
         source = np.asfortranarray(w) if J % 2 else w  # packed from column-major too
         panels = packed.pack(source, rows) if rows else np.empty((0, 0, 0), dtype)
         for beta in (0.0, 1.0):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rnnkit
-from rnnkit import blas, kernels, loops, parallel
+from rnnkit import blas, kernels, loops, packed, parallel
 
 D, H = 5, 6
 VARIANTS = {
@@ -181,6 +181,33 @@ def test_one_long_sequence_projected_by_packed_weights(in_chunks, variant, dtype
     compiled = run(layer, "fast", x, state, None, dout, dfinal)
     ref = run(layer, "reference", x, state, None, dout, dfinal)
     assert_same_run(compiled, ref, TOLERANCE[dtype])
+
+
+@needs_compiled
+def test_one_sequence_steps_with_packed_weights_where_blas_has_one_thread(monkeypatch):
+    """One sequence's step products read W_hh (forward) and W_hh^T (backward) packed where
+    NumPy's BLAS runs on one thread; where it has two, BLAS's matrix-vector product reads W
+    on both cores."""
+    shapes = []
+    real_pack = packed.pack
+    monkeypatch.setattr(
+        packed, "pack", lambda w, rows: shapes.append(w.shape) or real_pack(w, rows)
+    )
+    threads, blas_threads = parallel.num_threads(), blas.threads()
+    layer = rnnkit.LSTM(D, 16, dtype=np.float32)  # W_hh (64, 16)
+    x = np.ones((40, 1, D), dtype=np.float32)
+    try:
+        for rnnkit_threads, on_blas, packed_too in [(2, 1, True), (1, 2, False)]:
+            parallel.set_num_threads(rnnkit_threads)
+            shapes.clear()
+            with parallel.region():
+                blas.set_threads(on_blas)
+                out, _, cache = layer.forward(x)
+                layer.backward(np.ones_like(out), cache)
+            assert ((64, 16) in shapes and (16, 64) in shapes) == packed_too, shapes
+    finally:
+        parallel.set_num_threads(threads)
+        blas.set_threads(blas_threads)
 
 
 @needs_compiled

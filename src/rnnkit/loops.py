@@ -196,7 +196,7 @@ def _packed(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     contiguous and many enough for its tiles; else None (BLAS)."""
     if not kernels.AVAILABLE or a.strides[1] != a.itemsize or a.shape[0] < 8 * packed.SEQUENCES:
         return None
-    rows = packed.tile_rows(b.shape[1], a.shape[0], b.itemsize)
+    rows = packed.tile_rows(b.shape[1], b.itemsize)
     return packed.pack(b.T, rows) if rows else None
 
 
@@ -312,10 +312,12 @@ def _bias_grads(Z: np.ndarray) -> np.ndarray:
 
 def _panel_rows(w: np.ndarray, ctx: dict) -> int:
     """The height of the panels :func:`_weights` packs ``w`` in (0: not packed)."""
-    width = min(n1 - n0 for n0, n1 in ctx["chunks"])
+    one_sequence = min(n1 - n0 for n0, n1 in ctx["chunks"]) == 1
     if ctx["T"] < 8:
         return 0  # packing costs a pass over W: not for a few steps
-    return packed.tile_rows(w.shape[0], width, w.itemsize)  # W's rows: outputs of a @ W^T
+    if one_sequence and blas.threads() > 1:
+        return 0  # BLAS's matrix-vector product reads W on both cores, from both caches
+    return packed.tile_rows(w.shape[0], w.itemsize)  # W's rows: outputs of a @ W^T
 
 
 def _weights(w: np.ndarray | None, ctx: dict) -> tuple[np.ndarray, np.ndarray]:

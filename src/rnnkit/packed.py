@@ -8,9 +8,9 @@ and the two threads of a layer then fight over the cache for it. Packed once, W 
 core's cache and the product runs near the core's peak. The packed layout is panels of
 ``rows`` rows of W, each stored column by column (``(M / rows, K, rows)``: W^T in blocks); a
 tile of ``rows`` outputs (one or four 512-bit vectors) for one or four sequences keeps its
-sums in registers, one fused multiply-add per vector of W and element of ``a``. Outputs past
-the last whole panel go to BLAS, and so does one sequence alone: a matrix-vector product reads
-W once whatever its layout, and BLAS's is as fast as the cache gives W.
+sums in registers, one fused multiply-add per vector of W and element of ``a``; one sequence
+alone reads the panels in order from the core's cache, faster than BLAS's matrix-vector product
+reads W's rows. Outputs past the last whole panel go to BLAS.
 
 The tiles are written in LLVM's own terms (a Numba intrinsic): Numba's loops over a small
 array of sums keep them in memory, and reached a seventh of this speed.
@@ -45,13 +45,10 @@ def pack(w: np.ndarray, rows: int) -> np.ndarray:
     return panels
 
 
-def tile_rows(rows: int, sequences: int, itemsize: int) -> int:
-    """The panel height for products of a ``rows``-row W with ``sequences`` rows of ``a`` at
-    once: 4 vectors (four sums a vector of W: fewer loads a multiply-add), 1 for a small W; 0:
-    too few rows to pack, or one sequence (BLAS's matrix-vector product)."""
+def tile_rows(rows: int, itemsize: int) -> int:
+    """The panel height for products with a ``rows``-row W: 4 vectors (four sums a vector of
+    W: fewer loads a multiply-add), 1 for a small W; 0: too few rows to pack."""
     width = WIDTH[itemsize]
-    if sequences == 1:
-        return 0
     return next((v * width for v in VECTORS if v * width <= rows), 0)
 
 
