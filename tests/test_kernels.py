@@ -120,8 +120,20 @@ def test_a_helper_woken_on_the_callers_core_moves_off_it_and_may_return():
     thread.join()
     assert seen["now"] != seen["start"] and seen["allowed"]
     parallel.set_num_threads(2)
-    parallel.run([lambda: None, lambda: None])
+    parallel.run([lambda: None, lambda: None], apart=True)
     assert os.sched_getaffinity(0) == caller_affinity  # the caller's thread is never moved
+
+
+def test_only_long_pieces_move_helpers(monkeypatch):
+    """Short pieces (the demo's) are done sooner where the system put the helper: moving it
+    costs two system calls and a migration a run."""
+    moved = []
+    monkeypatch.setattr(parallel, "_move_off", moved.append)
+    parallel.set_num_threads(2)
+    parallel.run([lambda: None, lambda: None])
+    assert moved == []
+    parallel.run([lambda: None, lambda: None], apart=True)
+    assert len(moved) == 1
 
 
 def run_python(code: str, **env: str) -> str:

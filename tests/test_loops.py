@@ -354,9 +354,9 @@ def test_products_on_blass_own_threads_run_one_at_a_time(monkeypatch):
     seen = []
     real_run = parallel.run
 
-    def run(pieces):
+    def run(pieces, apart=False):
         seen.append((len(pieces), blas.threads()))
-        real_run(pieces)
+        real_run(pieces, apart)
 
     monkeypatch.setattr(parallel, "run", run)
     threads, blas_threads = parallel.num_threads(), blas.threads()

@@ -142,6 +142,7 @@ def compiled(backend: str) -> bool:
 _PIECE = 1 << 20  # multiply-adds below which work is not split over threads (a few us)
 _CACHED = 3 << 18  # bytes of weights a core's cache keeps from step to step (of its 1 MiB)
 _WIDE = 16  # a chunk's rows from which its step products keep up with weights from L3
+_LONG = 100 << 20  # multiply-adds from which a piece wants a core of its own (a few ms)
 
 
 def _chunks(x: np.ndarray, p: CellParams) -> list[tuple[int, int]]:
@@ -152,6 +153,14 @@ def _chunks(x: np.ndarray, p: CellParams) -> list[tuple[int, int]]:
     per_sequence = T * p.w_hh.shape[0] * (D + p.w_hh.shape[1])  # multiply-adds
     parts = min(parallel.num_threads(), N // 8, N * per_sequence // _PIECE)
     return parallel.spans(N, max(parts, 1), align=16 if N >= 32 else 8)
+
+
+def _apart(x: np.ndarray, chunks: list, p: CellParams) -> bool:
+    """Whether each chunk is long enough to want a core of its own (``parallel.run``'s
+    ``apart``); a short call is done sooner where the system first puts its threads."""
+    T, _, D = x.shape
+    width = min(n1 - n0 for n0, n1 in chunks)
+    return T * width * p.w_hh.shape[0] * (D + p.w_hh.shape[1]) >= _LONG
 
 
 def _own_threads(x: np.ndarray, chunks: list, p: CellParams) -> bool:
@@ -177,15 +186,16 @@ def _products(jobs: list, split: bool, then: tuple = ()) -> None:
     by_output: dict[int, list] = {}
     for a, b, c, beta in jobs:
         by_output.setdefault(id(c), []).append((a, b, _packed(a, b) if alone else None, c, beta))
-    pieces = []
+    pieces, total = [], 0
     for group in by_output.values():
         rows, cols = group[0][3].shape
         work = rows * cols * sum(job[0].shape[1] for job in group)
         parts = min(parallel.num_threads(), work // _PIECE) if split else 1
         for r0, r1 in parallel.spans(rows, parts, 8):
             pieces.append(_rows_of(group, r0, r1))
+        total += work
     if alone:
-        parallel.run(pieces + list(then))
+        parallel.run(pieces + list(then), total >= _LONG * len(pieces))
     else:
         for piece in pieces + list(then):
             piece()
@@ -371,7 +381,7 @@ class _Compiled:
         out = S[1:] if mask is None else np.empty((T, N, P), dtype=dt)
         ctx["output"] = out
         self.prepare(ctx, state)
-        parallel.run([self.chunk_forward(ctx, *span) for span in chunks])
+        parallel.run([self.chunk_forward(ctx, *span) for span in chunks], _apart(x, chunks, p))
         cache = LoopCache({name: ctx[name] for name in self.kept if name in ctx})
         cache.update(kept=tuple(cache), states=S)
         out.flags.writeable = False  # the backward pass reads a<t> from the states
@@ -404,7 +414,7 @@ class _Compiled:
         ctx["dout"] = np.ascontiguousarray(dout if mask is None else dout * mask)  # 0 past ends
         ctx["w_hh_t"] = _weights(p.w_hh.T, ctx)
         self.prepare_backward(ctx, dstate)
-        parallel.run([self.chunk_backward(ctx, *span) for span in chunks])
+        parallel.run([self.chunk_backward(ctx, *span) for span in chunks], _apart(x, chunks, p))
         Z, dx = ctx["gates"], np.empty((T, N, D), dtype=dt)
         X = x.reshape(T * N, D)
         jobs = [(Z, p.w_ih, dx.reshape(T * N, D), 0.0), (Z.T, X, grads["w_ih"], 0.0)]

@@ -118,18 +118,21 @@ def region(needed: bool = True):
                 blas.set_threads(_state["restore"])
 
 
-def run(pieces: Sequence[Callable[[], None]]) -> None:
+def run(pieces: Sequence[Callable[[], None]], apart: bool = False) -> None:
     """Run every piece once, on the calling thread and rnnkit's workers, each thread taking
-    the next piece when it is free. Returns when all are done; re-raises the first error."""
+    the next piece when it is free. Returns when all are done; re-raises the first error.
+    ``apart``: the pieces are long (milliseconds each), and a helper woken on the caller's
+    core moves off it (:func:`_move_off`); short pieces are done sooner where the caller
+    woke its helpers."""
     if len(pieces) == 1 or num_threads() == 1 or getattr(_local, "inside", False):
         for piece in pieces:
             piece()
         return
-    queue, errors, caller = iter(pieces), [], _cpu()
+    queue, errors, caller = iter(pieces), [], _cpu() if apart else -1
 
     def work(helper: bool) -> None:
         _local.inside = True
-        if helper:
+        if helper and apart:
             _move_off(caller)
         try:
             while True:
@@ -161,7 +164,8 @@ def _move_off(cpu: int) -> None:
     """Move this helper off ``cpu``, the caller's core, if it woke there: Linux often wakes a
     helper on the core of the thread that woke it, and the two would share that core until its
     balancer moves one (milliseconds: a whole call, often). Only the helper moves, and it may
-    go anywhere again once moved (so that a busy core does not hold it)."""
+    go anywhere again once moved (so that a busy core does not hold it). Each move costs two
+    system calls and a migration: worth it for long pieces only."""
     if cpu < 0 or _cpu() != cpu:
         return
     try:
