@@ -144,6 +144,7 @@ def main() -> int:
             "torch_tok_s": tokens / theirs,
             "ratio": statistics.median(t / o for o, t in rounds),
             "round_ratios": [t / o for o, t in rounds],
+            "round_seconds": [{"rnnkit": o, "torch": t} for o, t in rounds],
             "rnnkit_last_loss": history.train_loss[-1],
             "torch_last_loss": twin_run.losses[-1],
         }

@@ -94,6 +94,49 @@ def test_compiled_equals_reference(
     assert_same_run(compiled, ref, TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+@pytest.mark.parametrize("V", [3, 400])  # fewer rows than the input's (projected), more
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", VARIANTS)
+@EVERY_STACK
+def test_rows_of_a_table_equal_the_dense_input(
+    in_chunks, variant, dtype, V, backend, num_layers, direction, with_lengths
+):
+    """An embedding's rows as TableRows: the same outputs and gradients as the vectors
+    themselves, and the table's gradient the input's summed by id."""
+    rng = np.random.default_rng(0)
+    T, N = 7, 37
+    kw = {"bidirectional": direction == "bidirectional", "reverse": direction == "reverse"}
+    layer = VARIANTS[variant](num_layers=num_layers, rng=1, dtype=dtype, **kw)
+    table = rng.normal(size=(V, D)).astype(dtype)
+    ids = rng.integers(0, V, size=(T, N))
+    state, dfinal = random_state(layer, N, rng, dtype), random_state(layer, N, rng, dtype)
+    lengths = np.resize([T, 3, 5, 1], N) if with_lengths else None
+    dout = rng.normal(size=(T, N, layer.output_size * layer.num_directions)).astype(dtype)
+    dense = run(layer, backend, table[ids], state, lengths, dout, dfinal)
+    rows = run(layer, backend, loops.TableRows(table, ids), state, lengths, dout, dfinal)
+    dtable = np.zeros_like(table)
+    np.add.at(dtable, ids.reshape(-1), dense[2].reshape(-1, D))
+    assert_same_run(rows, (*dense[:2], dtable, *dense[3:]), TOLERANCE[dtype])
+
+
+def test_rows_of_a_table_batch_first_and_bad_ids():
+    rng = np.random.default_rng(0)
+    layer = rnnkit.LSTM(D, H, batch_first=True, rng=1)
+    table = rng.normal(size=(9, D)).astype(np.float32)
+    ids = rng.integers(0, 9, size=(4, 6))  # (N, T)
+    out, _, _ = layer.forward(table[ids])
+    np.testing.assert_allclose(layer.forward(loops.TableRows(table, ids))[0], out, atol=1e-6)
+    bad = ids.copy()
+    bad[1, 2] = 9
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 9\), got 0 to 9"):
+        layer.forward(loops.TableRows(table, bad))
+    with pytest.raises(ValueError, match="ids must be 2-D integers"):
+        layer.forward(loops.TableRows(table, np.zeros((4, 6))))
+    with pytest.raises(ValueError, match=r"\(V, input_size=5\) of float32, got \(9, 5\)"):
+        layer.forward(loops.TableRows(table.astype(np.float64), ids))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N", [4, 37])  # one sequence runs as in evaluation mode
 @pytest.mark.parametrize("variant", VARIANTS)

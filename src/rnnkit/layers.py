@@ -12,6 +12,7 @@ import numpy as np
 
 from . import kernels, parallel
 from .init import as_generator, normal, uniform
+from .loops import TableRows
 from .module import Module
 
 
@@ -94,6 +95,23 @@ class Embedding(Module):
 
     def forward(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``ids`` integer array -> ``(vectors (..., E), cache)``."""
+        ids = self._check_ids(ids)
+        return self.params["weight"][ids], ids
+
+    def rows(self, ids: np.ndarray) -> TableRows:
+        """As :meth:`forward`, the vectors left as rows of the table for a recurrent layer to
+        read (:class:`rnnkit.loops.TableRows`); :meth:`backward_table` takes the table's
+        gradient the layer returns."""
+        return TableRows(self.params["weight"], np.ascontiguousarray(self._check_ids(ids)))
+
+    def backward_table(self, dtable: np.ndarray) -> None:
+        """Adds the gradient of the whole table (``(V, E)``, from a layer that read
+        :meth:`rows`); the padding row gets none."""
+        if self.padding_idx is not None:
+            dtable[self.padding_idx] = 0
+        self.grads["weight"] += dtable
+
+    def _check_ids(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids)
         if not np.issubdtype(ids.dtype, np.integer):
             raise TypeError(f"Embedding expects integer token ids, got dtype {ids.dtype}")
@@ -102,7 +120,7 @@ class Embedding(Module):
                 f"token ids must lie in [0, {self.num_embeddings}), got "
                 f"min {ids.min()} and max {ids.max()}"
             )
-        return self.params["weight"][ids], ids
+        return ids
 
     def backward(self, dy: np.ndarray, cache: np.ndarray) -> None:
         """Adds each vector's gradient into its row (rows used twice get both)."""

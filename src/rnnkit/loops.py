@@ -129,6 +129,42 @@ def _give_all(workspace: Workspace, kept: list) -> None:
         workspace.give(name, array)
 
 
+class TableRows:
+    """A layer's input given as rows of a table, ``x[t, n] = table[ids[t, n]]``: an embedding
+    feeding the layer. ``x<t> W_ih^T`` is then row ``ids[t, n]`` of the table's own projection
+    ``table W_ih^T``, a product of V rows instead of T*N; backward, the gates' gradients summed
+    by id give ``dW_ih`` and the table's gradient from V rows the same way. Same numbers as the
+    dense input (sums in another order)."""
+
+    def __init__(self, table: np.ndarray, ids: np.ndarray):
+        self.table, self.ids = table, ids  # (V, D), (T, N) integers in [0, V)
+        self.shape, self.dtype = (*ids.shape, table.shape[1]), table.dtype
+
+    def dense(self) -> np.ndarray:
+        """The rows themselves, ``(T, N, D)``."""
+        return self.table[self.ids]
+
+    @property
+    def projected(self) -> bool:
+        """Whether the compiled loop projects the table: where it has fewer rows than the
+        input (a vocabulary of characters, not one of many words)."""
+        return len(self.table) < self.ids.size
+
+    def project(self, w_ih: np.ndarray, gates: np.ndarray) -> None:
+        """``gates = x W_ih^T`` for all steps, ``(T*N, G)``, read from ``table W_ih^T``."""
+        np.take(self.table @ w_ih.T, self.ids.reshape(-1), axis=0, out=gates)
+
+    def by_id(self, rows: np.ndarray) -> np.ndarray:
+        """``(T*N, K)`` rows, one per step and sequence, summed by the id each step read:
+        ``(V, K)``."""
+        sums = np.zeros((len(self.table), rows.shape[1]), dtype=rows.dtype)
+        if kernels.AVAILABLE:
+            kernels.add_rows(sums, self.ids.reshape(-1), np.ascontiguousarray(rows))
+        else:
+            np.add.at(sums, self.ids.reshape(-1), rows)
+        return sums
+
+
 # ---------------------------------------------------------------- the one place that chooses
 
 
@@ -236,6 +272,8 @@ def forward(
     cache is dropped; in inference mode at once, and the cache is None."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if isinstance(x, TableRows) and not (compiled(backend) and x.projected):
+        x = x.dense()
     if not compiled(backend):
         xw = input_projection(x, p)  # (T, N, G*H): every step's input projection, one product
         out, final, cache = reference_forward(kind, xw, state, p, mask)
@@ -264,7 +302,11 @@ def backward(
     workspace: Workspace,
 ) -> tuple[np.ndarray, tuple]:
     """Backpropagation through the loop that made ``cache``; adds every parameter's gradient
-    into ``grads`` (keys as in :class:`rnnkit.cells.CellParams`). Returns ``(dx, dstate0)``."""
+    into ``grads`` (keys as in :class:`rnnkit.cells.CellParams`). Returns ``(dx, dstate0)``;
+    for :class:`TableRows`, dx is the table's gradient ``(V, D)``."""
+    if isinstance(x, TableRows) and not (isinstance(cache, LoopCache) and x.projected):
+        dx, dstate = backward(kind, x.dense(), dout, dstate, cache, p, mask, grads, workspace)
+        return x.by_id(dx.reshape(-1, dx.shape[2])), dstate  # the forward pass read the rows
     if not isinstance(cache, LoopCache):  # the reference loop's
         dxw, dstate, hidden = reference_backward(kind, dout, dstate, cache, p, mask)
         dx, inputs = input_projection_backward(dxw, x, p, hidden.pop("b_ih", None))
@@ -366,13 +408,15 @@ class _Compiled:
         # would read W_ih for one row: all steps in one product is faster.
         fits = p.w_ih.nbytes + p.w_hh.nbytes <= _CACHED
         wide = min(n1 - n0 for n0, n1 in chunks) >= _WIDE
+        rows = isinstance(x, TableRows)  # the input side read from the table's projection
         by_step = _panel_rows(p.w_ih, ctx) > 0 and N > 1 and (fits or wide or inference)
+        by_step = by_step and not rows
         ctx["one_step"] = inference and by_step
         Z = ctx["gates"] = _gates(ws, "gates", self.gates * H, 1 if ctx["one_step"] else T, N, dt)
         if by_step:
             ctx["inputs"] = (_weights(p.w_ih, ctx), x)
         else:  # all steps in one product first
-            _project(x, p.w_ih, Z, len(chunks) > 1)
+            x.project(p.w_ih, Z) if rows else _project(x, p.w_ih, Z, len(chunks) > 1)
             ctx["inputs"] = (_weights(None, ctx), np.empty((0, 0, 0), dtype=dt))
         # S[t] is a<t-1> and S[1:] the output: fresh, as the output leaves with the caller
         S = ctx["states"] = np.empty((T + 1, N, P), dtype=dt)
@@ -415,9 +459,13 @@ class _Compiled:
         ctx["w_hh_t"] = _weights(p.w_hh.T, ctx)
         self.prepare_backward(ctx, dstate)
         parallel.run([self.chunk_backward(ctx, *span) for span in chunks], _apart(x, chunks, p))
-        Z, dx = ctx["gates"], np.empty((T, N, D), dtype=dt)
-        X = x.reshape(T * N, D)
-        jobs = [(Z, p.w_ih, dx.reshape(T * N, D), 0.0), (Z.T, X, grads["w_ih"], 0.0)]
+        Z = ctx["gates"]
+        if isinstance(x, TableRows):  # dz summed by id: Σ_t dz<t> x<t>^T from V rows
+            dZ, X = x.by_id(Z), x.table
+            dx = np.empty_like(X)
+        else:
+            dZ, X, dx = Z, x.reshape(T * N, D), np.empty((T, N, D), dtype=dt)
+        jobs = [(dZ, p.w_ih, dx.reshape(-1, D), 0.0), (dZ.T, X, grads["w_ih"], 0.0)]
         a_prev = ctx["states"].reshape(-1, P)[: T * N]  # a<t-1> of every step, h0 first
         for dz, dw in self.hidden_side(ctx, grads):  # Σ_t dz<t>^T a<t-1>
             jobs.append((dz.T, a_prev, dw, 1.0))

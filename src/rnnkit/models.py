@@ -104,18 +104,18 @@ class LanguageModel(Module):
         self, ids: np.ndarray, state=None, lengths=None
     ) -> tuple[np.ndarray, object, tuple]:
         """``ids (T, N)`` -> ``(logits (T, N, V), final state, cache)``."""
-        emb, c_emb = self.embedding.forward(ids)  # (T, N, E)
+        emb = self.embedding.rows(ids)  # (T, N, E), as rows of the table
         out, state, c_rnn = self.rnn.forward(emb, state, lengths)  # (T, N, H)
         out, c_drop = self.dropout.forward(out)
         logits, c_head = self.head.forward(out)  # (T, N, V)
-        return logits, state, (c_emb, c_rnn, c_drop, c_head)
+        return logits, state, (c_rnn, c_drop, c_head)
 
     def backward(self, dlogits: np.ndarray, cache: tuple, dstate=None):
         """Adds every gradient; returns the gradient of the initial state."""
-        c_emb, c_rnn, c_drop, c_head = cache
+        c_rnn, c_drop, c_head = cache
         dout = self.dropout.backward(self.head.backward(dlogits, c_head), c_drop)
-        demb, dstate0 = self.rnn.backward(dout, c_rnn, dstate)
-        self.embedding.backward(demb, c_emb)
+        dtable, dstate0 = self.rnn.backward(dout, c_rnn, dstate)
+        self.embedding.backward_table(dtable)
         return dstate0
 
     def initial_state(self, batch_size: int):
@@ -206,10 +206,7 @@ class SequenceClassifier(Module):
 
     def forward(self, inputs: np.ndarray, lengths=None) -> tuple[np.ndarray, tuple]:
         """``inputs (T, N)`` ids or ``(T, N, D)`` vectors -> ``(logits (N, C), cache)``."""
-        c_emb = None
-        x = inputs
-        if self.embedding is not None:
-            x, c_emb = self.embedding.forward(inputs)
+        x = inputs if self.embedding is None else self.embedding.rows(inputs)
         out, state, c_rnn = self.rnn.forward(x, None, lengths)  # (T, N, dirs*H)
         T, N = out.shape[:2]
         mask = (
@@ -230,11 +227,11 @@ class SequenceClassifier(Module):
             feat = np.take_along_axis(out, idx[None], axis=0)[0]
             pool_cache = idx
         logits, c_head = self.head.forward(feat)
-        return logits, (c_emb, c_rnn, mask, pool_cache, c_head, out.shape)
+        return logits, (c_rnn, mask, pool_cache, c_head, out.shape)
 
     def backward(self, dlogits: np.ndarray, cache: tuple) -> None:
         """Adds every gradient."""
-        c_emb, c_rnn, mask, pool_cache, c_head, out_shape = cache
+        c_rnn, mask, pool_cache, c_head, out_shape = cache
         dfeat = self.head.backward(dlogits, c_head)  # (N, dirs*H)
         T, N, F = out_shape
         dout = np.zeros(out_shape, dtype=dfeat.dtype)
@@ -252,7 +249,7 @@ class SequenceClassifier(Module):
             np.put_along_axis(dout, pool_cache[None], dfeat[None], axis=0)
         dx, _ = self.rnn.backward(dout, c_rnn, dstate)
         if self.embedding is not None:
-            self.embedding.backward(dx, c_emb)
+            self.embedding.backward_table(dx)
 
     @inference
     def predict(self, inputs: np.ndarray, lengths=None) -> np.ndarray:
@@ -311,16 +308,16 @@ class SequenceTagger(Module):
 
     def forward(self, ids: np.ndarray, lengths=None) -> tuple[np.ndarray, tuple]:
         """``ids (T, N)`` -> ``(logits (T, N, num_tags), cache)``."""
-        emb, c_emb = self.embedding.forward(ids)
+        emb = self.embedding.rows(ids)
         out, _, c_rnn = self.rnn.forward(emb, None, lengths)  # (T, N, dirs*H)
         logits, c_head = self.head.forward(out)
-        return logits, (c_emb, c_rnn, c_head)
+        return logits, (c_rnn, c_head)
 
     def backward(self, dlogits: np.ndarray, cache: tuple) -> None:
         """Adds every gradient."""
-        c_emb, c_rnn, c_head = cache
-        demb, _ = self.rnn.backward(self.head.backward(dlogits, c_head), c_rnn)
-        self.embedding.backward(demb, c_emb)
+        c_rnn, c_head = cache
+        dtable, _ = self.rnn.backward(self.head.backward(dlogits, c_head), c_rnn)
+        self.embedding.backward_table(dtable)
 
     @inference
     def predict(self, ids: np.ndarray, lengths=None) -> np.ndarray:
@@ -380,9 +377,9 @@ class Seq2Seq(Module):
 
     def encode(self, src: np.ndarray, src_lengths=None):
         """``src (Tx, N)`` -> ``(final encoder state, cache)``."""
-        emb, c_emb = self.src_embedding.forward(src)
+        emb = self.src_embedding.rows(src)
         _, state, c_rnn = self.encoder.forward(emb, None, src_lengths)
-        return state, (c_emb, c_rnn)
+        return state, c_rnn
 
     def forward(
         self, src: np.ndarray, tgt_in: np.ndarray, src_lengths=None, tgt_lengths=None
@@ -390,20 +387,20 @@ class Seq2Seq(Module):
         """Teacher forcing: ``tgt_in (Ty, N)`` is the target shifted right (``bos`` first).
         Returns ``(logits (Ty, N, V), cache)``."""
         state, c_enc = self.encode(src, src_lengths)
-        emb, c_temb = self.tgt_embedding.forward(tgt_in)
+        emb = self.tgt_embedding.rows(tgt_in)
         out, _, c_dec = self.decoder.forward(emb, state, tgt_lengths)  # (Ty, N, H)
         logits, c_head = self.head.forward(out)
-        return logits, (c_enc, c_temb, c_dec, c_head)
+        return logits, (c_enc, c_dec, c_head)
 
     def backward(self, dlogits: np.ndarray, cache: tuple) -> None:
         """Adds every gradient, through the decoder into the encoder via the handed-over state."""
-        (c_emb, c_rnn), c_temb, c_dec, c_head = cache
-        demb, dstate = self.decoder.backward(self.head.backward(dlogits, c_head), c_dec)
-        self.tgt_embedding.backward(demb, c_temb)
+        c_rnn, c_dec, c_head = cache
+        dtable, dstate = self.decoder.backward(self.head.backward(dlogits, c_head), c_dec)
+        self.tgt_embedding.backward_table(dtable)
         T, N = c_rnn.shape
-        dout = np.zeros((T, N, self.encoder.hidden_size), dtype=demb.dtype)
+        dout = np.zeros((T, N, self.encoder.hidden_size), dtype=dtable.dtype)
         dsrc, _ = self.encoder.backward(dout, c_rnn, dstate)
-        self.src_embedding.backward(dsrc, c_emb)
+        self.src_embedding.backward_table(dsrc)
 
     def _decoder_step(self, ids: np.ndarray, state):
         emb, _ = self.tgt_embedding.forward(ids[None])

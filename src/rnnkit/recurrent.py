@@ -206,7 +206,9 @@ class RNNBase(Module):
 
     # ------------------------------------------------------------ input checks
 
-    def _check_input(self, x: object) -> np.ndarray:
+    def _check_input(self, x: object) -> np.ndarray | loops.TableRows:
+        if isinstance(x, loops.TableRows):
+            return self._check_rows(x)
         x = _as_float_array("input", x, self.dtype)
         order = "(N, T, D)" if self.batch_first else "(T, N, D)"
         if x.ndim != 3:
@@ -227,6 +229,20 @@ class RNNBase(Module):
                 f"got shape {x.shape if not self.batch_first else x.shape[::-1]}"
             )
         return x
+
+    def _check_rows(self, x: loops.TableRows) -> loops.TableRows:
+        if x.table.dtype != self.dtype or x.table.shape[1] != self.input_size:
+            raise ValueError(
+                f"the table of the input's rows must be (V, input_size={self.input_size}) of "
+                f"{self.dtype}, got {x.table.shape} of {x.table.dtype}"
+            )
+        ids = x.ids
+        if not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 2 or 0 in ids.shape:
+            raise ValueError(f"the input's ids must be 2-D integers, got {ids.shape} {ids.dtype}")
+        if ids.min() < 0 or ids.max() >= len(x.table):
+            raise ValueError(f"the input's ids must lie in [0, {len(x.table)}), got {ids.min()} "
+                             f"to {ids.max()}")  # fmt: skip
+        return loops.TableRows(x.table, np.ascontiguousarray(ids.T)) if self.batch_first else x
 
     def _check_state(self, name: str, state: object, N: int) -> tuple[np.ndarray, ...]:
         n = self.kind.num_states
@@ -284,7 +300,11 @@ class RNNBase(Module):
         """Run the layer over a batch of sequences.
 
         Args:
-            x: ``(T, N, D)``, or ``(N, T, D)`` with ``batch_first``.
+            x: ``(T, N, D)``, or ``(N, T, D)`` with ``batch_first``; or
+                :class:`rnnkit.loops.TableRows`, the rows of a table picked by ids ``(T, N)``
+                (``(N, T)``), as an embedding gives them: the same numbers, with the input
+                projection of V rows instead of T*N (:meth:`backward` then returns the
+                table's gradient).
             state: initial state, ``h_0`` or for the LSTM ``(h_0, c_0)``, each
                 ``(num_layers * num_directions, N, H)``; zeros when None.
             lengths: ``(N,)`` true length of each sequence, in ``[1, T]``. Outputs past a
@@ -342,6 +362,8 @@ class RNNBase(Module):
     @staticmethod
     def _flip(seq: np.ndarray, flip: np.ndarray | None) -> np.ndarray:
         """Reverse each sequence in time within its length (its own inverse), as a new array."""
+        if isinstance(seq, loops.TableRows):
+            return loops.TableRows(seq.table, RNNBase._flip(seq.ids, flip))
         if flip is None:
             return np.ascontiguousarray(seq[::-1])
         return seq[flip, np.arange(seq.shape[1])]
@@ -385,7 +407,8 @@ class RNNBase(Module):
                 None for zero.
 
         Returns:
-            ``(dx, dstate_0)``: the gradients of the input and of the initial state. Every
+            ``(dx, dstate_0)``: the gradients of the input (of the table ``(V, D)``, where the
+            input was :class:`rnnkit.loops.TableRows`) and of the initial state. Every
             parameter gradient is added into ``self.grads``.
         """
         if cache.inference:
@@ -419,7 +442,7 @@ class RNNBase(Module):
                 dx, ds0 = self._run_backward(
                     d, tuple(s[k] for s in dfinal), cache, layer, direction
                 )
-                if backwards:
+                if backwards and dx.ndim == 3:
                     dx = self._flip(dx, cache.flip)
                 dinput = dx if dinput is None else dinput + dx
                 for i, s in enumerate(ds0):
@@ -428,7 +451,7 @@ class RNNBase(Module):
                 dinput = dinput * cache.dropout_masks[layer]
             dout = dinput
         cache.used = any(isinstance(c, loops.LoopCache) for row in cache.steps for c in row)
-        dx = dout.transpose(1, 0, 2) if self.batch_first else dout
+        dx = dout.transpose(1, 0, 2) if self.batch_first and dout.ndim == 3 else dout
         return dx, (tuple(dstate0) if len(dstate0) == 2 else dstate0[0])
 
     def _run_backward(
